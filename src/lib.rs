@@ -1,14 +1,29 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! tap-kpis reads raw Meltano CLI telemetry and emits Meltano's product KPIs as Singer streams.
+//!
+//! Data flows one way through small stages, each knowing only its own job:
+//!
+//! * a **source** ([`source`]) resolves configured files, directories and globs into [`source::Input`]s
+//!   and reads them as lines, gzip detected by content;
+//! * a **decoder** ([`decode`]) turns each line (Snowplow tracker payloads, capture envelopes) into
+//!   [`event::Event`]s, and each line or event it cannot use into a [`decode::Problem`] with a reason;
+//! * the **normaliser** ([`normalize`]) removes duplicate events and groups events into
+//!   [`normalize::Execution`]s and [`normalize::Project`]s: the [`normalize::Facts`];
+//! * the **KPI engine** ([`kpi`]) is a set of pure functions from the facts and an `as_of` day to the rows
+//!   of each KPI stream, sharing a precomputed [`kpi::Model`];
+//! * the **stream registry** ([`streams`]) declares each stream: its name, its schema file under
+//!   `schemas/`, its key properties and its record function; the [`catalog`] selects among them;
+//! * the **Singer writer** ([`singer`]) puts SCHEMA, RECORD and STATE messages on stdout.
+//!
+//! [`sync::run`] wires the stages together; `main.rs` is the command-line edge that reads settings
+//! ([`config`]) and reports errors.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod catalog;
+pub mod config;
+pub mod decode;
+pub mod event;
+pub mod kpi;
+pub mod normalize;
+pub mod singer;
+pub mod source;
+pub mod streams;
+pub mod sync;

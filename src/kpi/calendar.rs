@@ -1,0 +1,123 @@
+//! Day and month arithmetic on UTC calendar dates, and the output formats of dates and times.
+
+use chrono::{DateTime, Datelike, NaiveDate};
+
+/// Milliseconds per day.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// Day number (days since 1970-01-01, UTC) of an epoch-ms instant.
+pub fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(DAY_MS)
+}
+
+/// Date of a day number.
+pub fn date(day: i64) -> NaiveDate {
+    NaiveDate::from_num_days_from_ce_opt((day + 719_163) as i32).unwrap_or(NaiveDate::MIN)
+}
+
+/// Day number of a date.
+pub fn day_number(d: NaiveDate) -> i64 {
+    i64::from(d.num_days_from_ce()) - 719_163
+}
+
+/// `YYYY-MM-DD` of a day number.
+pub fn fmt_day(day: i64) -> String {
+    date(day).format("%Y-%m-%d").to_string()
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-25T03:02:35.862Z`.
+pub fn fmt_ms(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default()
+}
+
+/// A month as a single ordinal: year * 12 + month0.
+pub type Month = i64;
+
+/// Month ordinal of a day number.
+pub fn month_of(day: i64) -> Month {
+    let d = date(day);
+    i64::from(d.year()) * 12 + i64::from(d.month0())
+}
+
+/// Day number of the first day of a month.
+pub fn month_first_day(m: Month) -> i64 {
+    let d = NaiveDate::from_ymd_opt(m.div_euclid(12) as i32, m.rem_euclid(12) as u32 + 1, 1)
+        .unwrap_or(NaiveDate::MIN);
+    day_number(d)
+}
+
+/// Day number of the last day of a month.
+pub fn month_last_day(m: Month) -> i64 {
+    month_first_day(m + 1) - 1
+}
+
+/// `YYYY-MM-01` of a month.
+pub fn fmt_month(m: Month) -> String {
+    fmt_day(month_first_day(m))
+}
+
+/// Runtime bin of kpis.md §3 (bounds inclusive, first match wins).
+pub fn runtime_bin(runtime_ms: Option<i64>) -> &'static str {
+    const BINS: [(i64, &str); 10] = [
+        (5_000, "< 5s"),
+        (10_001, "5s - 10s"),
+        (30_000, "10s - 30s"),
+        (60_000, "30s - 1m"),
+        (180_000, "1m - 3m"),
+        (300_000, "3m - 5m"),
+        (600_000, "5m - 10m"),
+        (1_800_000, "10m - 30m"),
+        (3_600_000, "30m - 1hr"),
+        (10_800_000, "1hr - 3hr"),
+    ];
+    let Some(ms) = runtime_ms else { return "N/A" };
+    BINS.iter()
+        .find(|(max, _)| ms <= *max)
+        .map_or("3hr+", |(_, name)| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_bin_edges() {
+        let cases = [
+            (None, "N/A"),
+            (Some(0), "< 5s"),
+            (Some(5000), "< 5s"),
+            (Some(5001), "5s - 10s"),
+            (Some(10001), "5s - 10s"),
+            (Some(10002), "10s - 30s"),
+            (Some(30000), "10s - 30s"),
+            (Some(30001), "30s - 1m"),
+            (Some(60000), "30s - 1m"),
+            (Some(60001), "1m - 3m"),
+            (Some(180001), "3m - 5m"),
+            (Some(300001), "5m - 10m"),
+            (Some(600001), "10m - 30m"),
+            (Some(1800001), "30m - 1hr"),
+            (Some(3600000), "30m - 1hr"),
+            (Some(3600001), "1hr - 3hr"),
+            (Some(10800000), "1hr - 3hr"),
+            (Some(10800001), "3hr+"),
+        ];
+        for (ms, bin) in cases {
+            assert_eq!(runtime_bin(ms), bin, "{ms:?}");
+        }
+    }
+
+    #[test]
+    fn days_and_months() {
+        let d = day_number(NaiveDate::from_ymd_opt(2024, 2, 10).unwrap());
+        assert_eq!(fmt_day(d), "2024-02-10");
+        let m = month_of(d);
+        assert_eq!(fmt_month(m), "2024-02-01");
+        assert_eq!(fmt_day(month_last_day(m)), "2024-02-29");
+        assert_eq!(fmt_month(m - 2), "2023-12-01");
+        assert_eq!(day_of(-1), -1);
+        assert_eq!(fmt_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}

@@ -1,0 +1,155 @@
+//! The KPI engine: pure functions from normalised [`Facts`] and an `as_of` day to the rows of every
+//! KPI stream (kpis.md §3–§6). No I/O happens here; the same facts always give the same rows.
+//!
+//! [`Model`] precomputes what several streams share (the counted executions, each project's
+//! active-day intervals); each stream is then one function `fn(&Model) -> Vec<Value>`.
+
+pub mod active;
+pub mod calendar;
+pub mod facts;
+pub mod usage;
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::normalize::{Execution, Facts, Project};
+use calendar::{DAY_MS, day_of};
+
+/// The North Star window: a qualifying day d makes a project active on d..=d+28.
+pub const ACTIVE_WINDOW_DAYS: i64 = 28;
+/// A project must be this many days old (by calendar date) for a day to qualify.
+pub const MIN_AGE_DAYS: i64 = 7;
+
+/// Per-project data the streams share.
+#[derive(Debug, Clone)]
+pub struct ProjectActivity<'a> {
+    pub project: &'a Project,
+    pub first_day: i64,
+    /// Merged, sorted, inclusive intervals of active days over the whole series (also after as_of).
+    pub intervals: Vec<(i64, i64)>,
+    /// Executions started on or before as_of, in time order.
+    pub executions: Vec<&'a Execution>,
+}
+
+impl ProjectActivity<'_> {
+    /// Active on `day`.
+    pub fn is_active(&self, day: i64) -> bool {
+        let i = self.intervals.partition_point(|(start, _)| *start <= day);
+        i > 0 && self.intervals[i - 1].1 >= day
+    }
+    /// First active day ever (the added day).
+    pub fn added_day(&self) -> Option<i64> {
+        self.intervals.first().map(|(s, _)| *s)
+    }
+    /// `day` is a churn day: active and not active the next day.
+    pub fn is_churn_day(&self, day: i64) -> bool {
+        self.intervals.iter().any(|(_, e)| *e == day)
+    }
+}
+
+/// Merge the windows `[d, d + window]` of sorted days into inclusive intervals.
+pub fn windows_to_intervals(days: impl IntoIterator<Item = i64>, window: i64) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for d in days {
+        match out.last_mut() {
+            Some((_, end)) if d <= *end + 1 => *end = (*end).max(d + window),
+            _ => out.push((d, d + window)),
+        }
+    }
+    out
+}
+
+/// Shared precomputation over the facts for one `as_of` day.
+#[derive(Debug)]
+pub struct Model<'a> {
+    pub facts: &'a Facts,
+    /// Day number of as_of.
+    pub as_of: i64,
+    /// Executions started on or before as_of, in time order.
+    pub counted: Vec<&'a Execution>,
+    /// Projects with at least one counted execution, by project id.
+    pub projects: Vec<ProjectActivity<'a>>,
+    /// First day of the day series (earliest first event of those projects).
+    pub first_day: Option<i64>,
+}
+
+impl<'a> Model<'a> {
+    /// Build the model. `as_of` defaults to the day of the newest event.
+    pub fn new(facts: &'a Facts, as_of: Option<i64>) -> Self {
+        let as_of = as_of.or(facts.newest_event_ms.map(day_of)).unwrap_or(0);
+        let end_ms = (as_of + 1) * DAY_MS;
+        let counted: Vec<&Execution> = facts
+            .executions
+            .iter()
+            .filter(|x| x.started_ms < end_ms)
+            .collect();
+        let mut qualifying: HashMap<&str, Vec<i64>> = HashMap::new();
+        let mut by_project: HashMap<&str, Vec<&Execution>> = HashMap::new();
+        let first_days: HashMap<&str, (i64, bool)> = facts
+            .projects
+            .iter()
+            .map(|p| {
+                (
+                    p.project_id.as_str(),
+                    (day_of(p.first_event_ms), p.source == "random"),
+                )
+            })
+            .collect();
+        for x in &facts.executions {
+            let Some(&(first_day, random)) = first_days.get(x.project_id.as_str()) else {
+                continue;
+            };
+            let day = day_of(x.started_ms);
+            if x.is_exec() && !x.plugins.is_empty() && day - first_day >= MIN_AGE_DAYS && !random {
+                qualifying.entry(&x.project_id).or_default().push(day);
+            }
+        }
+        for x in &counted {
+            by_project.entry(&x.project_id).or_default().push(x);
+        }
+        let mut projects = Vec::new();
+        for p in &facts.projects {
+            let Some(executions) = by_project.remove(p.project_id.as_str()) else {
+                continue;
+            };
+            let mut days = qualifying.remove(p.project_id.as_str()).unwrap_or_default();
+            days.sort_unstable();
+            days.dedup();
+            projects.push(ProjectActivity {
+                project: p,
+                first_day: day_of(p.first_event_ms),
+                intervals: windows_to_intervals(days, ACTIVE_WINDOW_DAYS),
+                executions,
+            });
+        }
+        let first_day = projects.iter().map(|p| p.first_day).min();
+        Model {
+            facts,
+            as_of,
+            counted,
+            projects,
+            first_day,
+        }
+    }
+}
+
+/// A KPI stream's record function.
+pub type RecordsFn = fn(&Model) -> Vec<Value>;
+
+/// Divide, `None` when the denominator is zero.
+pub fn ratio(num: u64, den: u64) -> Option<f64> {
+    (den > 0).then(|| num as f64 / den as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_merge_when_touching() {
+        assert_eq!(windows_to_intervals([0, 10], 28), vec![(0, 38)]);
+        assert_eq!(windows_to_intervals([0, 29], 28), vec![(0, 57)]);
+        assert_eq!(windows_to_intervals([0, 30], 28), vec![(0, 28), (30, 58)]);
+    }
+}

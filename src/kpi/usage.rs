@@ -1,0 +1,170 @@
+//! Usage, segments and retention (kpis.md §6).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+
+use super::calendar::{Month, day_of, fmt_month, month_last_day, month_of};
+use super::{Model, ratio};
+
+/// One project's pipeline volume in one month.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment<'a> {
+    pub project_id: &'a str,
+    pub month: Month,
+    pub executions: u64,
+    pub pipeline_runs: u64,
+    pub pipeline_runs_active_eom: u64,
+    pub segment: &'static str,
+}
+
+/// Segment name of a count of counted pipeline runs.
+pub fn segment_name(runs: u64) -> &'static str {
+    match runs {
+        0 => "NO_PIPELINES",
+        1..=49 => "GUPPY",
+        50..=2000 => "MARLIN",
+        _ => "WHALE",
+    }
+}
+
+/// Segments of every (project, month) with an execution.
+pub fn segments<'a>(model: &Model<'a>) -> Vec<Segment<'a>> {
+    let mut out = Vec::new();
+    for pa in &model.projects {
+        let mut months: BTreeMap<Month, (u64, u64, u64)> = BTreeMap::new();
+        for x in &pa.executions {
+            let day = day_of(x.started_ms);
+            let m = month_of(day);
+            let entry = months.entry(m).or_default();
+            entry.0 += 1;
+            if x.pipeline_id.is_some() {
+                entry.1 += 1;
+                let last = month_last_day(m);
+                let counted = if last <= model.as_of {
+                    pa.is_active(last)
+                } else {
+                    pa.is_active(day)
+                };
+                entry.2 += u64::from(counted);
+            }
+        }
+        for (month, (executions, runs, active_eom)) in months {
+            out.push(Segment {
+                project_id: &pa.project.project_id,
+                month,
+                executions,
+                pipeline_runs: runs,
+                pipeline_runs_active_eom: active_eom,
+                segment: segment_name(active_eom),
+            });
+        }
+    }
+    out
+}
+
+/// `project_monthly_segments`.
+pub fn project_monthly_segments(model: &Model) -> Vec<Value> {
+    segments(model)
+        .into_iter()
+        .map(|s| {
+            json!({
+                "project_id": s.project_id,
+                "month": fmt_month(s.month),
+                "executions": s.executions,
+                "pipeline_runs": s.pipeline_runs,
+                "pipeline_runs_active_eom": s.pipeline_runs_active_eom,
+                "segment": s.segment,
+            })
+        })
+        .collect()
+}
+
+/// `plugin_usage`: executions and distinct projects per (month, plugin category).
+pub fn plugin_usage(model: &Model) -> Vec<Value> {
+    let mut usage: BTreeMap<(Month, &str), (u64, BTreeSet<&str>)> = BTreeMap::new();
+    for x in &model.counted {
+        let m = month_of(day_of(x.started_ms));
+        let categories: BTreeSet<&str> = x
+            .plugins
+            .iter()
+            .map(|p| p.plugin_category.as_str())
+            .collect();
+        for c in categories {
+            let e = usage.entry((m, c)).or_default();
+            e.0 += 1;
+            e.1.insert(&x.project_id);
+        }
+    }
+    usage
+        .into_iter()
+        .map(|((m, c), (executions, projects))| {
+            json!({
+                "month": fmt_month(m),
+                "plugin_category": c,
+                "executions": executions,
+                "projects": projects.len(),
+            })
+        })
+        .collect()
+}
+
+/// `cohort_retention`: per cohort month and month number, projects still executing.
+pub fn cohort_retention(model: &Model) -> Vec<Value> {
+    let last_month = month_of(model.as_of);
+    // cohort -> (projects, active per month, active-and-multi-exec per month)
+    let mut cohorts: BTreeMap<Month, (u64, BTreeMap<Month, u64>, BTreeMap<Month, u64>)> =
+        BTreeMap::new();
+    for pa in &model.projects {
+        let cohort = month_of(pa.first_day);
+        let multi = pa.executions.iter().filter(|x| x.is_exec()).count() > 1;
+        let months: BTreeSet<Month> = pa
+            .executions
+            .iter()
+            .map(|x| month_of(day_of(x.started_ms)))
+            .collect();
+        let entry = cohorts.entry(cohort).or_default();
+        entry.0 += 1;
+        for m in months {
+            *entry.1.entry(m).or_default() += 1;
+            if multi {
+                *entry.2.entry(m).or_default() += 1;
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (cohort, (size, active, multi)) in cohorts {
+        let base = active.get(&cohort).copied().unwrap_or(0);
+        let base_multi = multi.get(&cohort).copied().unwrap_or(0);
+        for m in cohort..=last_month {
+            let a = active.get(&m).copied().unwrap_or(0);
+            let am = multi.get(&m).copied().unwrap_or(0);
+            rows.push(json!({
+                "cohort_month": fmt_month(cohort),
+                "month_number": m - cohort,
+                "month": fmt_month(m),
+                "cohort_projects": size,
+                "active_projects": a,
+                "active_projects_multi_exec": am,
+                "retention": ratio(a, base),
+                "retention_multi_exec": ratio(am, base_multi),
+            }));
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_edges() {
+        assert_eq!(segment_name(0), "NO_PIPELINES");
+        assert_eq!(segment_name(1), "GUPPY");
+        assert_eq!(segment_name(49), "GUPPY");
+        assert_eq!(segment_name(50), "MARLIN");
+        assert_eq!(segment_name(2000), "MARLIN");
+        assert_eq!(segment_name(2001), "WHALE");
+    }
+}

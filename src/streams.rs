@@ -1,0 +1,95 @@
+//! The stream registry: each stream is declared as a Meltano SDK stream is, with a name, its schema
+//! file, its key properties and the one pure function that yields its records.
+
+use serde_json::Value;
+
+use crate::kpi::{RecordsFn, active, facts, usage};
+
+/// Where a stream's records come from.
+#[derive(Clone, Copy)]
+pub enum Records {
+    /// A KPI engine function over the normalised facts.
+    Kpi(RecordsFn),
+    /// The quarantine of bad input, gathered by the decoders and the normaliser.
+    Quarantine,
+}
+
+/// A stream declaration.
+#[derive(Clone, Copy)]
+pub struct StreamDef {
+    pub name: &'static str,
+    /// The JSON Schema text from `schemas/<name>.json`.
+    pub schema: &'static str,
+    pub key_properties: &'static [&'static str],
+    pub records: Records,
+}
+
+impl StreamDef {
+    /// The parsed schema.
+    pub fn schema_value(&self) -> Value {
+        serde_json::from_str(self.schema).unwrap_or(Value::Null)
+    }
+}
+
+macro_rules! stream {
+    ($name:literal, [$($key:literal),*], $records:expr) => {
+        StreamDef {
+            name: $name,
+            schema: include_str!(concat!("../schemas/", $name, ".json")),
+            key_properties: &[$($key),*],
+            records: $records,
+        }
+    };
+}
+
+/// Every stream, in emission order: facts first, then the KPIs built on them, then the quarantine.
+pub const STREAMS: &[StreamDef] = &[
+    stream!(
+        "cli_executions",
+        ["execution_id"],
+        Records::Kpi(facts::cli_executions)
+    ),
+    stream!("projects", ["project_id"], Records::Kpi(facts::projects)),
+    stream!("pipelines", ["pipeline_id"], Records::Kpi(facts::pipelines)),
+    stream!(
+        "pipeline_runs",
+        ["execution_id"],
+        Records::Kpi(facts::pipeline_runs)
+    ),
+    stream!(
+        "daily_active_projects",
+        ["project_id", "date"],
+        Records::Kpi(active::daily_active_projects)
+    ),
+    stream!(
+        "active_projects_daily",
+        ["date"],
+        Records::Kpi(active::active_projects_daily)
+    ),
+    stream!(
+        "monthly_kpis",
+        ["month"],
+        Records::Kpi(active::monthly_kpis)
+    ),
+    stream!(
+        "project_monthly_segments",
+        ["project_id", "month"],
+        Records::Kpi(usage::project_monthly_segments)
+    ),
+    stream!(
+        "plugin_usage",
+        ["month", "plugin_category"],
+        Records::Kpi(usage::plugin_usage)
+    ),
+    stream!(
+        "cohort_retention",
+        ["cohort_month", "month_number"],
+        Records::Kpi(usage::cohort_retention)
+    ),
+    stream!("telemetry_errors", ["error_id"], Records::Quarantine),
+];
+
+/// Look a stream up by name.
+pub fn find(name: &str) -> Option<&'static StreamDef> {
+    STREAMS.iter().find(|s| s.name == name)
+}

@@ -1,0 +1,321 @@
+//! A sync, end to end: sources are read and decoded, events normalised, the KPI engine run, and every
+//! selected stream written as Singer messages, ending with STATE.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::catalog::{self, Selections};
+use crate::config::{Config, SourceFormat};
+use crate::decode::{self, Format, Problem, Reason};
+use crate::event::{Event, Position};
+use crate::kpi::{self, calendar};
+use crate::normalize::{self, NormalizeStats};
+use crate::singer::SingerWriter;
+use crate::source::{self, Input, Line, LineReader, SourceError};
+use crate::streams::{Records, STREAMS};
+
+/// Errors that stop a sync.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("cannot write Singer output: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("strict mode: {count} bad input item(s); first: {first}")]
+    Strict { count: usize, first: String },
+}
+
+/// What a sync did, for the end-of-run report and the tests.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub inputs: usize,
+    pub bytes: u64,
+    pub lines: u64,
+    pub events: u64,
+    pub problems_by_reason: BTreeMap<&'static str, u64>,
+    pub records: BTreeMap<String, u64>,
+    pub normalize: NormalizeStats,
+    pub as_of: String,
+}
+
+impl Reason {
+    /// Whether the reason is a defect of the input (strict mode fails on these); duplicates and
+    /// unattributable state changes are normal traffic that is set aside, not damage.
+    pub fn is_defect(self) -> bool {
+        !matches!(
+            self,
+            Reason::DuplicateEvent | Reason::UnattributedStateChange
+        )
+    }
+}
+
+fn format_of(input: &Input) -> Format {
+    match input.format {
+        SourceFormat::Auto
+        | SourceFormat::Tp2
+        | SourceFormat::EnrichedTsv
+        | SourceFormat::EnrichedJson => Format::Tp2,
+    }
+}
+
+/// Progress on stderr, at most every few seconds.
+struct Progress {
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(5);
+    fn tick(&mut self, bytes: u64, events: u64) {
+        if self.last.elapsed() >= Self::EVERY {
+            self.last = Instant::now();
+            let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+            tracing::info!(
+                "progress: {:.1} MB read, {} events ({:.1} MB/s, {:.0} events/s)",
+                bytes as f64 / 1e6,
+                events,
+                bytes as f64 / 1e6 / secs,
+                events as f64 / secs
+            );
+        }
+    }
+}
+
+/// Read and decode every input.
+pub fn read_inputs(
+    inputs: &[Input],
+    report: &mut SyncReport,
+) -> Result<(Vec<Event>, Vec<Problem>), SyncError> {
+    let mut events = Vec::new();
+    let mut problems = Vec::new();
+    let mut progress = Progress {
+        started: Instant::now(),
+        last: Instant::now(),
+    };
+    for (idx, input) in inputs.iter().enumerate() {
+        let format = format_of(input);
+        let mut reader = LineReader::new(source::open(input)?);
+        loop {
+            let line = match reader.next_line() {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(e) => {
+                    let position = Position {
+                        source: idx as u32,
+                        line: 0,
+                        offset: reader.offset(),
+                        index: 0,
+                    };
+                    problems.push(Problem {
+                        position,
+                        is_event: false,
+                        reason: Reason::TruncatedInput,
+                        message: format!(
+                            "input ends early or is corrupt after byte {}: {e}",
+                            reader.offset()
+                        ),
+                        excerpt: String::new(),
+                        skipped: true,
+                    });
+                    break;
+                }
+            };
+            report.lines += 1;
+            match line {
+                Line::Text {
+                    bytes,
+                    number,
+                    offset,
+                } => {
+                    let position = Position {
+                        source: idx as u32,
+                        line: number,
+                        offset,
+                        index: 0,
+                    };
+                    match std::str::from_utf8(bytes) {
+                        Ok(text) => {
+                            let out = decode::decode_line(format, text, &position);
+                            report.events += out.events.len() as u64;
+                            events.extend(out.events);
+                            problems.extend(out.problems);
+                        }
+                        Err(e) => problems.push(Problem {
+                            position,
+                            is_event: false,
+                            reason: Reason::InvalidUtf8,
+                            message: format!("line is not UTF-8: {e}"),
+                            excerpt: decode::excerpt(&String::from_utf8_lossy(bytes)),
+                            skipped: true,
+                        }),
+                    }
+                }
+                Line::TooLong {
+                    head,
+                    number,
+                    offset,
+                    length,
+                } => problems.push(Problem {
+                    position: Position {
+                        source: idx as u32,
+                        line: number,
+                        offset,
+                        index: 0,
+                    },
+                    is_event: false,
+                    reason: Reason::LineTooLong,
+                    message: format!(
+                        "line of {length} bytes exceeds {} bytes",
+                        source::MAX_LINE_BYTES
+                    ),
+                    excerpt: decode::excerpt(&String::from_utf8_lossy(head)),
+                    skipped: true,
+                }),
+            }
+            progress.tick(report.bytes + reader.offset(), report.events);
+        }
+        report.bytes += reader.offset();
+    }
+    report.inputs = inputs.len();
+    Ok((events, problems))
+}
+
+/// The quarantine record of a problem.
+pub fn problem_record(p: &Problem, inputs: &[Input]) -> Value {
+    let source = inputs
+        .get(p.position.source as usize)
+        .map(|i| i.name.clone())
+        .unwrap_or_default();
+    let id_text = format!(
+        "{}|{}|{}|{}|{}|{}",
+        source,
+        p.position.line,
+        p.position.offset,
+        if p.is_event {
+            p.position.index as i64
+        } else {
+            -1
+        },
+        p.reason.as_str(),
+        p.message
+    );
+    json!({
+        "error_id": normalize::plugins::md5_hex(&id_text),
+        "source": source,
+        "line": (p.position.line > 0).then_some(p.position.line),
+        "byte_offset": p.position.offset,
+        "event_index": p.is_event.then_some(p.position.index),
+        "reason": p.reason.as_str(),
+        "message": p.message,
+        "excerpt": p.excerpt,
+        "skipped": p.skipped,
+    })
+}
+
+/// Run a sync and write it to `out`.
+pub fn run<W: Write>(
+    config: &Config,
+    selections: &Selections,
+    out: W,
+) -> Result<SyncReport, SyncError> {
+    let started = Instant::now();
+    let mut report = SyncReport::default();
+    let inputs = source::resolve(&config.sources)?;
+    tracing::info!("reading {} input file(s)", inputs.len());
+    let (events, mut problems) = read_inputs(&inputs, &mut report)?;
+    let normalized = normalize::normalize(events);
+    problems.extend(normalized.problems);
+    problems.sort_by(|a, b| {
+        (
+            a.position.source,
+            a.position.line,
+            a.position.index,
+            a.reason,
+        )
+            .cmp(&(
+                b.position.source,
+                b.position.line,
+                b.position.index,
+                b.reason,
+            ))
+    });
+    report.normalize = normalized.stats;
+    let facts = normalized.facts;
+    let as_of = config.as_of.map(calendar::day_number);
+    let model = kpi::Model::new(&facts, as_of);
+    report.as_of = calendar::fmt_day(model.as_of);
+    tracing::info!(
+        "read {} events in {:.2}s: {} executions, {} projects, as_of {}",
+        report.events,
+        started.elapsed().as_secs_f64(),
+        facts.executions.len(),
+        facts.projects.len(),
+        report.as_of
+    );
+
+    let time_extracted = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    let mut writer = SingerWriter::new(out, time_extracted);
+    for def in STREAMS {
+        let Some(selection) = selections.get(def.name) else {
+            continue;
+        };
+        let schema = catalog::selected_schema(def, selection);
+        writer.schema(def.name, &schema, &selection.key_properties)?;
+        let records: Vec<Value> = match def.records {
+            Records::Kpi(f) => f(&model),
+            Records::Quarantine => problems
+                .iter()
+                .map(|p| problem_record(p, &inputs))
+                .collect(),
+        };
+        for r in &records {
+            writer.record(def.name, &catalog::project_record(r, selection))?;
+        }
+        writer.metric_stream_done(def.name);
+        report
+            .records
+            .insert(def.name.to_string(), writer.count(def.name));
+    }
+    for p in &problems {
+        *report
+            .problems_by_reason
+            .entry(p.reason.as_str())
+            .or_default() += 1;
+    }
+    let state = json!({
+        "bookmarks": {},
+        "tap_kpis": {"version": 1, "as_of": report.as_of, "events": report.events, "inputs": inputs.len()},
+    });
+    writer.state(&state)?;
+    writer.finish("succeeded")?;
+    for (reason, n) in &report.problems_by_reason {
+        tracing::warn!("skipped or flagged input: {reason}: {n}");
+    }
+    if report.normalize.duplicates > 0 {
+        tracing::info!("duplicate events removed: {}", report.normalize.duplicates);
+    }
+    if config.strict {
+        let defects: Vec<&Problem> = problems.iter().filter(|p| p.reason.is_defect()).collect();
+        if let Some(first) = defects.first() {
+            let src = inputs
+                .get(first.position.source as usize)
+                .map(|i| i.name.as_str())
+                .unwrap_or("?");
+            return Err(SyncError::Strict {
+                count: defects.len(),
+                first: format!(
+                    "{src}:{}: {}: {}",
+                    first.position.line,
+                    first.reason.as_str(),
+                    first.message
+                ),
+            });
+        }
+    }
+    Ok(report)
+}

@@ -162,7 +162,6 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("tap-kpis: error: {e:#}");
             ExitCode::FAILURE
         }

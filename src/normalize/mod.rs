@@ -354,6 +354,26 @@ pub fn normalize(events: Vec<Event>) -> Normalized {
     out
 }
 
+impl Facts {
+    /// Facts from already-built executions (no opt-outs, no structured events): for tests and tools.
+    pub fn from_executions(mut executions: Vec<Execution>) -> Facts {
+        executions
+            .sort_by(|a, b| (a.started_ms, &a.execution_id).cmp(&(b.started_ms, &b.execution_id)));
+        let projects = build_projects(
+            &executions,
+            &HashMap::new(),
+            &[],
+            &mut NormalizeStats::default(),
+        );
+        let newest_event_ms = executions.iter().map(|x| x.finished_ms).max();
+        Facts {
+            executions,
+            projects,
+            newest_event_ms,
+        }
+    }
+}
+
 fn build_projects(
     executions: &[Execution],
     opt_outs: &HashMap<String, i64>,

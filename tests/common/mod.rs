@@ -1,0 +1,80 @@
+//! Helpers shared by the integration tests: run a sync in process and collect its Singer messages.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use tap_kpis::catalog::Selections;
+use tap_kpis::config;
+
+/// Path of a file under `../shared` (the shared material beside the project).
+pub fn shared(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("shared")
+        .join(rel)
+}
+
+/// Messages of one sync, by type.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub schemas: BTreeMap<String, Value>,
+    pub records: BTreeMap<String, Vec<Value>>,
+    pub states: Vec<Value>,
+    pub lines: Vec<Value>,
+}
+
+impl Output {
+    pub fn records(&self, stream: &str) -> &[Value] {
+        self.records.get(stream).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// Parse Singer stdout.
+pub fn parse(stdout: &[u8]) -> Output {
+    let mut out = Output::default();
+    for line in String::from_utf8_lossy(stdout).lines() {
+        let msg: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+        match msg["type"].as_str() {
+            Some("SCHEMA") => {
+                out.schemas
+                    .insert(msg["stream"].as_str().unwrap().to_string(), msg.clone());
+            }
+            Some("RECORD") => out
+                .records
+                .entry(msg["stream"].as_str().unwrap().to_string())
+                .or_default()
+                .push(msg["record"].clone()),
+            Some("STATE") => out.states.push(msg["value"].clone()),
+            other => panic!("unexpected message type {other:?}: {line}"),
+        }
+        out.lines.push(msg);
+    }
+    out
+}
+
+/// Run a sync in process over `config` (a JSON object of settings).
+pub fn sync(config: Value) -> Output {
+    let raw = config.as_object().unwrap().clone();
+    let cfg = config::validate(&raw).expect("valid config");
+    let mut buf = Vec::new();
+    tap_kpis::sync::run(&cfg, &Selections::all(), &mut buf).expect("sync succeeds");
+    parse(&buf)
+}
+
+/// Run a sync over the given source paths.
+pub fn sync_paths(paths: &[PathBuf]) -> Output {
+    let sources: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    sync(json!({ "sources": sources }))
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tap-kpis-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -153,3 +153,6 @@ mod tests {
         assert_eq!(windows_to_intervals([0, 30], 28), vec![(0, 28), (30, 58)]);
     }
 }
+
+#[cfg(test)]
+mod boundaries;

@@ -1,0 +1,374 @@
+//! Rule boundaries of kpis.md §3–§6, each on a minimal hand-built input.
+
+use std::collections::BTreeSet;
+
+use chrono::NaiveDate;
+use serde_json::{Value, json};
+
+use super::calendar::{DAY_MS, day_number, fmt_day};
+use super::{Model, active, facts, usage};
+use crate::normalize::{Execution, Facts, PIPELINE_COMMANDS, plugins};
+
+/// Day number of 2024-01-01 (a Monday).
+fn d0() -> i64 {
+    day_number(NaiveDate::from_ymd_opt(2024, 1, 1).unwrap())
+}
+
+struct X(Execution);
+
+impl X {
+    fn new(project: &str, id: &str, day: i64, command: &str, n_plugins: usize) -> X {
+        let plugins = (0..n_plugins)
+            .map(|i| {
+                plugins::plugin_from_dict(
+                    json!({"category": "extractors", "name_hash": format!("h{i}")})
+                        .as_object()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let start = (d0() + day) * DAY_MS + 3_600_000;
+        X(Execution {
+            execution_id: id.to_string(),
+            project_id: project.to_string(),
+            project_id_source: Some("explicit".into()),
+            started_ms: start,
+            finished_ms: start + 1000,
+            command: Some(command.to_string()),
+            sub_command: None,
+            environment_hash: None,
+            exit_code: Some(0),
+            meltano_version: None,
+            python_version: None,
+            is_ci: Some(false),
+            event_count: 1,
+            plugins,
+            pipeline_id: None,
+            ip_hashes: BTreeSet::new(),
+        })
+    }
+    fn exit(mut self, code: Option<i64>) -> X {
+        self.0.exit_code = code;
+        self
+    }
+    fn source(mut self, s: &str) -> X {
+        self.0.project_id_source = Some(s.into());
+        self
+    }
+    fn ip(mut self, ip: &str) -> X {
+        self.0.ip_hashes.insert(ip.into());
+        self
+    }
+    fn build(mut self) -> Execution {
+        let x = &mut self.0;
+        if x.command
+            .as_deref()
+            .is_some_and(|c| PIPELINE_COMMANDS.contains(&c))
+            && !x.plugins.is_empty()
+        {
+            x.pipeline_id = Some(plugins::pipeline_id(
+                &x.plugins,
+                x.environment_hash.as_deref(),
+                &x.project_id,
+            ));
+        }
+        self.0
+    }
+}
+
+/// A project that starts on day 0 (init) and runs a pipeline on each of `days`.
+fn project_runs(project: &str, days: &[i64]) -> Vec<Execution> {
+    let mut v = vec![X::new(project, &format!("{project}-init"), 0, "init", 0).build()];
+    for d in days {
+        v.push(X::new(project, &format!("{project}-{d}"), *d, "run", 2).build());
+    }
+    v
+}
+
+fn facts_of(xs: Vec<Execution>) -> Facts {
+    Facts::from_executions(xs)
+}
+
+fn day_row(rows: &[Value], day: i64) -> Value {
+    let date = fmt_day(d0() + day);
+    rows.iter()
+        .find(|r| r["date"] == date)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn active_days(facts: &Facts, as_of: i64) -> Vec<i64> {
+    let model = Model::new(facts, Some(d0() + as_of));
+    active::daily_active_projects(&model)
+        .iter()
+        .map(|r| {
+            day_number(NaiveDate::parse_from_str(r["date"].as_str().unwrap(), "%Y-%m-%d").unwrap())
+                - d0()
+        })
+        .collect()
+}
+
+#[test]
+fn age_six_days_does_not_qualify_seven_does() {
+    assert!(active_days(&facts_of(project_runs("p", &[6])), 60).is_empty());
+    let days = active_days(&facts_of(project_runs("p", &[7])), 60);
+    assert_eq!(days.first(), Some(&7));
+}
+
+#[test]
+fn window_includes_d_minus_28_and_excludes_d_minus_29() {
+    let f = facts_of(project_runs("p", &[10]));
+    let rows = active::active_projects_daily(&Model::new(&f, Some(d0() + 60)));
+    assert_eq!(day_row(&rows, 9)["active_projects"], 0);
+    assert_eq!(day_row(&rows, 10)["active_projects"], 1);
+    assert_eq!(
+        day_row(&rows, 38)["active_projects"],
+        1,
+        "D-28 is in the window"
+    );
+    assert_eq!(day_row(&rows, 39)["active_projects"], 0, "D-29 is out");
+}
+
+#[test]
+fn churn_day_is_last_qualifying_day_plus_28() {
+    let f = facts_of(project_runs("p", &[10, 12]));
+    let model = Model::new(&f, Some(d0() + 80));
+    let rows = active::daily_active_projects(&model);
+    let churn: Vec<&Value> = rows.iter().filter(|r| r["is_churn_day"] == true).collect();
+    assert_eq!(churn.len(), 1);
+    assert_eq!(churn[0]["date"], fmt_day(d0() + 40));
+    assert_eq!(
+        day_row(&active::active_projects_daily(&model), 40)["churned"],
+        1
+    );
+}
+
+#[test]
+fn reactivation_after_one_inactive_day() {
+    // [10, 38] then a qualifying day on 40: day 39 is inactive, 40 is a reactivation
+    let f = facts_of(project_runs("p", &[10, 40]));
+    let model = Model::new(&f, Some(d0() + 90));
+    let rows = active::daily_active_projects(&model);
+    assert!(!rows.iter().any(|r| r["date"] == fmt_day(d0() + 39)));
+    let r40 = rows
+        .iter()
+        .find(|r| r["date"] == fmt_day(d0() + 40))
+        .unwrap();
+    assert_eq!(r40["is_reactivated"], true);
+    assert_eq!(r40["is_added"], false);
+    let r10 = rows
+        .iter()
+        .find(|r| r["date"] == fmt_day(d0() + 10))
+        .unwrap();
+    assert_eq!(r10["is_added"], true);
+    // touching windows (next qualifying day = end + 1) are one stretch: no reactivation
+    let g = facts_of(project_runs("p", &[10, 39]));
+    let rows = active::daily_active_projects(&Model::new(&g, Some(d0() + 90)));
+    assert_eq!(
+        rows.iter().filter(|r| r["is_reactivated"] == true).count(),
+        0
+    );
+    let daily = active::active_projects_daily(&Model::new(&f, Some(d0() + 90)));
+    assert_eq!(day_row(&daily, 40)["reactivated"], 1);
+    assert_eq!(day_row(&daily, 10)["added"], 1);
+}
+
+#[test]
+fn added_on_the_first_is_not_active_at_start_reactivated_on_the_first_is() {
+    // 2024-02-01 is day 31.
+    let added = facts_of(project_runs("a", &[31, 45])); // active [31, 73]: through Feb 29
+    let m = Model::new(&added, Some(d0() + 120));
+    let feb = active::daily_active_projects(&m)
+        .into_iter()
+        .find(|r| r["date"] == "2024-02-01")
+        .unwrap();
+    assert_eq!(feb["is_added"], true);
+    assert_eq!(feb["is_active_month_start"], false);
+    assert_eq!(feb["eom_added"], true);
+    // Reactivated on Feb 1: active [-20, 8], inactive from day 9, qualifying again on day 31.
+    let re = facts_of(vec![
+        X::new("r", "r0", -40, "init", 0).build(),
+        X::new("r", "r1", -20, "run", 2).build(), // active [-20, 8]
+        X::new("r", "r2", 31, "run", 2).build(),  // reactivated on day 31 = 2024-02-01
+    ]);
+    let m = Model::new(&re, Some(d0() + 120));
+    let feb = active::daily_active_projects(&m)
+        .into_iter()
+        .find(|r| r["date"] == "2024-02-01")
+        .unwrap();
+    assert_eq!(feb["is_reactivated"], true);
+    assert_eq!(feb["is_active_month_start"], true);
+    assert_eq!(
+        feb["eom_active_unchanged"], false,
+        "churns on 2024-02-29 (day 59)"
+    );
+    assert_eq!(feb["eom_churned"], true);
+}
+
+#[test]
+fn month_flags_only_for_complete_months() {
+    let f = facts_of(project_runs("p", &[10, 40, 45]));
+    // as_of 2024-02-15: January complete, February not
+    let m = Model::new(&f, Some(d0() + 45));
+    let rows = active::daily_active_projects(&m);
+    let jan = rows.iter().find(|r| r["date"] == "2024-01-20").unwrap();
+    let feb = rows.iter().find(|r| r["date"] == "2024-02-10").unwrap();
+    assert_eq!(
+        jan["is_active_month_end"], true,
+        "active [10, 73] over Jan 31"
+    );
+    assert!(feb["is_active_month_end"].is_null());
+    let months = active::monthly_kpis(&m);
+    assert_eq!(months.len(), 2);
+    assert_eq!(months[0]["is_complete"], true);
+    assert!(months[1]["monthly_active_projects"].is_null());
+    assert_eq!(months[1]["active_projects_any_day"], 1);
+    // no rows after as_of
+    assert!(
+        rows.iter()
+            .all(|r| r["date"].as_str().unwrap() <= "2024-02-15")
+    );
+}
+
+#[test]
+fn random_source_never_qualifies_persisted_random_does() {
+    let runs = |ips: &[&str]| {
+        let mut v = vec![X::new("p", "i", 0, "init", 0).source("random").build()];
+        for (i, d) in [10i64, 20].iter().enumerate() {
+            v.push(
+                X::new("p", &format!("r{d}"), *d, "run", 1)
+                    .source("random")
+                    .ip(ips[i % ips.len()])
+                    .build(),
+            );
+        }
+        facts_of(v)
+    };
+    let one_ip = runs(&["a"]);
+    assert_eq!(one_ip.projects[0].source, "random");
+    assert!(active_days(&one_ip, 60).is_empty());
+    let two_ips = runs(&["a", "b"]);
+    assert_eq!(two_ips.projects[0].source, "persisted_random");
+    assert_eq!(active_days(&two_ips, 60).first(), Some(&10));
+    // lifespan of exactly 7 days does not persist
+    let short = facts_of(vec![
+        X::new("p", "a", 0, "run", 1)
+            .source("random")
+            .ip("a")
+            .build(),
+        X::new("p", "b", 7, "run", 1)
+            .source("random")
+            .ip("b")
+            .build(),
+    ]);
+    assert_eq!(short.projects[0].source, "random");
+}
+
+#[test]
+fn ui_counts_only_in_the_rolling_variants() {
+    let f = facts_of(vec![
+        X::new("p", "i", 0, "init", 0).build(),
+        X::new("p", "u1", 20, "ui", 1).build(),
+        X::new("p", "u2", 20, "ui", 1).build(),
+    ]);
+    let m = Model::new(&f, Some(d0() + 60));
+    let rows = active::active_projects_daily(&m);
+    assert_eq!(day_row(&rows, 20)["exec_greater_1"], 1);
+    assert_eq!(day_row(&rows, 48)["exec_greater_1"], 1);
+    assert_eq!(day_row(&rows, 49)["exec_greater_1"], 0);
+    assert_eq!(day_row(&rows, 20)["exec_executions"], 0);
+    assert_eq!(day_row(&rows, 20)["active_projects"], 0);
+    let p = &facts::projects(&m)[0];
+    assert_eq!(p["exec_executions"], 0);
+}
+
+#[test]
+fn unique_pipe_greater_1_needs_two_pipelines_on_one_day() {
+    let mut two = X::new("p", "b", 20, "run", 1).build();
+    two.plugins[0] = plugins::plugin_from_dict(json!({"category": "loaders"}).as_object().unwrap());
+    two.pipeline_id = Some(plugins::pipeline_id(&two.plugins, None, "p"));
+    let f = facts_of(vec![
+        X::new("p", "a", 20, "run", 1).build(),
+        two,
+        X::new("p", "c", 21, "run", 1).build(),
+    ]);
+    let rows = active::active_projects_daily(&Model::new(&f, Some(d0() + 30)));
+    assert_eq!(day_row(&rows, 20)["unique_pipe_greater_1"], 1);
+    assert_eq!(day_row(&rows, 20)["unique_pipelines"], 2);
+    assert_eq!(day_row(&rows, 21)["unique_pipelines"], 1);
+}
+
+#[test]
+fn missing_exit_code_is_a_failure() {
+    let f = facts_of(vec![
+        X::new("p", "a", 0, "run", 1).exit(None).build(),
+        X::new("p", "b", 0, "run", 1).exit(Some(0)).build(),
+    ]);
+    let m = Model::new(&f, None);
+    let runs = facts::pipeline_runs(&m);
+    let a = runs.iter().find(|r| r["execution_id"] == "a").unwrap();
+    assert_eq!(a["is_success"], false);
+    assert!(a["exit_code"].is_null());
+    let day = &active::active_projects_daily(&m)[0];
+    assert_eq!(day["pipeline_success_rate"], 0.5);
+    assert_eq!(facts::pipelines(&m)[0]["successful_runs"], 1);
+}
+
+#[test]
+fn segments_count_runs_while_active_at_month_end() {
+    // Active through the end of February (qualifying days 10 and 40 -> [10, 68]).
+    let mut xs = project_runs("p", &[10, 40]);
+    for i in 0..49 {
+        xs.push(X::new("p", &format!("f{i}"), 45, "run", 2).build());
+    }
+    let f = facts_of(xs);
+    let m = Model::new(&f, Some(d0() + 100));
+    let seg = usage::segments(&m);
+    let feb = seg
+        .iter()
+        .find(|s| fmt_day(super::calendar::month_first_day(s.month)) == "2024-02-01")
+        .unwrap();
+    assert_eq!((feb.pipeline_runs, feb.segment), (50, "MARLIN"));
+    // after churn (day 68 = 2024-03-09) March has no active month end: NO_PIPELINES with runs
+    let mut ys = project_runs("q", &[10]);
+    ys.push(X::new("q", "late", 62, "run", 2).build()); // 2024-03-03: active [62, 90], churn day 90 = Mar 31
+    let g = facts_of(ys);
+    let m = Model::new(&g, Some(d0() + 120));
+    let march = usage::segments(&m)
+        .into_iter()
+        .find(|s| fmt_day(super::calendar::month_first_day(s.month)) == "2024-03-01")
+        .unwrap();
+    assert_eq!(
+        march.pipeline_runs_active_eom, 1,
+        "plain presence: the churn day still counts"
+    );
+}
+
+#[test]
+fn cohort_retention_counts_any_execution() {
+    let f = facts_of(vec![
+        X::new("a", "a1", 0, "init", 0).build(),
+        X::new("a", "a2", 40, "config", 0).build(),
+        X::new("b", "b1", 5, "run", 1).build(),
+        X::new("b", "b2", 6, "run", 1).build(),
+    ]);
+    let m = Model::new(&f, Some(d0() + 70));
+    let rows = usage::cohort_retention(&m);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["active_projects"], 2);
+    assert_eq!(rows[0]["active_projects_multi_exec"], 1);
+    assert_eq!(rows[1]["active_projects"], 1);
+    assert_eq!(rows[1]["retention"], 0.5);
+    assert_eq!(rows[1]["retention_multi_exec"], 0.0);
+    assert_eq!(rows[2]["retention"], 0.0);
+}
+
+#[test]
+fn new_projects_acquired_and_activated_differ() {
+    let f = facts_of(project_runs("p", &[10]));
+    let m = Model::new(&f, Some(d0() + 40));
+    let rows = active::active_projects_daily(&m);
+    assert_eq!(day_row(&rows, 0)["new_projects_acquired"], 1);
+    assert_eq!(day_row(&rows, 0)["new_projects_activated"], 0);
+    assert_eq!(day_row(&rows, 10)["new_projects_activated"], 1);
+}

@@ -109,12 +109,14 @@ pub fn plugin_usage(model: &Model) -> Vec<Value> {
         .collect()
 }
 
+/// A cohort: its size, and per month its active projects and those with more than one exec.
+type Cohort = (u64, BTreeMap<Month, u64>, BTreeMap<Month, u64>);
+
 /// `cohort_retention`: per cohort month and month number, projects still executing.
 pub fn cohort_retention(model: &Model) -> Vec<Value> {
     let last_month = month_of(model.as_of);
     // cohort -> (projects, active per month, active-and-multi-exec per month)
-    let mut cohorts: BTreeMap<Month, (u64, BTreeMap<Month, u64>, BTreeMap<Month, u64>)> =
-        BTreeMap::new();
+    let mut cohorts: BTreeMap<Month, Cohort> = BTreeMap::new();
     for pa in &model.projects {
         let cohort = month_of(pa.first_day);
         let multi = pa.executions.iter().filter(|x| x.is_exec()).count() > 1;

@@ -52,12 +52,13 @@ impl Reason {
     }
 }
 
-fn format_of(input: &Input) -> Format {
+/// The configured format of an input; `None` means detect it from the first non-empty line.
+fn format_of(input: &Input) -> Option<Format> {
     match input.format {
-        SourceFormat::Auto
-        | SourceFormat::Tp2
-        | SourceFormat::EnrichedTsv
-        | SourceFormat::EnrichedJson => Format::Tp2,
+        SourceFormat::Auto => None,
+        SourceFormat::Tp2 => Some(Format::Tp2),
+        SourceFormat::EnrichedTsv => Some(Format::EnrichedTsv),
+        SourceFormat::EnrichedJson => Some(Format::EnrichedJson),
     }
 }
 
@@ -96,7 +97,7 @@ pub fn read_inputs(
         last: Instant::now(),
     };
     for (idx, input) in inputs.iter().enumerate() {
-        let format = format_of(input);
+        let mut format = format_of(input);
         let mut reader = LineReader::new(source::open(input)?);
         loop {
             let line = match reader.next_line() {
@@ -138,6 +139,10 @@ pub fn read_inputs(
                     };
                     match std::str::from_utf8(bytes) {
                         Ok(text) => {
+                            if text.trim().is_empty() {
+                                continue;
+                            }
+                            let format = *format.get_or_insert_with(|| decode::detect_format(text));
                             let out = decode::decode_line(format, text, &position);
                             report.events += out.events.len() as u64;
                             events.extend(out.events);

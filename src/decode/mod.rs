@@ -1,6 +1,7 @@
 //! Decoders: turn raw input lines into [`Event`]s, and every line or event they cannot use into a
 //! [`Problem`] with a reason code. Decoders know the Snowplow and Meltano formats and nothing of KPIs.
 
+pub mod enriched;
 pub mod iglu;
 pub mod selfdesc;
 pub mod tp2;
@@ -126,11 +127,38 @@ impl LineOutput {
 pub enum Format {
     /// Snowplow tracker payloads: POST bodies or capture envelopes, one JSON document per line.
     Tp2,
+    /// Snowplow enriched events, 131 tab-separated columns.
+    EnrichedTsv,
+    /// Snowplow enriched events, one JSON object per line.
+    EnrichedJson,
+}
+
+/// Guess the format of a file from its first non-empty line: many tabs mean enriched TSV, a JSON
+/// object with enriched column names means enriched JSON, anything else is read as tp2.
+pub fn detect_format(first_line: &str) -> Format {
+    let t = first_line.trim_start();
+    if t.starts_with('{') {
+        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(t)
+            && !m.contains_key("body")
+            && !m.contains_key("e")
+            && !m.contains_key("schema")
+            && enriched::looks_enriched_json(&m)
+        {
+            return Format::EnrichedJson;
+        }
+        return Format::Tp2;
+    }
+    if first_line.matches('\t').count() >= 100 {
+        return Format::EnrichedTsv;
+    }
+    Format::Tp2
 }
 
 /// Decode one line of a source in the given format.
 pub fn decode_line(format: Format, line: &str, position: &Position) -> LineOutput {
     match format {
         Format::Tp2 => tp2::decode_line(line, position),
+        Format::EnrichedTsv => enriched::decode_tsv_line(line, position),
+        Format::EnrichedJson => enriched::decode_json_line(line, position),
     }
 }

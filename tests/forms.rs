@@ -136,9 +136,9 @@ fn tp2_tsv_and_json_give_identical_records() {
         let json_path = dir.join("events.json");
         std::fs::write(&json_path, json_text).unwrap();
 
-        let tp2 = streams_without_errors(&sync_paths(&[src.clone()]));
+        let tp2 = streams_without_errors(&sync_paths(std::slice::from_ref(&src)));
         for path in [&tsv_path, &gz_path, &json_path] {
-            let out = sync_paths(&[path.clone()]);
+            let out = sync_paths(std::slice::from_ref(path));
             let errors: Vec<_> = out
                 .records("telemetry_errors")
                 .iter()

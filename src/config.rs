@@ -63,6 +63,16 @@ impl SourceSpec {
     }
 }
 
+/// A sensitive setting: its value never appears in debug output or logs.
+#[derive(Clone, Deserialize)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Typed settings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -71,6 +81,32 @@ pub struct Config {
     pub as_of: Option<NaiveDate>,
     #[serde(default)]
     pub strict: bool,
+    #[serde(default)]
+    pub http_bearer_token: Option<Secret>,
+    #[serde(default = "default_http_timeout")]
+    pub http_timeout_seconds: u64,
+    #[serde(default = "default_http_retries")]
+    pub http_retries: u32,
+}
+
+fn default_http_timeout() -> u64 {
+    60
+}
+
+fn default_http_retries() -> u32 {
+    5
+}
+
+impl Config {
+    /// How http(s) sources are fetched.
+    pub fn http_options(&self) -> crate::source::HttpOptions {
+        crate::source::HttpOptions {
+            bearer_token: self.http_bearer_token.as_ref().map(|s| s.0.clone()),
+            timeout: std::time::Duration::from_secs(self.http_timeout_seconds),
+            retries: self.http_retries,
+            ..Default::default()
+        }
+    }
 }
 
 /// Merge config files, later keys winning.

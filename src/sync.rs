@@ -228,7 +228,7 @@ pub fn run<W: Write>(
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let mut report = SyncReport::default();
-    let inputs = source::resolve(&config.sources)?;
+    let inputs = source::resolve(&config.sources, &config.http_options())?;
     tracing::info!("reading {} input file(s)", inputs.len());
     let (events, mut problems) = read_inputs(&inputs, &mut report)?;
     let normalized = normalize::normalize(events);

@@ -9,6 +9,10 @@ use flate2::read::MultiGzDecoder;
 
 use crate::config::{SourceFormat, SourceSpec};
 
+pub mod http;
+
+pub use http::HttpOptions;
+
 /// Errors that make a source unreadable as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -20,17 +24,27 @@ pub enum SourceError {
     NoMatch { pattern: String },
     #[error("cannot read {path}: {source}")]
     Io { path: String, source: io::Error },
-    #[error("source {0}: HTTP sources are not supported by this build")]
-    Http(String),
+    #[error("cannot fetch {url}: {detail}")]
+    HttpFailed { url: String, detail: String },
 }
 
 /// One input to read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Input {
     /// Display name (path or URL), used in positions and messages.
     pub name: String,
     pub path: PathBuf,
     pub format: SourceFormat,
+    /// Set when `path` is a downloaded copy to delete after reading.
+    pub temporary: bool,
+}
+
+impl Drop for Input {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 fn is_glob(p: &str) -> bool {
@@ -55,13 +69,21 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
     Ok(())
 }
 
-/// Resolve every configured source into files, in configuration order, each directory or glob sorted.
-pub fn resolve(specs: &[SourceSpec]) -> Result<Vec<Input>, SourceError> {
+/// Resolve every configured source into files, in configuration order, each directory or glob sorted;
+/// URLs are downloaded.
+pub fn resolve(specs: &[SourceSpec], http: &HttpOptions) -> Result<Vec<Input>, SourceError> {
     let mut inputs = Vec::new();
     for spec in specs {
         let p = spec.path();
         if p.starts_with("http://") || p.starts_with("https://") {
-            return Err(SourceError::Http(p.to_string()));
+            let path = http::download(p, http)?;
+            inputs.push(Input {
+                name: p.to_string(),
+                path,
+                format: spec.format(),
+                temporary: true,
+            });
+            continue;
         }
         let mut files = Vec::new();
         if is_glob(p) {
@@ -106,6 +128,7 @@ pub fn resolve(specs: &[SourceSpec]) -> Result<Vec<Input>, SourceError> {
             name: path.display().to_string(),
             path,
             format: spec.format(),
+            temporary: false,
         }));
     }
     Ok(inputs)
@@ -256,7 +279,11 @@ mod tests {
         std::fs::write(dir.join("sub/z.log"), gz.finish().unwrap()).unwrap();
         std::fs::write(dir.join("a.gz"), b"plain\n").unwrap();
         std::fs::write(dir.join(".hidden"), b"x\n").unwrap();
-        let inputs = resolve(&[SourceSpec::Path(dir.display().to_string())]).unwrap();
+        let inputs = resolve(
+            &[SourceSpec::Path(dir.display().to_string())],
+            &HttpOptions::default(),
+        )
+        .unwrap();
         let names: Vec<_> = inputs
             .iter()
             .map(|i| i.path.file_name().unwrap().to_string_lossy().to_string())
@@ -264,10 +291,17 @@ mod tests {
         assert_eq!(names, ["a.gz", "z.log"]);
         assert_eq!(read_all(&inputs[0]).unwrap(), b"plain\n");
         assert_eq!(read_all(&inputs[1]).unwrap(), b"a\nb\n");
-        let globbed = resolve(&[SourceSpec::Path(format!("{}/*.gz", dir.display()))]).unwrap();
+        let globbed = resolve(
+            &[SourceSpec::Path(format!("{}/*.gz", dir.display()))],
+            &HttpOptions::default(),
+        )
+        .unwrap();
         assert_eq!(globbed.len(), 1);
         assert!(matches!(
-            resolve(&[SourceSpec::Path(format!("{}/nope", dir.display()))]),
+            resolve(
+                &[SourceSpec::Path(format!("{}/nope", dir.display()))],
+                &HttpOptions::default()
+            ),
             Err(SourceError::NotFound(_))
         ));
         std::fs::remove_dir_all(&dir).unwrap();

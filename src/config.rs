@@ -87,6 +87,20 @@ pub struct Config {
     pub http_timeout_seconds: u64,
     #[serde(default = "default_http_retries")]
     pub http_retries: u32,
+    #[serde(default)]
+    pub health_metrics: Option<Vec<crate::health::Rule>>,
+    #[serde(default)]
+    pub alert_webhook_url: Option<Secret>,
+    #[serde(default)]
+    pub alert_webhook_token: Option<Secret>,
+    #[serde(default = "default_alert_max_age_days")]
+    pub alert_max_age_days: i64,
+    #[serde(default)]
+    pub fail_on_alarm: bool,
+}
+
+fn default_alert_max_age_days() -> i64 {
+    7
 }
 
 fn default_http_timeout() -> u64 {
@@ -98,6 +112,26 @@ fn default_http_retries() -> u32 {
 }
 
 impl Config {
+    /// The health rules: configured, else the defaults.
+    pub fn health_rules(&self) -> Vec<crate::health::Rule> {
+        self.health_metrics
+            .clone()
+            .unwrap_or_else(crate::health::default_rules)
+    }
+
+    /// The alert webhook, when configured.
+    pub fn webhook(&self) -> Option<crate::health::webhook::Webhook> {
+        self.alert_webhook_url
+            .as_ref()
+            .map(|url| crate::health::webhook::Webhook {
+                url: url.0.clone(),
+                token: self.alert_webhook_token.as_ref().map(|t| t.0.clone()),
+                timeout: std::time::Duration::from_secs(10),
+                retries: 3,
+                backoff: std::time::Duration::from_millis(200),
+            })
+    }
+
     /// How http(s) sources are fetched.
     pub fn http_options(&self) -> crate::source::HttpOptions {
         crate::source::HttpOptions {

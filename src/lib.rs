@@ -12,6 +12,7 @@
 //!   of each KPI stream, sharing a precomputed [`kpi::Model`];
 //! * the **stream registry** ([`streams`]) declares each stream: its name, its schema file under
 //!   `schemas/`, its key properties and its record function; the [`catalog`] selects among them;
+//! * **health** ([`health`]) checks KPI series against expected ranges and raises alarms;
 //! * the **Singer writer** ([`singer`]) puts SCHEMA, RECORD and STATE messages on stdout.
 //!
 //! [`sync::run`] wires the stages together; `main.rs` is the command-line edge that reads settings
@@ -21,6 +22,7 @@ pub mod catalog;
 pub mod config;
 pub mod decode;
 pub mod event;
+pub mod health;
 pub mod kpi;
 pub mod normalize;
 pub mod singer;

@@ -134,17 +134,21 @@ fn run(cli: Cli) -> Result<()> {
         }
         None => Selections::all(),
     };
-    if let Some(path) = &cli.state {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read state {}", path.display()))?;
-        let _: Value = serde_json::from_str(&text)
-            .with_context(|| format!("state {} is not JSON", path.display()))?;
-        tracing::info!(
-            "state given: every KPI row is recomputed from the sources and upserted by key"
-        );
-    }
+    let state: Option<Value> = match &cli.state {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read state {}", path.display()))?;
+            let value = serde_json::from_str(&text)
+                .with_context(|| format!("state {} is not JSON", path.display()))?;
+            tracing::info!(
+                "state given: every KPI row is recomputed from the sources and upserted by key"
+            );
+            Some(value)
+        }
+        None => None,
+    };
     let stdout = std::io::stdout().lock();
-    sync::run(&config, &selections, stdout)?;
+    sync::run(&config, &selections, state.as_ref(), stdout)?;
     Ok(())
 }
 

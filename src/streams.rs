@@ -12,6 +12,8 @@ pub enum Records {
     Kpi(RecordsFn),
     /// The quarantine of bad input, gathered by the decoders and the normaliser.
     Quarantine,
+    /// Health evaluations of KPI series against the configured rules.
+    Health,
 }
 
 /// A stream declaration.
@@ -86,6 +88,7 @@ pub const STREAMS: &[StreamDef] = &[
         ["cohort_month", "month_number"],
         Records::Kpi(usage::cohort_retention)
     ),
+    stream!("kpi_health", ["rule", "period"], Records::Health),
     stream!("telemetry_errors", ["error_id"], Records::Quarantine),
 ];
 

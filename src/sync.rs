@@ -11,6 +11,7 @@ use crate::catalog::{self, Selections};
 use crate::config::{Config, SourceFormat};
 use crate::decode::{self, Format, Problem, Reason};
 use crate::event::{Event, Position};
+use crate::health::alarm;
 use crate::kpi::{self, calendar};
 use crate::normalize::{self, NormalizeStats};
 use crate::singer::SingerWriter;
@@ -26,6 +27,8 @@ pub enum SyncError {
     Output(#[from] std::io::Error),
     #[error("strict mode: {count} bad input item(s); first: {first}")]
     Strict { count: usize, first: String },
+    #[error("fail_on_alarm: {0} health alarm(s) within alert_max_age_days of as_of")]
+    Alarms(usize),
 }
 
 /// What a sync did, for the end-of-run report and the tests.
@@ -39,6 +42,8 @@ pub struct SyncReport {
     pub records: BTreeMap<String, u64>,
     pub normalize: NormalizeStats,
     pub as_of: String,
+    /// Alarms raised for periods within `alert_max_age_days` of as_of.
+    pub recent_alarms: usize,
 }
 
 impl Reason {
@@ -224,6 +229,7 @@ pub fn problem_record(p: &Problem, inputs: &[Input]) -> Value {
 pub fn run<W: Write>(
     config: &Config,
     selections: &Selections,
+    state: Option<&Value>,
     out: W,
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
@@ -265,6 +271,25 @@ pub fn run<W: Write>(
         .format("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string();
     let mut writer = SingerWriter::new(out, time_extracted);
+    let mut cache: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    let mut records_of = |name: &str| -> Vec<Value> {
+        match crate::streams::find(name).map(|d| d.records) {
+            Some(Records::Kpi(f)) => cache
+                .entry(name_static(name))
+                .or_insert_with(|| f(&model))
+                .clone(),
+            _ => Vec::new(),
+        }
+    };
+    let health = alarm::run(
+        &config.health_rules(),
+        &mut records_of,
+        model.as_of,
+        config.alert_max_age_days,
+        &alarm::sent_from_state(state),
+        config.webhook().as_ref(),
+    );
+    report.recent_alarms = health.recent_alarms;
     for def in STREAMS {
         let Some(selection) = selections.get(def.name) else {
             continue;
@@ -272,7 +297,8 @@ pub fn run<W: Write>(
         let schema = catalog::selected_schema(def, selection);
         writer.schema(def.name, &schema, &selection.key_properties)?;
         let records: Vec<Value> = match def.records {
-            Records::Kpi(f) => f(&model),
+            Records::Kpi(_) => records_of(def.name),
+            Records::Health => health.records.clone(),
             Records::Quarantine => problems
                 .iter()
                 .map(|p| problem_record(p, &inputs))
@@ -294,7 +320,8 @@ pub fn run<W: Write>(
     }
     let state = json!({
         "bookmarks": {},
-        "tap_kpis": {"version": 1, "as_of": report.as_of, "events": report.events, "inputs": inputs.len()},
+        "tap_kpis": {"version": 1, "as_of": report.as_of, "events": report.events, "inputs": inputs.len(),
+            "alarms_sent": health.alarms_sent},
     });
     writer.state(&state)?;
     writer.finish("succeeded")?;
@@ -322,5 +349,13 @@ pub fn run<W: Write>(
             });
         }
     }
+    if config.fail_on_alarm && report.recent_alarms > 0 {
+        return Err(SyncError::Alarms(report.recent_alarms));
+    }
     Ok(report)
+}
+
+/// The registry's `'static` name of a stream.
+fn name_static(name: &str) -> &'static str {
+    crate::streams::find(name).map_or("", |d| d.name)
 }

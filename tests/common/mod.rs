@@ -61,7 +61,7 @@ pub fn sync(config: Value) -> Output {
     let raw = config.as_object().unwrap().clone();
     let cfg = config::validate(&raw).expect("valid config");
     let mut buf = Vec::new();
-    tap_kpis::sync::run(&cfg, &Selections::all(), &mut buf).expect("sync succeeds");
+    tap_kpis::sync::run(&cfg, &Selections::all(), None, &mut buf).expect("sync succeeds");
     parse(&buf)
 }
 

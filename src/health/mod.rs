@@ -1,0 +1,345 @@
+//! Health metrics (kpis.md §7): KPI series watched against an expected range, fixed or learned from
+//! their own history. Evaluation is pure; raising alarms (stderr, webhook) is the caller's job.
+
+pub mod alarm;
+pub mod webhook;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// How a rule's expected range is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// `min` / `max` as configured.
+    Fixed,
+    /// Trailing mean ± k standard deviations of the previous `periods` values.
+    Stddev,
+    /// Percentage change against the previous period.
+    Change,
+}
+
+/// One health rule, as configured in `health_metrics`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Rule {
+    /// Name of the rule; defaults to the KPI name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `<stream>.<field>`, e.g. `active_projects_daily.active_projects`.
+    pub kpi: String,
+    pub method: Method,
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+    #[serde(default = "default_k")]
+    pub k: f64,
+    #[serde(default = "default_periods")]
+    pub periods: usize,
+    #[serde(default = "default_min_periods")]
+    pub min_periods: usize,
+    #[serde(default)]
+    pub max_drop_pct: Option<f64>,
+    #[serde(default)]
+    pub max_rise_pct: Option<f64>,
+}
+
+fn default_k() -> f64 {
+    3.0
+}
+fn default_periods() -> usize {
+    28
+}
+fn default_min_periods() -> usize {
+    14
+}
+
+impl Rule {
+    /// The rule's name.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.kpi)
+    }
+    /// The stream and field of the watched series.
+    pub fn series(&self) -> Option<(&str, &str)> {
+        self.kpi.split_once('.')
+    }
+}
+
+/// The rules used when `health_metrics` is not set: the North Star, the pipeline success rate, and the
+/// monthly pipeline runs and monthly active projects.
+pub fn default_rules() -> Vec<Rule> {
+    let rule = |kpi: &str, method| Rule {
+        name: None,
+        kpi: kpi.into(),
+        method,
+        min: None,
+        max: None,
+        k: default_k(),
+        periods: default_periods(),
+        min_periods: default_min_periods(),
+        max_drop_pct: None,
+        max_rise_pct: None,
+    };
+    vec![
+        rule("active_projects_daily.active_projects", Method::Stddev),
+        Rule {
+            min: Some(0.5),
+            ..rule("active_projects_daily.pipeline_success_rate", Method::Fixed)
+        },
+        Rule {
+            max_drop_pct: Some(50.0),
+            ..rule("monthly_kpis.pipeline_runs", Method::Change)
+        },
+        Rule {
+            max_drop_pct: Some(25.0),
+            ..rule("monthly_kpis.monthly_active_projects", Method::Change)
+        },
+    ]
+}
+
+/// Outcome of one evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Low,
+    High,
+    InsufficientHistory,
+}
+
+impl Status {
+    /// The status code in records and alarms.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Low => "low",
+            Status::High => "high",
+            Status::InsufficientHistory => "insufficient_history",
+        }
+    }
+    /// Whether the value is out of range.
+    pub fn is_alarm(self) -> bool {
+        matches!(self, Status::Low | Status::High)
+    }
+}
+
+/// One evaluated period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub period: String,
+    pub value: f64,
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+    pub status: Status,
+}
+
+fn classify(value: f64, low: Option<f64>, high: Option<f64>) -> Status {
+    if low.is_some_and(|l| value < l) {
+        Status::Low
+    } else if high.is_some_and(|h| value > h) {
+        Status::High
+    } else {
+        Status::Ok
+    }
+}
+
+/// Evaluate a rule over a series of (period, value) in period order; periods without a value are
+/// skipped and do not count as history.
+pub fn evaluate(rule: &Rule, series: &[(String, Option<f64>)]) -> Vec<Evaluation> {
+    let values: Vec<(&String, f64)> = series
+        .iter()
+        .filter_map(|(p, v)| v.map(|v| (p, v)))
+        .collect();
+    let mut out = Vec::with_capacity(values.len());
+    for (i, &(period, value)) in values.iter().enumerate() {
+        let (low, high, status) = match rule.method {
+            Method::Fixed => (rule.min, rule.max, classify(value, rule.min, rule.max)),
+            Method::Stddev => {
+                let history: Vec<f64> = values[i.saturating_sub(rule.periods)..i]
+                    .iter()
+                    .map(|(_, v)| *v)
+                    .collect();
+                if history.len() < rule.min_periods.max(2) {
+                    (None, None, Status::InsufficientHistory)
+                } else {
+                    let n = history.len() as f64;
+                    let mean = history.iter().sum::<f64>() / n;
+                    let var = history.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+                    let (low, high) = (mean - rule.k * var.sqrt(), mean + rule.k * var.sqrt());
+                    (
+                        Some(low),
+                        Some(high),
+                        classify(value, Some(low), Some(high)),
+                    )
+                }
+            }
+            Method::Change => match i.checked_sub(1).map(|j| values[j].1) {
+                None => (None, None, Status::InsufficientHistory),
+                Some(prev) => {
+                    let low = rule.max_drop_pct.map(|p| prev * (1.0 - p / 100.0));
+                    let high = rule.max_rise_pct.map(|p| prev * (1.0 + p / 100.0));
+                    (low, high, classify(value, low, high))
+                }
+            },
+        };
+        out.push(Evaluation {
+            period: period.clone(),
+            value,
+            low,
+            high,
+            status,
+        });
+    }
+    out
+}
+
+/// The period column of a KPI stream, and its period name.
+pub fn period_of(stream: &str) -> Option<(&'static str, &'static str)> {
+    match stream {
+        "active_projects_daily" => Some(("date", "day")),
+        "monthly_kpis" => Some(("month", "month")),
+        _ => None,
+    }
+}
+
+/// The series a rule watches, from the records of its stream. Incomplete months are left out.
+pub fn series(rule: &Rule, records: &[Value]) -> Vec<(String, Option<f64>)> {
+    let Some((stream, field)) = rule.series() else {
+        return Vec::new();
+    };
+    let Some((period_field, _)) = period_of(stream) else {
+        return Vec::new();
+    };
+    records
+        .iter()
+        .filter(|r| r.get("is_complete").is_none_or(|c| c == true))
+        .filter_map(|r| {
+            Some((
+                r.get(period_field)?.as_str()?.to_string(),
+                r.get(field)?.as_f64(),
+            ))
+        })
+        .collect()
+}
+
+/// The `kpi_health` record of an evaluation.
+pub fn record(rule: &Rule, e: &Evaluation) -> Value {
+    let stream = rule.series().map(|(s, _)| s).unwrap_or("");
+    json!({
+        "rule": rule.name(),
+        "kpi": rule.kpi,
+        "period": e.period,
+        "period_type": period_of(stream).map(|(_, p)| p),
+        "value": e.value,
+        "low": e.low,
+        "high": e.high,
+        "status": e.status.as_str(),
+        "method": match rule.method { Method::Fixed => "fixed", Method::Stddev => "stddev", Method::Change => "change" },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(method: Method) -> Rule {
+        Rule {
+            method,
+            ..default_rules()[0].clone()
+        }
+    }
+
+    fn s(values: &[Option<f64>]) -> Vec<(String, Option<f64>)> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("p{i:02}"), *v))
+            .collect()
+    }
+
+    #[test]
+    fn fixed_range() {
+        let r = Rule {
+            min: Some(1.0),
+            max: Some(3.0),
+            ..rule(Method::Fixed)
+        };
+        let st: Vec<_> = evaluate(&r, &s(&[Some(0.0), Some(1.0), Some(3.0), Some(3.5), None]))
+            .into_iter()
+            .map(|e| e.status)
+            .collect();
+        assert_eq!(st, [Status::Low, Status::Ok, Status::Ok, Status::High]);
+    }
+
+    #[test]
+    fn stddev_needs_history_and_flags_outliers() {
+        let r = Rule {
+            periods: 4,
+            min_periods: 3,
+            k: 2.0,
+            ..rule(Method::Stddev)
+        };
+        let e = evaluate(
+            &r,
+            &s(&[
+                Some(10.0),
+                Some(12.0),
+                Some(8.0),
+                Some(10.0),
+                Some(0.0),
+                Some(30.0),
+            ]),
+        );
+        assert_eq!(e[0].status, Status::InsufficientHistory);
+        assert_eq!(
+            e[2].status,
+            Status::InsufficientHistory,
+            "two values are too few"
+        );
+        assert_eq!(e[3].status, Status::Ok);
+        assert_eq!(e[3].low, Some(10.0 - 2.0 * 2.0));
+        assert_eq!(e[4].status, Status::Low);
+        assert_eq!(e[5].status, Status::High, "history 12, 8, 10, 0: mean 7.5, high 18");
+    }
+
+    #[test]
+    fn zero_variance_makes_any_change_an_alarm() {
+        let r = Rule {
+            periods: 5,
+            min_periods: 3,
+            ..rule(Method::Stddev)
+        };
+        let e = evaluate(
+            &r,
+            &s(&[Some(5.0), Some(5.0), Some(5.0), Some(5.0), Some(6.0)]),
+        );
+        assert_eq!(
+            (e[3].low, e[3].high, e[3].status),
+            (Some(5.0), Some(5.0), Status::Ok)
+        );
+        assert_eq!(e[4].status, Status::High);
+    }
+
+    #[test]
+    fn change_against_previous_period() {
+        let r = Rule {
+            max_drop_pct: Some(20.0),
+            max_rise_pct: Some(50.0),
+            ..rule(Method::Change)
+        };
+        let e = evaluate(
+            &r,
+            &s(&[Some(100.0), Some(80.0), Some(63.0), None, Some(95.0)]),
+        );
+        let st: Vec<_> = e.iter().map(|e| e.status).collect();
+        assert_eq!(
+            st,
+            [
+                Status::InsufficientHistory,
+                Status::Ok,
+                Status::Low,
+                Status::High
+            ]
+        );
+        assert_eq!(e[1].low, Some(80.0));
+    }
+}

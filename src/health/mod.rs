@@ -298,7 +298,11 @@ mod tests {
         assert_eq!(e[3].status, Status::Ok);
         assert_eq!(e[3].low, Some(10.0 - 2.0 * 2.0));
         assert_eq!(e[4].status, Status::Low);
-        assert_eq!(e[5].status, Status::High, "history 12, 8, 10, 0: mean 7.5, high 18");
+        assert_eq!(
+            e[5].status,
+            Status::High,
+            "history 12, 8, 10, 0: mean 7.5, high 18"
+        );
     }
 
     #[test]

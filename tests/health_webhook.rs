@@ -14,11 +14,14 @@ use serde_json::{Value, json};
 
 use common::{parse, shared, temp_dir};
 
+/// Requests a webhook received: (status answered, body).
+type Seen = Arc<Mutex<Vec<(u16, Value)>>>;
+
 /// A webhook server answering 500 to the first `fail_first` requests, then 200; it records bodies.
-fn webhook(fail_first: usize) -> (String, Arc<Mutex<Vec<(u16, Value)>>>) {
+fn webhook(fail_first: usize) -> (String, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let seen: Arc<Mutex<Vec<(u16, Value)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let s = seen.clone();
     thread::spawn(move || {
         for stream in listener.incoming() {

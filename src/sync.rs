@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::catalog::{self, Selections};
 use crate::config::{Config, SourceFormat};
 use crate::decode::{self, Format, Problem, Reason};
-use crate::event::{Event, Position};
+use crate::event::Position;
 use crate::health::alarm;
 use crate::kpi::{self, calendar};
 use crate::normalize::{self, NormalizeStats};
@@ -90,12 +90,12 @@ impl Progress {
     }
 }
 
-/// Read and decode every input.
+/// Read and decode every input, folding the events into `normalizer`; returns the decode problems.
 pub fn read_inputs(
     inputs: &[Input],
+    normalizer: &mut normalize::Normalizer,
     report: &mut SyncReport,
-) -> Result<(Vec<Event>, Vec<Problem>), SyncError> {
-    let mut events = Vec::new();
+) -> Result<Vec<Problem>, SyncError> {
     let mut problems = Vec::new();
     let mut progress = Progress {
         started: Instant::now(),
@@ -150,7 +150,9 @@ pub fn read_inputs(
                             let format = *format.get_or_insert_with(|| decode::detect_format(text));
                             let out = decode::decode_line(format, text, &position);
                             report.events += out.events.len() as u64;
-                            events.extend(out.events);
+                            for e in out.events {
+                                normalizer.push(e);
+                            }
                             problems.extend(out.problems);
                         }
                         Err(e) => problems.push(Problem {
@@ -190,7 +192,7 @@ pub fn read_inputs(
         report.bytes += reader.offset();
     }
     report.inputs = inputs.len();
-    Ok((events, problems))
+    Ok(problems)
 }
 
 /// The quarantine record of a problem.
@@ -236,8 +238,9 @@ pub fn run<W: Write>(
     let mut report = SyncReport::default();
     let inputs = source::resolve(&config.sources, &config.http_options())?;
     tracing::info!("reading {} input file(s)", inputs.len());
-    let (events, mut problems) = read_inputs(&inputs, &mut report)?;
-    let normalized = normalize::normalize(events);
+    let mut normalizer = normalize::Normalizer::new();
+    let mut problems = read_inputs(&inputs, &mut normalizer, &mut report)?;
+    let normalized = normalizer.finish();
     problems.extend(normalized.problems);
     problems.sort_by(|a, b| {
         (

@@ -7,6 +7,8 @@ pub mod plugins;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::decode::{Problem, Reason, excerpt};
+use serde_json::{Map, Value};
+
 use crate::event::{Event, EventKind, Position};
 pub use plugins::Plugin;
 
@@ -121,64 +123,103 @@ fn event_summary(e: &Event) -> String {
     )
 }
 
-/// Keep one event per event id: the latest dedup time wins, ties keep the first read.
-pub fn dedup(events: Vec<Event>, problems: &mut Vec<Problem>) -> (Vec<Event>, u64) {
-    let mut by_id: HashMap<String, usize> = HashMap::new();
-    let mut kept: Vec<Option<Event>> = Vec::with_capacity(events.len());
-    let mut duplicates = 0;
-    for event in events {
-        let Some(id) = event.event_id.clone() else {
-            kept.push(Some(event));
-            continue;
-        };
-        match by_id.get(&id) {
-            None => {
-                by_id.insert(id, kept.len());
-                kept.push(Some(event));
-            }
-            Some(&slot) => {
-                duplicates += 1;
-                let current = kept[slot].as_ref().and_then(Event::dedup_ms);
-                let dropped = if event.dedup_ms() > current {
-                    kept[slot].replace(event)
-                } else {
-                    Some(event)
-                };
-                if let Some(d) = dropped {
-                    let msg = format!(
-                        "duplicate of event id {id}: a copy with a later or equal sent time is kept"
-                    );
-                    problems.push(problem(
-                        &d.position,
-                        Reason::DuplicateEvent,
-                        msg,
-                        event_summary(&d),
-                    ));
-                }
-            }
+/// Milliseconds per day.
+const DAY_MS: i64 = 86_400_000;
+
+/// Exact key of an event id: a UUID as its 128 bits, anything else as its MD5 digest.
+fn event_key(id: &str) -> u128 {
+    match uuid::Uuid::try_parse(id) {
+        Ok(u) => u.as_u128(),
+        Err(_) => {
+            use md5::{Digest, Md5};
+            u128::from_be_bytes(Md5::digest(id.as_bytes()).into())
         }
     }
-    (kept.into_iter().flatten().collect(), duplicates)
 }
 
-#[derive(Default)]
-struct ExecutionBuilder {
-    first_position: Position,
+/// Where a kept event lives, so that a later, winning duplicate can retire it.
+#[derive(Debug, Clone, Copy)]
+enum Home {
+    Execution { builder: u32, index: u32 },
+    StateChange(u32),
+    Structured(u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    home: Home,
+    dedup_ms: Option<i64>,
+}
+
+/// What an execution's events say about it; identical on most events, so stored once per execution.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Variant {
     project_id: Option<String>,
     source: Option<String>,
     environment_hash: Option<String>,
-    command: Option<String>,
-    se_command: Option<String>,
-    sub_command: Option<String>,
-    exit_code: Option<i64>,
     meltano_version: Option<String>,
     python_version: Option<String>,
     is_ci: Option<bool>,
-    started: i64,
-    finished: i64,
-    events: u32,
-    plugins: BTreeMap<String, Plugin>,
-    ip_hashes: BTreeSet<String>,
+    command: Option<String>,
+    sub_command: Option<String>,
+    se_command: Option<String>,
+    ip_hash: Option<String>,
+}
+
+impl Variant {
+    fn of(e: &Event) -> Variant {
+        let se_command = match &e.kind {
+            EventKind::Structured {
+                category: Some(ca), ..
+            } => ca.split_whitespace().nth(1).map(str::to_string),
+            _ => None,
+        };
+        let p = e.project.as_ref();
+        let env = e.environment.as_ref();
+        Variant {
+            project_id: p.and_then(|p| p.project_uuid.clone()),
+            source: p.and_then(|p| p.project_uuid_source.clone()),
+            environment_hash: p.and_then(|p| p.environment_name_hash.clone()),
+            meltano_version: env.and_then(|e| e.meltano_version.clone()),
+            python_version: env.and_then(|e| e.python_version.clone()),
+            is_ci: env.and_then(|e| e.is_ci),
+            command: e.command.clone(),
+            sub_command: e.sub_command.clone(),
+            se_command,
+            ip_hash: e.ip_hash.clone(),
+        }
+    }
+}
+
+/// The part of an event an execution needs.
+#[derive(Debug, Clone)]
+struct LiteEvent {
+    time: i64,
+    is_block: bool,
+    exit_code: Option<i64>,
+    variant: u16,
+    /// Index of the event's plugin list, or `u16::MAX` for none.
+    plugins: u16,
+    alive: bool,
+    position: Position,
+}
+
+/// Index into a small interning table, appending when the value is new.
+fn intern<T: PartialEq>(table: &mut Vec<T>, value: T) -> u16 {
+    match table.iter().position(|v| *v == value) {
+        Some(i) => i as u16,
+        None => {
+            table.push(value);
+            (table.len() - 1) as u16
+        }
+    }
+}
+
+struct ExecutionBuilder {
+    execution_id: String,
+    events: Vec<LiteEvent>,
+    variants: Vec<Variant>,
+    plugin_lists: Vec<Vec<Map<String, Value>>>,
 }
 
 fn keep_max<T: Ord + Clone>(slot: &mut Option<T>, value: Option<&T>) {
@@ -190,168 +231,324 @@ fn keep_max<T: Ord + Clone>(slot: &mut Option<T>, value: Option<&T>) {
 }
 
 impl ExecutionBuilder {
-    fn add(&mut self, e: &Event, time: i64) {
-        if self.events == 0 {
-            self.first_position = e.position.clone();
-            self.started = time;
-            self.finished = time;
-        }
-        self.events += 1;
-        self.started = self.started.min(time);
-        self.finished = self.finished.max(time);
-        if let Some(p) = &e.project {
-            keep_max(&mut self.project_id, p.project_uuid.as_ref());
-            keep_max(&mut self.source, p.project_uuid_source.as_ref());
-            keep_max(&mut self.environment_hash, p.environment_name_hash.as_ref());
-        }
-        if let Some(env) = &e.environment {
-            keep_max(&mut self.meltano_version, env.meltano_version.as_ref());
-            keep_max(&mut self.python_version, env.python_version.as_ref());
-            keep_max(&mut self.is_ci, env.is_ci.as_ref());
-        }
-        keep_max(&mut self.command, e.command.as_ref());
-        keep_max(&mut self.sub_command, e.sub_command.as_ref());
-        match &e.kind {
-            EventKind::Exit { exit_code } => keep_max(&mut self.exit_code, exit_code.as_ref()),
-            EventKind::Structured {
-                category: Some(ca), ..
-            } => {
-                let second = ca.split_whitespace().nth(1).map(str::to_string);
-                keep_max(&mut self.se_command, second.as_ref());
-            }
-            _ => {}
-        }
-        if let Some(ip) = &e.ip_hash {
-            self.ip_hashes.insert(ip.clone());
-        }
-        let is_block = e.kind == EventKind::Block;
-        for raw in &e.plugins {
-            let plugin = plugins::plugin_from_dict(raw);
-            let entry = self.plugins.entry(plugin.key.clone()).or_insert(plugin);
-            if is_block {
-                entry.first_seen_ms = Some(entry.first_seen_ms.map_or(time, |t| t.min(time)));
-            }
-        }
+    fn push(&mut self, e: Event, time: i64) -> u32 {
+        let variant = intern(&mut self.variants, Variant::of(&e));
+        let plugins = if e.plugins.is_empty() {
+            u16::MAX
+        } else {
+            intern(&mut self.plugin_lists, e.plugins)
+        };
+        self.events.push(LiteEvent {
+            time,
+            is_block: e.kind == EventKind::Block,
+            exit_code: match e.kind {
+                EventKind::Exit { exit_code } => exit_code,
+                _ => None,
+            },
+            variant,
+            plugins,
+            alive: true,
+            position: e.position,
+        });
+        (self.events.len() - 1) as u32
     }
 
-    fn build(self, execution_id: String) -> Result<Execution, (Position, u32)> {
-        let Some(project_id) = self.project_id else {
-            return Err((self.first_position, self.events));
+    /// The execution, or (position of its first event, events) when it has no project id.
+    fn build(self) -> Option<Result<Execution, (Position, u32)>> {
+        let alive: Vec<&LiteEvent> = self.events.iter().filter(|e| e.alive).collect();
+        let first = alive.first()?;
+        let mut v = Variant::default();
+        let (mut started, mut finished, mut exit_code) = (first.time, first.time, None);
+        let mut ip_hashes = BTreeSet::new();
+        let mut by_key: BTreeMap<String, Plugin> = BTreeMap::new();
+        let mut built_lists: HashMap<u16, Vec<Plugin>> = HashMap::new();
+        for e in &alive {
+            started = started.min(e.time);
+            finished = finished.max(e.time);
+            keep_max(&mut exit_code, e.exit_code.as_ref());
+            let x = &self.variants[e.variant as usize];
+            keep_max(&mut v.project_id, x.project_id.as_ref());
+            keep_max(&mut v.source, x.source.as_ref());
+            keep_max(&mut v.environment_hash, x.environment_hash.as_ref());
+            keep_max(&mut v.meltano_version, x.meltano_version.as_ref());
+            keep_max(&mut v.python_version, x.python_version.as_ref());
+            keep_max(&mut v.is_ci, x.is_ci.as_ref());
+            keep_max(&mut v.command, x.command.as_ref());
+            keep_max(&mut v.sub_command, x.sub_command.as_ref());
+            keep_max(&mut v.se_command, x.se_command.as_ref());
+            if let Some(ip) = &x.ip_hash {
+                ip_hashes.insert(ip.clone());
+            }
+            if e.plugins != u16::MAX {
+                let list = built_lists.entry(e.plugins).or_insert_with(|| {
+                    self.plugin_lists[e.plugins as usize]
+                        .iter()
+                        .map(plugins::plugin_from_dict)
+                        .collect()
+                });
+                for plugin in list.iter() {
+                    let entry = by_key
+                        .entry(plugin.key.clone())
+                        .or_insert_with(|| plugin.clone());
+                    if e.is_block {
+                        entry.first_seen_ms =
+                            Some(entry.first_seen_ms.map_or(e.time, |t| t.min(e.time)));
+                    }
+                }
+            }
+        }
+        let Some(project_id) = v.project_id else {
+            return Some(Err((first.position.clone(), alive.len() as u32)));
         };
-        let command = self.command.or(self.se_command);
-        let mut plugins: Vec<Plugin> = self.plugins.into_values().collect();
+        let command = v.command.or(v.se_command);
+        let mut plugins: Vec<Plugin> = by_key.into_values().collect();
         plugins::pipeline_order(&mut plugins);
         let is_pipeline = command
             .as_deref()
             .is_some_and(|c| PIPELINE_COMMANDS.contains(&c))
             && !plugins.is_empty();
         let pipeline_id = is_pipeline
-            .then(|| plugins::pipeline_id(&plugins, self.environment_hash.as_deref(), &project_id));
-        Ok(Execution {
-            execution_id,
+            .then(|| plugins::pipeline_id(&plugins, v.environment_hash.as_deref(), &project_id));
+        Some(Ok(Execution {
+            execution_id: self.execution_id,
             project_id,
-            project_id_source: self.source,
-            started_ms: self.started,
-            finished_ms: self.finished,
+            project_id_source: v.source,
+            started_ms: started,
+            finished_ms: finished,
             command,
-            sub_command: self.sub_command,
-            environment_hash: self.environment_hash,
-            exit_code: self.exit_code,
-            meltano_version: self.meltano_version,
-            python_version: self.python_version,
-            is_ci: self.is_ci,
-            event_count: self.events,
+            sub_command: v.sub_command,
+            environment_hash: v.environment_hash,
+            exit_code,
+            meltano_version: v.meltano_version,
+            python_version: v.python_version,
+            is_ci: v.is_ci,
+            event_count: alive.len() as u32,
             plugins,
             pipeline_id,
-            ip_hashes: self.ip_hashes,
-        })
+            ip_hashes,
+        }))
     }
 }
 
-const DAY_MS: i64 = 86_400_000;
+struct StateChange {
+    project: Option<String>,
+    time: i64,
+    opts_out: bool,
+    alive: bool,
+    summary: String,
+    position: Position,
+}
 
-/// Group deduplicated events into executions and projects.
-pub fn normalize(events: Vec<Event>) -> Normalized {
-    let mut out = Normalized::default();
-    out.stats.events_in = events.len() as u64;
-    let (events, duplicates) = dedup(events, &mut out.problems);
-    out.stats.duplicates = duplicates;
+struct StructuredSeen {
+    project: Option<String>,
+    time: i64,
+    alive: bool,
+}
 
-    let mut builders: HashMap<String, ExecutionBuilder> = HashMap::new();
-    let mut opt_outs: HashMap<String, i64> = HashMap::new();
-    let mut structured_seen: Vec<(String, i64)> = Vec::new();
-    for e in &events {
-        let Some(time) = e.time_ms() else { continue };
-        out.facts.newest_event_ms = Some(out.facts.newest_event_ms.map_or(time, |n| n.max(time)));
-        match &e.kind {
+/// Streaming normaliser: events are folded in as they are decoded, keeping per event only what the
+/// execution needs (memory grows with executions, not with the size of the raw events).
+#[derive(Default)]
+pub struct Normalizer {
+    slots: HashMap<u128, Slot>,
+    builders: Vec<ExecutionBuilder>,
+    by_execution: HashMap<String, u32>,
+    state_changes: Vec<StateChange>,
+    structured: Vec<StructuredSeen>,
+    problems: Vec<Problem>,
+    stats: NormalizeStats,
+}
+
+impl Normalizer {
+    /// A normaliser with nothing in it.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn retire(&mut self, home: Home) -> Option<(Position, i64)> {
+        match home {
+            Home::Execution { builder, index } => {
+                let e = &mut self.builders[builder as usize].events[index as usize];
+                e.alive = false;
+                Some((e.position.clone(), e.time))
+            }
+            Home::StateChange(i) => {
+                let s = &mut self.state_changes[i as usize];
+                s.alive = false;
+                Some((s.position.clone(), s.time))
+            }
+            Home::Structured(i) => {
+                self.structured[i as usize].alive = false;
+                None
+            }
+        }
+    }
+
+    /// Add one decoded event.
+    pub fn push(&mut self, e: Event) {
+        self.stats.events_in += 1;
+        let Some(time) = e.time_ms() else {
+            let summary = event_summary(&e);
+            self.problems.push(problem(
+                &e.position,
+                Reason::MissingTimestamp,
+                "event has no usable time".into(),
+                summary,
+            ));
+            return;
+        };
+        let key = e.event_id.as_deref().map(event_key);
+        if let Some(k) = key
+            && let Some(slot) = self.slots.get(&k).copied()
+        {
+            self.stats.duplicates += 1;
+            let id = e.event_id.clone().unwrap_or_default();
+            let msg =
+                format!("duplicate of event id {id}: the copy with the latest sent time is kept");
+            if e.dedup_ms() > slot.dedup_ms {
+                if let Some((pos, t)) = self.retire(slot.home) {
+                    let summary = format!("eid={id} time={t}");
+                    self.problems
+                        .push(problem(&pos, Reason::DuplicateEvent, msg, summary));
+                }
+            } else {
+                let summary = event_summary(&e);
+                self.problems
+                    .push(problem(&e.position, Reason::DuplicateEvent, msg, summary));
+                return;
+            }
+        }
+        let dedup_ms = e.dedup_ms();
+        let home = match &e.kind {
             EventKind::StateChange {
                 setting_name,
                 changed_to,
             } => {
-                let project = e.project.as_ref().and_then(|p| p.project_uuid.clone());
-                match project {
-                    Some(p) => {
-                        let opts_out = setting_name.as_deref()
-                            == Some("send_anonymous_usage_stats")
-                            && changed_to
-                                .as_deref()
-                                .is_some_and(|v| v.eq_ignore_ascii_case("false"));
-                        if opts_out {
-                            let t = opt_outs.entry(p).or_insert(time);
-                            *t = (*t).min(time);
-                        }
-                    }
-                    None => out.problems.push(problem(
-                        &e.position,
-                        Reason::UnattributedStateChange,
-                        "telemetry state change without a project id: it belongs to no project"
-                            .into(),
-                        event_summary(e),
-                    )),
-                }
-                continue;
+                let opts_out = setting_name.as_deref() == Some("send_anonymous_usage_stats")
+                    && changed_to
+                        .as_deref()
+                        .is_some_and(|v| v.eq_ignore_ascii_case("false"));
+                self.state_changes.push(StateChange {
+                    project: e.project.as_ref().and_then(|p| p.project_uuid.clone()),
+                    time,
+                    opts_out,
+                    alive: true,
+                    summary: event_summary(&e),
+                    position: e.position.clone(),
+                });
+                Home::StateChange((self.state_changes.len() - 1) as u32)
             }
             EventKind::Structured { label, .. } if !e.has_contexts => {
-                match label {
-                    Some(project) => structured_seen.push((project.clone(), time)),
-                    None => out.stats.orphan_structured_events += 1,
-                }
-                continue;
+                self.structured.push(StructuredSeen {
+                    project: label.clone(),
+                    time,
+                    alive: true,
+                });
+                Home::Structured((self.structured.len() - 1) as u32)
             }
-            _ => {}
-        }
-        let Some(exec_id) = e.project.as_ref().and_then(|p| p.context_uuid.clone()) else {
-            out.problems.push(problem(
-                &e.position,
-                Reason::MissingProjectContext,
-                "event has no project context (no execution id)".into(),
-                event_summary(e),
-            ));
-            continue;
+            _ => {
+                let Some(exec_id) = e.project.as_ref().and_then(|p| p.context_uuid.clone()) else {
+                    let summary = event_summary(&e);
+                    let msg = "event has no project context (no execution id)".to_string();
+                    self.problems.push(problem(
+                        &e.position,
+                        Reason::MissingProjectContext,
+                        msg,
+                        summary,
+                    ));
+                    return;
+                };
+                let next = self.builders.len() as u32;
+                let builder = *self.by_execution.entry(exec_id.clone()).or_insert(next);
+                if builder == next {
+                    self.builders.push(ExecutionBuilder {
+                        execution_id: exec_id,
+                        events: Vec::new(),
+                        variants: Vec::new(),
+                        plugin_lists: Vec::new(),
+                    });
+                }
+                let index = self.builders[builder as usize].push(e, time);
+                Home::Execution { builder, index }
+            }
         };
-        builders.entry(exec_id).or_default().add(e, time);
+        if let Some(k) = key {
+            self.slots.insert(k, Slot { home, dedup_ms });
+        }
     }
 
-    let mut executions = Vec::with_capacity(builders.len());
-    for (id, b) in builders {
-        match b.build(id.clone()) {
-            Ok(x) => executions.push(x),
-            Err((position, events)) => {
-                out.stats.executions_without_project += 1;
-                out.problems.push(problem(
-                    &position,
-                    Reason::MissingProjectId,
-                    format!("execution {id} ({events} events) has no project id and is dropped"),
-                    format!("execution_id={id}"),
-                ));
+    /// Finish: build executions and projects.
+    pub fn finish(mut self) -> Normalized {
+        let mut out = Normalized {
+            problems: std::mem::take(&mut self.problems),
+            stats: std::mem::take(&mut self.stats),
+            ..Default::default()
+        };
+        let mut newest: Option<i64> = None;
+        let mut see = |t: i64| newest = Some(newest.map_or(t, |n| n.max(t)));
+        let mut opt_outs: HashMap<String, i64> = HashMap::new();
+        for s in self.state_changes.iter().filter(|s| s.alive) {
+            see(s.time);
+            match &s.project {
+                Some(p) if s.opts_out => {
+                    let t = opt_outs.entry(p.clone()).or_insert(s.time);
+                    *t = (*t).min(s.time);
+                }
+                Some(_) => {}
+                None => out.problems.push(problem(
+                    &s.position,
+                    Reason::UnattributedStateChange,
+                    "telemetry state change without a project id: it belongs to no project".into(),
+                    s.summary.clone(),
+                )),
             }
         }
+        let mut structured_seen = Vec::new();
+        for s in self.structured.iter().filter(|s| s.alive) {
+            see(s.time);
+            match &s.project {
+                Some(p) => structured_seen.push((p.clone(), s.time)),
+                None => out.stats.orphan_structured_events += 1,
+            }
+        }
+        let mut executions = Vec::with_capacity(self.builders.len());
+        for b in std::mem::take(&mut self.builders) {
+            let id = b.execution_id.clone();
+            for e in b.events.iter().filter(|e| e.alive) {
+                see(e.time);
+            }
+            match b.build() {
+                None => {}
+                Some(Ok(x)) => executions.push(x),
+                Some(Err((position, events))) => {
+                    out.stats.executions_without_project += 1;
+                    out.problems.push(problem(
+                        &position,
+                        Reason::MissingProjectId,
+                        format!(
+                            "execution {id} ({events} events) has no project id and is dropped"
+                        ),
+                        format!("execution_id={id}"),
+                    ));
+                }
+            }
+        }
+        executions
+            .sort_by(|a, b| (a.started_ms, &a.execution_id).cmp(&(b.started_ms, &b.execution_id)));
+        out.facts.projects =
+            build_projects(&executions, &opt_outs, &structured_seen, &mut out.stats);
+        out.facts.executions = executions;
+        out.facts.newest_event_ms = newest;
+        out
     }
-    executions
-        .sort_by(|a, b| (a.started_ms, &a.execution_id).cmp(&(b.started_ms, &b.execution_id)));
-    out.facts.projects = build_projects(&executions, &opt_outs, &structured_seen, &mut out.stats);
-    out.facts.executions = executions;
-    out
+}
+
+/// Normalise a batch of events (see [`Normalizer`]).
+pub fn normalize(events: Vec<Event>) -> Normalized {
+    let mut n = Normalizer::new();
+    for e in events {
+        n.push(e);
+    }
+    n.finish()
 }
 
 impl Facts {
@@ -435,4 +632,157 @@ fn build_projects(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ProjectContext;
+
+    fn ev(eid: Option<&str>, exec: &str, kind: EventKind, dtm: i64, stm: i64) -> Event {
+        Event {
+            event_id: eid.map(str::to_string),
+            kind,
+            created_ms: Some(dtm),
+            sent_ms: Some(stm),
+            derived_ms: None,
+            collector_ms: None,
+            ip_hash: None,
+            project: Some(ProjectContext {
+                context_uuid: Some(exec.into()),
+                project_uuid: Some("p".into()),
+                project_uuid_source: Some("explicit".into()),
+                environment_name_hash: None,
+            }),
+            environment: None,
+            command: Some("run".into()),
+            sub_command: None,
+            plugins: Vec::new(),
+            has_contexts: true,
+            position: Position::default(),
+        }
+    }
+
+    fn exit(code: i64) -> EventKind {
+        EventKind::Exit {
+            exit_code: Some(code),
+        }
+    }
+
+    #[test]
+    fn latest_sent_copy_wins_even_when_it_differs() {
+        let n = normalize(vec![
+            ev(
+                Some("e1"),
+                "x",
+                exit(1),
+                1_600_000_000_000,
+                1_600_000_001_000,
+            ),
+            ev(
+                Some("e1"),
+                "x",
+                exit(0),
+                1_600_000_000_000,
+                1_600_000_002_000,
+            ),
+        ]);
+        assert_eq!(n.stats.duplicates, 1);
+        assert_eq!(n.facts.executions[0].exit_code, Some(0));
+        assert_eq!(n.facts.executions[0].event_count, 1);
+        assert_eq!(n.problems.len(), 1);
+        assert_eq!(n.problems[0].reason, Reason::DuplicateEvent);
+    }
+
+    #[test]
+    fn ties_keep_the_first_read_and_events_without_id_never_merge() {
+        let n = normalize(vec![
+            ev(
+                Some("e1"),
+                "x",
+                exit(3),
+                1_600_000_000_000,
+                1_600_000_001_000,
+            ),
+            ev(
+                Some("e1"),
+                "x",
+                exit(0),
+                1_600_000_000_000,
+                1_600_000_001_000,
+            ),
+            ev(
+                None,
+                "x",
+                EventKind::Cli,
+                1_600_000_000_500,
+                1_600_000_001_000,
+            ),
+            ev(
+                None,
+                "x",
+                EventKind::Cli,
+                1_600_000_000_500,
+                1_600_000_001_000,
+            ),
+        ]);
+        assert_eq!(n.facts.executions[0].exit_code, Some(3));
+        assert_eq!(n.facts.executions[0].event_count, 3);
+    }
+
+    #[test]
+    fn a_duplicate_in_another_execution_moves_the_event() {
+        let n = normalize(vec![
+            ev(
+                Some("e1"),
+                "x",
+                EventKind::Cli,
+                1_600_000_000_000,
+                1_600_000_001_000,
+            ),
+            ev(
+                Some("e2"),
+                "x",
+                EventKind::Cli,
+                1_600_000_000_000,
+                1_600_000_001_000,
+            ),
+            ev(
+                Some("e1"),
+                "y",
+                EventKind::Cli,
+                1_600_000_000_000,
+                1_600_000_009_000,
+            ),
+        ]);
+        let ids: Vec<(&str, u32)> = n
+            .facts
+            .executions
+            .iter()
+            .map(|x| (x.execution_id.as_str(), x.event_count))
+            .collect();
+        assert_eq!(ids, [("x", 1), ("y", 1)]);
+    }
+
+    #[test]
+    fn an_execution_whose_events_all_moved_disappears() {
+        let n = normalize(vec![
+            ev(
+                Some("e1"),
+                "x",
+                EventKind::Cli,
+                1_600_000_000_000,
+                1_600_000_001_000,
+            ),
+            ev(
+                Some("e1"),
+                "y",
+                EventKind::Cli,
+                1_600_000_000_000,
+                1_600_000_009_000,
+            ),
+        ]);
+        assert_eq!(n.facts.executions.len(), 1);
+        assert_eq!(n.facts.executions[0].execution_id, "y");
+    }
 }

@@ -188,6 +188,11 @@ fn is_selected(md: Option<&&Value>, default: bool) -> bool {
         .unwrap_or(default)
 }
 
+/// Number of properties of a stream's schema.
+pub fn property_count(def: &StreamDef) -> usize {
+    full_selection(def).properties.len()
+}
+
 /// Keep only the selected properties of a record or schema's `properties`.
 pub fn project_record(record: &Value, selection: &Selection) -> Value {
     let Some(obj) = record.as_object() else {

@@ -276,11 +276,9 @@ pub fn run<W: Write>(
     let mut writer = SingerWriter::new(out, time_extracted);
     let mut cache: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     let mut records_of = |name: &str| -> Vec<Value> {
+        // only the few series health rules watch go through here
         match crate::streams::find(name).map(|d| d.records) {
-            Some(Records::Kpi(f)) => cache
-                .entry(name_static(name))
-                .or_insert_with(|| f(&model))
-                .clone(),
+            Some(Records::Kpi(f)) => cache.entry(name_static(name)).or_insert_with(|| f(&model)).clone(),
             _ => Vec::new(),
         }
     };
@@ -300,15 +298,21 @@ pub fn run<W: Write>(
         let schema = catalog::selected_schema(def, selection);
         writer.schema(def.name, &schema, &selection.key_properties)?;
         let records: Vec<Value> = match def.records {
-            Records::Kpi(_) => records_of(def.name),
+            // the health pass cached the series it watched; other streams are computed here, once
+            Records::Kpi(f) => cache.remove(def.name).unwrap_or_else(|| f(&model)),
             Records::Health => health.records.clone(),
             Records::Quarantine => problems
                 .iter()
                 .map(|p| problem_record(p, &inputs))
                 .collect(),
         };
+        let full = selection.properties.len() == catalog::property_count(def);
         for r in &records {
-            writer.record(def.name, &catalog::project_record(r, selection))?;
+            if full {
+                writer.record(def.name, r)?;
+            } else {
+                writer.record(def.name, &catalog::project_record(r, selection))?;
+            }
         }
         writer.metric_stream_done(def.name);
         report

@@ -278,7 +278,10 @@ pub fn run<W: Write>(
     let mut records_of = |name: &str| -> Vec<Value> {
         // only the few series health rules watch go through here
         match crate::streams::find(name).map(|d| d.records) {
-            Some(Records::Kpi(f)) => cache.entry(name_static(name)).or_insert_with(|| f(&model)).clone(),
+            Some(Records::Kpi(f)) => cache
+                .entry(name_static(name))
+                .or_insert_with(|| f(&model))
+                .clone(),
             _ => Vec::new(),
         }
     };

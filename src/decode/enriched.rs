@@ -2,11 +2,15 @@
 //! Snowplow's Analytics SDKs) and its JSON form (one object per line, the column names as keys, the
 //! `contexts` / `unstruct_event` values as self-describing objects or as strings holding them).
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, NaiveDateTime};
 use md5::{Digest, Md5};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::selfdesc::{self, Failure, type_name};
+use super::selfdesc::{self, Failure, raw_str, raw_type_name};
 use super::tp2::check_time;
 use super::{LineOutput, Problem, Reason, excerpt};
 use crate::event::{Event, EventKind, Position};
@@ -32,17 +36,19 @@ mod col {
 /// The columns of an enriched event the tap reads, whatever the form.
 #[derive(Debug, Default)]
 struct Columns<'a> {
-    event: Option<&'a str>,
-    event_id: Option<&'a str>,
-    collector_tstamp: Option<&'a str>,
-    dvce_created_tstamp: Option<&'a str>,
-    dvce_sent_tstamp: Option<&'a str>,
-    derived_tstamp: Option<&'a str>,
-    user_ipaddress: Option<&'a str>,
-    se_category: Option<&'a str>,
-    se_label: Option<&'a str>,
-    contexts: Option<Value>,
-    unstruct_event: Option<Value>,
+    event: Option<Cow<'a, str>>,
+    event_id: Option<Cow<'a, str>>,
+    collector_tstamp: Option<Cow<'a, str>>,
+    dvce_created_tstamp: Option<Cow<'a, str>>,
+    dvce_sent_tstamp: Option<Cow<'a, str>>,
+    derived_tstamp: Option<Cow<'a, str>>,
+    user_ipaddress: Option<Cow<'a, str>>,
+    se_category: Option<Cow<'a, str>>,
+    se_label: Option<Cow<'a, str>>,
+    /// JSON text of the contexts envelope.
+    contexts: Option<Cow<'a, str>>,
+    /// JSON text of the unstruct_event envelope.
+    unstruct_event: Option<Cow<'a, str>>,
 }
 
 /// Parse an enriched timestamp: `2024-01-02 03:04:05.678` (TSV) or RFC 3339 (JSON).
@@ -66,18 +72,20 @@ fn opt_tstamp(name: &str, text: Option<&str>) -> Result<Option<i64>, Failure> {
     text.map(|t| parse_tstamp(name, t)).transpose()
 }
 
-/// A self-describing column: a JSON object, or a string holding one.
-fn selfdesc_value(name: &str, v: Option<&Value>) -> Result<Option<Value>, Failure> {
+/// A self-describing column: a JSON object, or a string holding one; returned as JSON text.
+fn selfdesc_text<'a>(name: &str, v: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, Failure> {
     match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => selfdesc::parse_json_text(name, s).map(Some),
-        Some(obj @ Value::Object(_)) => Ok(Some(obj.clone())),
-        Some(other) => Err((
+        None => Ok(None),
+        Some(r) if r.get() == "null" => Ok(None),
+        Some(r) if r.get().starts_with('{') => Ok(Some(Cow::Borrowed(r.get()))),
+        Some(r) if r.get().starts_with('"') => {
+            Ok(raw_str(Some(r), name)?.filter(|t| !t.trim().is_empty()))
+        }
+        Some(r) => Err((
             Reason::InvalidField,
             format!(
                 "{name}: expected an object or a JSON string, got {}",
-                type_name(other)
+                raw_type_name(r)
             ),
         )),
     }
@@ -90,20 +98,20 @@ fn ip_hash(ip: Option<&str>) -> Option<String> {
 }
 
 fn build_event(c: Columns, pos: &Position) -> Result<(Event, Option<Failure>), Failure> {
-    let derived_ms = opt_tstamp("derived_tstamp", c.derived_tstamp)?;
-    let created_ms = opt_tstamp("dvce_created_tstamp", c.dvce_created_tstamp)?;
-    let sent_ms = opt_tstamp("dvce_sent_tstamp", c.dvce_sent_tstamp)?;
-    let collector_ms = opt_tstamp("collector_tstamp", c.collector_tstamp)?;
+    let derived_ms = opt_tstamp("derived_tstamp", c.derived_tstamp.as_deref())?;
+    let created_ms = opt_tstamp("dvce_created_tstamp", c.dvce_created_tstamp.as_deref())?;
+    let sent_ms = opt_tstamp("dvce_sent_tstamp", c.dvce_sent_tstamp.as_deref())?;
+    let collector_ms = opt_tstamp("collector_tstamp", c.collector_tstamp.as_deref())?;
     let mut kept = None;
-    let kind = match (c.event, &c.unstruct_event) {
+    let kind = match (c.event.as_deref(), &c.unstruct_event) {
         (_, Some(ue)) => {
             let un = selfdesc::parse_unstruct(ue)?;
             kept = un.kept_defect;
             un.kind
         }
         (Some("struct"), None) => EventKind::Structured {
-            category: c.se_category.map(str::to_string),
-            label: c.se_label.map(str::to_string),
+            category: c.se_category.map(Cow::into_owned),
+            label: c.se_label.map(Cow::into_owned),
         },
         (other, None) => {
             return Err((
@@ -120,13 +128,13 @@ fn build_event(c: Columns, pos: &Position) -> Result<(Event, Option<Failure>), F
         None => selfdesc::Contexts::default(),
     };
     let event = Event {
-        event_id: c.event_id.map(str::to_string),
+        event_id: c.event_id.map(Cow::into_owned),
         kind,
         created_ms,
         sent_ms,
         derived_ms,
         collector_ms,
-        ip_hash: ip_hash(c.user_ipaddress),
+        ip_hash: ip_hash(c.user_ipaddress.as_deref()),
         project: ctx.project,
         environment: ctx.environment,
         command: ctx.command,
@@ -182,40 +190,53 @@ pub fn decode_tsv_line(line: &str, pos: &Position) -> LineOutput {
         out.line_problem(pos, Reason::InvalidEnvelope, msg, line);
         return out;
     }
-    let get = |i: usize| Some(fields[i]).filter(|f| !f.is_empty());
-    let result = (|| {
-        let c = Columns {
-            event: get(col::EVENT),
-            event_id: get(col::EVENT_ID),
-            collector_tstamp: get(col::COLLECTOR_TSTAMP),
-            dvce_created_tstamp: get(col::DVCE_CREATED_TSTAMP),
-            dvce_sent_tstamp: get(col::DVCE_SENT_TSTAMP),
-            derived_tstamp: get(col::DERIVED_TSTAMP),
-            user_ipaddress: get(col::USER_IPADDRESS),
-            se_category: get(col::SE_CATEGORY),
-            se_label: get(col::SE_LABEL),
-            contexts: get(col::CONTEXTS)
-                .map(|t| selfdesc::parse_json_text("contexts", t))
-                .transpose()?,
-            unstruct_event: get(col::UNSTRUCT_EVENT)
-                .map(|t| selfdesc::parse_json_text("unstruct_event", t))
-                .transpose()?,
-        };
-        build_event(c, pos)
-    })();
+    let get = |i: usize| Some(Cow::Borrowed(fields[i])).filter(|f| !f.is_empty());
+    let c = Columns {
+        event: get(col::EVENT),
+        event_id: get(col::EVENT_ID),
+        collector_tstamp: get(col::COLLECTOR_TSTAMP),
+        dvce_created_tstamp: get(col::DVCE_CREATED_TSTAMP),
+        dvce_sent_tstamp: get(col::DVCE_SENT_TSTAMP),
+        derived_tstamp: get(col::DERIVED_TSTAMP),
+        user_ipaddress: get(col::USER_IPADDRESS),
+        se_category: get(col::SE_CATEGORY),
+        se_label: get(col::SE_LABEL),
+        contexts: get(col::CONTEXTS),
+        unstruct_event: get(col::UNSTRUCT_EVENT),
+    };
+    let result = build_event(c, pos);
     finish(result, line, pos)
 }
 
-fn str_col<'a>(m: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, Failure> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err((
-            Reason::InvalidField,
-            format!("{key}: expected a string, got {}", type_name(other)),
-        )),
-    }
+/// The enriched columns the tap reads, left raw.
+#[derive(Deserialize)]
+struct EnrichedDoc<'a> {
+    #[serde(borrow, default)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    collector_tstamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    dvce_created_tstamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    dvce_sent_tstamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    derived_tstamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    user_ipaddress: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    se_category: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    se_label: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    contexts: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    unstruct_event: Option<&'a RawValue>,
+}
+
+fn str_col<'a>(raw: Option<&'a RawValue>, key: &str) -> Result<Option<Cow<'a, str>>, Failure> {
+    Ok(raw_str(raw, key)?.filter(|s| !s.is_empty()))
 }
 
 /// Decode one enriched JSON line.
@@ -224,42 +245,35 @@ pub fn decode_json_line(line: &str, pos: &Position) -> LineOutput {
     if text.is_empty() {
         return LineOutput::default();
     }
-    let obj: Map<String, Value> = match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => {
-            let mut out = LineOutput::default();
-            out.line_problem(
-                pos,
-                Reason::InvalidEnvelope,
-                "line is not a JSON object".into(),
-                text,
-            );
-            return out;
-        }
+    let doc: EnrichedDoc = match serde_json::from_str(text) {
+        Ok(d) => d,
         Err(e) => {
             let mut out = LineOutput::default();
-            out.line_problem(
-                pos,
-                Reason::InvalidJson,
-                format!("line is not JSON: {e}"),
-                text,
-            );
+            let (reason, msg) = if e.is_data() {
+                (
+                    Reason::InvalidEnvelope,
+                    format!("line is not an enriched event object: {e}"),
+                )
+            } else {
+                (Reason::InvalidJson, format!("line is not JSON: {e}"))
+            };
+            out.line_problem(pos, reason, msg, text);
             return out;
         }
     };
     let result = (|| {
         let c = Columns {
-            event: str_col(&obj, "event")?,
-            event_id: str_col(&obj, "event_id")?,
-            collector_tstamp: str_col(&obj, "collector_tstamp")?,
-            dvce_created_tstamp: str_col(&obj, "dvce_created_tstamp")?,
-            dvce_sent_tstamp: str_col(&obj, "dvce_sent_tstamp")?,
-            derived_tstamp: str_col(&obj, "derived_tstamp")?,
-            user_ipaddress: str_col(&obj, "user_ipaddress")?,
-            se_category: str_col(&obj, "se_category")?,
-            se_label: str_col(&obj, "se_label")?,
-            contexts: selfdesc_value("contexts", obj.get("contexts"))?,
-            unstruct_event: selfdesc_value("unstruct_event", obj.get("unstruct_event"))?,
+            event: str_col(doc.event, "event")?,
+            event_id: str_col(doc.event_id, "event_id")?,
+            collector_tstamp: str_col(doc.collector_tstamp, "collector_tstamp")?,
+            dvce_created_tstamp: str_col(doc.dvce_created_tstamp, "dvce_created_tstamp")?,
+            dvce_sent_tstamp: str_col(doc.dvce_sent_tstamp, "dvce_sent_tstamp")?,
+            derived_tstamp: str_col(doc.derived_tstamp, "derived_tstamp")?,
+            user_ipaddress: str_col(doc.user_ipaddress, "user_ipaddress")?,
+            se_category: str_col(doc.se_category, "se_category")?,
+            se_label: str_col(doc.se_label, "se_label")?,
+            contexts: selfdesc_text("contexts", doc.contexts)?,
+            unstruct_event: selfdesc_text("unstruct_event", doc.unstruct_event)?,
         };
         build_event(c, pos)
     })();

@@ -1,9 +1,16 @@
 //! Self-describing JSON shared by every input form: the `unstruct_event` envelope (`ue_px` / `ue_pr`,
 //! or the enriched `unstruct_event` column) and the `contexts` envelope (`cx` / `co`, or `contexts`).
+//!
+//! Parsing is typed and borrowed: only the fields the KPIs use are read, everything else is skipped
+//! without building JSON trees.
+
+use std::borrow::Cow;
 
 use base64::Engine;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::Reason;
@@ -28,58 +35,15 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, Failure> {
         .map_err(|e| (Reason::InvalidBase64, format!("invalid base64: {e}")))
 }
 
-/// Decode a base64 field holding JSON.
-pub fn decode_base64_json(field: &str, text: &str) -> Result<Value, Failure> {
+/// Decode a base64 field holding JSON text.
+pub fn decode_base64_text(field: &str, text: &str) -> Result<String, Failure> {
     let bytes = decode_base64(text).map_err(|(r, m)| (r, format!("{field}: {m}")))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    String::from_utf8(bytes).map_err(|_| {
         (
             Reason::InvalidEventJson,
-            format!("{field}: decoded base64 is not JSON: {e}"),
+            format!("{field}: decoded base64 is not UTF-8"),
         )
     })
-}
-
-/// Parse a JSON text field (`ue_pr`, `co`, or an enriched column stored as a string).
-pub fn parse_json_text(field: &str, text: &str) -> Result<Value, Failure> {
-    serde_json::from_str(text)
-        .map_err(|e| (Reason::InvalidEventJson, format!("{field}: not JSON: {e}")))
-}
-
-/// The event part of an `unstruct_event` envelope.
-#[derive(Debug)]
-pub struct Unstruct {
-    pub kind: EventKind,
-    /// A defect that does not skip the event (a non-integer exit code).
-    pub kept_defect: Option<Failure>,
-}
-
-fn schema_and_data<'a>(v: &'a Value, what: &str) -> Result<(&'a str, &'a Value), Failure> {
-    let obj = v.as_object().ok_or_else(|| {
-        (
-            Reason::UnknownSchema,
-            format!("{what} is not a self-describing JSON object"),
-        )
-    })?;
-    let schema = obj
-        .get("schema")
-        .and_then(Value::as_str)
-        .ok_or_else(|| (Reason::UnknownSchema, format!("{what} has no schema")))?;
-    let data = obj
-        .get("data")
-        .ok_or_else(|| (Reason::UnknownSchema, format!("{what} has no data")))?;
-    Ok((schema, data))
-}
-
-/// Optional string field: absent or null is `None`, a string is kept, any other type is an error.
-pub fn opt_str(map: &Map<String, Value>, key: &str, what: &str) -> Result<Option<String>, Failure> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err((
-            Reason::InvalidField,
-            format!("{what}.{key}: expected a string, got {}", type_name(other)),
-        )),
-    }
 }
 
 /// JSON type name for messages.
@@ -94,10 +58,104 @@ pub fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// Parse the `unstruct_event` envelope into a Meltano event kind.
-pub fn parse_unstruct(envelope: &Value) -> Result<Unstruct, Failure> {
-    let (outer, inner) = schema_and_data(envelope, "unstruct_event")?;
-    match iglu::parse(outer) {
+/// JSON type name of raw JSON text, from its first character.
+pub fn raw_type_name(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "boolean",
+        Some(b'"') => "string",
+        Some(b'[') => "array",
+        Some(b'{') => "object",
+        _ => "number",
+    }
+}
+
+/// A raw field as an optional string: null is `None`, any type other than string is an error.
+pub fn raw_str<'a>(raw: Option<&'a RawValue>, what: &str) -> Result<Option<Cow<'a, str>>, Failure> {
+    match raw {
+        None => Ok(None),
+        Some(r) if r.get() == "null" => Ok(None),
+        Some(r) => serde_json::from_str::<Cow<'a, str>>(r.get())
+            .map(Some)
+            .map_err(|_| {
+                (
+                    Reason::InvalidField,
+                    format!("{what}: expected a string, got {}", raw_type_name(r)),
+                )
+            }),
+    }
+}
+
+fn owned(v: Result<Option<Cow<'_, str>>, Failure>) -> Result<Option<String>, Failure> {
+    v.map(|o| o.map(Cow::into_owned))
+}
+
+/// `{"schema": ..., "data": ...}` with both parts left raw.
+#[derive(Deserialize)]
+struct SelfDesc<'a> {
+    #[serde(borrow, default)]
+    schema: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+fn self_desc<'a>(text: &'a str, what: &str) -> Result<(Cow<'a, str>, &'a RawValue), Failure> {
+    let sd: SelfDesc = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            (
+                Reason::UnknownSchema,
+                format!("{what} is not a self-describing JSON object"),
+            )
+        } else {
+            (Reason::InvalidEventJson, format!("{what}: not JSON: {e}"))
+        }
+    })?;
+    let schema = match sd.schema.map(|r| serde_json::from_str::<Cow<str>>(r.get())) {
+        Some(Ok(s)) => s,
+        _ => return Err((Reason::UnknownSchema, format!("{what} has no schema"))),
+    };
+    let data = sd
+        .data
+        .ok_or_else(|| (Reason::UnknownSchema, format!("{what} has no data")))?;
+    Ok((schema, data))
+}
+
+/// The event part of an `unstruct_event` envelope.
+#[derive(Debug)]
+pub struct Unstruct {
+    pub kind: EventKind,
+    /// A defect that does not skip the event (a non-integer exit code).
+    pub kept_defect: Option<Failure>,
+}
+
+#[derive(Deserialize)]
+struct ExitData<'a> {
+    #[serde(borrow, default)]
+    exit_code: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct StateChangeData<'a> {
+    #[serde(borrow, default)]
+    setting_name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    changed_to: Option<&'a RawValue>,
+}
+
+fn data_object<'a, T: Deserialize<'a>>(raw: &'a RawValue, what: &str) -> Result<T, Failure> {
+    if !raw.get().starts_with('{') {
+        return Err((
+            Reason::InvalidField,
+            format!("{what}: data is not an object"),
+        ));
+    }
+    serde_json::from_str(raw.get()).map_err(|e| (Reason::InvalidField, format!("{what}: {e}")))
+}
+
+/// Parse the `unstruct_event` envelope (JSON text) into a Meltano event kind.
+pub fn parse_unstruct(text: &str) -> Result<Unstruct, Failure> {
+    let (outer, inner) = self_desc(text, "unstruct_event")?;
+    match iglu::parse(&outer) {
         Some(s) if s.vendor == SNOWPLOW && s.name == "unstruct_event" => {}
         _ => {
             return Err((
@@ -106,17 +164,16 @@ pub fn parse_unstruct(envelope: &Value) -> Result<Unstruct, Failure> {
             ));
         }
     }
-    let (uri, data) = schema_and_data(inner, "unstruct_event data")?;
-    let schema = iglu::parse(uri)
+    let (uri, data) = self_desc(inner.get(), "unstruct_event data")?;
+    let schema = iglu::parse(&uri)
         .ok_or_else(|| (Reason::UnknownSchema, format!("invalid schema URI: {uri}")))?;
     if schema.vendor != MELTANO {
         return Err((Reason::UnknownSchema, format!("not a Meltano event: {uri}")));
     }
-    let known = matches!(
+    if !matches!(
         schema.name,
         "cli_event" | "block_event" | "exit_event" | "telemetry_state_change_event"
-    );
-    if !known {
+    ) {
         return Err((
             Reason::UnknownEvent,
             format!("unknown Meltano event: {uri}"),
@@ -128,26 +185,34 @@ pub fn parse_unstruct(envelope: &Value) -> Result<Unstruct, Failure> {
             format!("unsupported version: {uri}"),
         ));
     }
-    let data = data.as_object().ok_or_else(|| {
-        (
-            Reason::InvalidField,
-            format!("{}: data is not an object", schema.name),
-        )
-    })?;
     let mut kept_defect = None;
     let kind = match schema.name {
-        "cli_event" => EventKind::Cli,
-        "block_event" => EventKind::Block,
+        "cli_event" | "block_event" => {
+            if !data.get().starts_with('{') {
+                return Err((
+                    Reason::InvalidField,
+                    format!("{}: data is not an object", schema.name),
+                ));
+            }
+            if schema.name == "cli_event" {
+                EventKind::Cli
+            } else {
+                EventKind::Block
+            }
+        }
         "exit_event" => {
-            let exit_code = match data.get("exit_code") {
-                None | Some(Value::Null) => None,
-                Some(v) => match v.as_i64() {
-                    Some(code) => Some(code),
-                    None => {
+            let d: ExitData = data_object(data, "exit_event")?;
+            let exit_code = match d.exit_code {
+                None => None,
+                Some(r) if r.get() == "null" => None,
+                Some(r) => match r.get().parse::<i64>() {
+                    Ok(code) => Some(code),
+                    Err(_) => {
                         kept_defect = Some((
                             Reason::InvalidExitCode,
                             format!(
-                                "exit_event.exit_code is not an integer ({v}); counted as missing"
+                                "exit_event.exit_code is not an integer ({}); counted as missing",
+                                r.get()
                             ),
                         ));
                         None
@@ -157,22 +222,15 @@ pub fn parse_unstruct(envelope: &Value) -> Result<Unstruct, Failure> {
             EventKind::Exit { exit_code }
         }
         _ => {
-            let changed_to = match data.get("changed_to") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Bool(b)) => Some(b.to_string()),
-                Some(other) => {
-                    return Err((
-                        Reason::InvalidField,
-                        format!(
-                            "telemetry_state_change_event.changed_to: unexpected {}",
-                            type_name(other)
-                        ),
-                    ));
-                }
+            let what = "telemetry_state_change_event";
+            let d: StateChangeData = data_object(data, what)?;
+            let changed_to = match d.changed_to.map(RawValue::get) {
+                None | Some("null") => None,
+                Some(t @ ("true" | "false")) => Some(t.to_string()),
+                Some(_) => owned(raw_str(d.changed_to, &format!("{what}.changed_to")))?,
             };
             EventKind::StateChange {
-                setting_name: opt_str(data, "setting_name", "telemetry_state_change_event")?,
+                setting_name: owned(raw_str(d.setting_name, &format!("{what}.setting_name")))?,
                 changed_to,
             }
         }
@@ -190,27 +248,74 @@ pub struct Contexts {
     pub plugins: Vec<Map<String, Value>>,
 }
 
-fn max_opt(slot: &mut Option<String>, value: Option<String>) {
+fn max_opt(slot: &mut Option<String>, value: Option<Cow<'_, str>>) {
     if let Some(v) = value
-        && slot.as_ref().is_none_or(|cur| v > *cur)
+        && slot.as_deref().is_none_or(|cur| *v > *cur)
     {
-        *slot = Some(v);
+        *slot = Some(v.into_owned());
     }
 }
 
-fn parse_bool_lenient(v: Option<&Value>) -> Option<bool> {
-    match v? {
-        Value::Bool(b) => Some(*b),
-        Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
-        Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
-        _ => None,
+#[derive(Deserialize)]
+struct ProjectData<'a> {
+    #[serde(borrow, default)]
+    context_uuid: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    project_uuid: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    project_uuid_source: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    environment_name_hash: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct EnvironmentData<'a> {
+    #[serde(borrow, default)]
+    meltano_version: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    python_version: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    is_ci_environment: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct CliData<'a> {
+    #[serde(borrow, default)]
+    command: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    parent_command_hint: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    sub_command: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct PluginsData<'a> {
+    #[serde(borrow, default)]
+    plugins: Option<&'a RawValue>,
+}
+
+fn lenient_bool(raw: Option<&RawValue>) -> Option<bool> {
+    let t = raw?.get();
+    match t {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => match serde_json::from_str::<Cow<str>>(t)
+            .ok()?
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        },
     }
 }
 
-/// Parse the `contexts` envelope. Contexts of other vendors or unknown Meltano contexts are ignored.
-pub fn parse_contexts(envelope: &Value) -> Result<Contexts, Failure> {
-    let (outer, data) = schema_and_data(envelope, "contexts")?;
-    match iglu::parse(outer) {
+/// Parse the `contexts` envelope (JSON text). Contexts of other vendors or unknown Meltano contexts
+/// are ignored.
+pub fn parse_contexts(text: &str) -> Result<Contexts, Failure> {
+    let (outer, data) = self_desc(text, "contexts")?;
+    match iglu::parse(&outer) {
         Some(s) if s.vendor == SNOWPLOW && s.name == "contexts" => {}
         _ => {
             return Err((
@@ -219,7 +324,7 @@ pub fn parse_contexts(envelope: &Value) -> Result<Contexts, Failure> {
             ));
         }
     }
-    let items = data.as_array().ok_or_else(|| {
+    let items: Vec<&RawValue> = serde_json::from_str(data.get()).map_err(|_| {
         (
             Reason::InvalidField,
             "contexts data is not an array".to_string(),
@@ -227,44 +332,51 @@ pub fn parse_contexts(envelope: &Value) -> Result<Contexts, Failure> {
     })?;
     let mut out = Contexts::default();
     for item in items {
-        let Ok((uri, data)) = schema_and_data(item, "context") else {
+        let Ok((uri, data)) = self_desc(item.get(), "context") else {
             continue;
         };
-        let Some(schema) = iglu::parse(uri) else {
+        let Some(schema) = iglu::parse(&uri) else {
             continue;
         };
         if schema.vendor != MELTANO || schema.major != 1 {
             continue;
         }
-        let Some(data) = data.as_object() else {
-            return Err((
-                Reason::InvalidField,
-                format!("{}: data is not an object", schema.name),
-            ));
-        };
         match schema.name {
             "project_context" => {
                 let what = "project_context";
+                let d: ProjectData = data_object(data, what)?;
                 out.project = Some(ProjectContext {
-                    context_uuid: opt_str(data, "context_uuid", what)?,
-                    project_uuid: opt_str(data, "project_uuid", what)?,
-                    project_uuid_source: opt_str(data, "project_uuid_source", what)?,
-                    environment_name_hash: opt_str(data, "environment_name_hash", what)?,
+                    context_uuid: owned(raw_str(d.context_uuid, "project_context.context_uuid"))?,
+                    project_uuid: owned(raw_str(d.project_uuid, "project_context.project_uuid"))?,
+                    project_uuid_source: owned(raw_str(
+                        d.project_uuid_source,
+                        "project_context.project_uuid_source",
+                    ))?,
+                    environment_name_hash: owned(raw_str(
+                        d.environment_name_hash,
+                        "project_context.environment_name_hash",
+                    ))?,
                 });
             }
             "environment_context" => {
-                let what = "environment_context";
+                let d: EnvironmentData = data_object(data, "environment_context")?;
                 out.environment = Some(EnvironmentContext {
-                    meltano_version: opt_str(data, "meltano_version", what)?,
-                    python_version: opt_str(data, "python_version", what)?,
-                    is_ci: parse_bool_lenient(data.get("is_ci_environment")),
+                    meltano_version: owned(raw_str(
+                        d.meltano_version,
+                        "environment_context.meltano_version",
+                    ))?,
+                    python_version: owned(raw_str(
+                        d.python_version,
+                        "environment_context.python_version",
+                    ))?,
+                    is_ci: lenient_bool(d.is_ci_environment),
                 });
             }
             "cli_context" => {
-                let what = "cli_context";
-                let command = opt_str(data, "command", what)?;
-                if data.contains_key("parent_command_hint") || schema.minor >= 1 {
-                    let parent = opt_str(data, "parent_command_hint", what)?;
+                let d: CliData = data_object(data, "cli_context")?;
+                let command = raw_str(d.command, "cli_context.command")?;
+                if d.parent_command_hint.is_some() || schema.minor >= 1 {
+                    let parent = raw_str(d.parent_command_hint, "cli_context.parent_command_hint")?;
                     if let Some(cmd) = command.filter(|c| c != "cli") {
                         if parent.as_deref().is_none_or(|p| p == "cli") {
                             max_opt(&mut out.command, Some(cmd));
@@ -274,37 +386,44 @@ pub fn parse_contexts(envelope: &Value) -> Result<Contexts, Failure> {
                     }
                 } else {
                     max_opt(&mut out.command, command.filter(|c| c != "cli"));
-                    max_opt(&mut out.sub_command, opt_str(data, "sub_command", what)?);
+                    max_opt(
+                        &mut out.sub_command,
+                        raw_str(d.sub_command, "cli_context.sub_command")?,
+                    );
                 }
             }
-            "plugins_context" => match data.get("plugins") {
-                None | Some(Value::Null) => {}
-                Some(Value::Array(plugins)) => {
-                    for p in plugins {
-                        match p {
-                            Value::Object(m) => out.plugins.push(m.clone()),
-                            other => {
-                                return Err((
-                                    Reason::InvalidField,
-                                    format!(
-                                        "plugins_context.plugins: item is {}",
-                                        type_name(other)
-                                    ),
-                                ));
+            "plugins_context" => {
+                let d: PluginsData = data_object(data, "plugins_context")?;
+                match d.plugins {
+                    None => {}
+                    Some(r) if r.get() == "null" => {}
+                    Some(r) => {
+                        let items: Vec<Value> = serde_json::from_str(r.get()).map_err(|_| {
+                            (
+                                Reason::InvalidField,
+                                format!(
+                                    "plugins_context.plugins: expected an array, got {}",
+                                    raw_type_name(r)
+                                ),
+                            )
+                        })?;
+                        for p in items {
+                            match p {
+                                Value::Object(m) => out.plugins.push(m),
+                                other => {
+                                    return Err((
+                                        Reason::InvalidField,
+                                        format!(
+                                            "plugins_context.plugins: item is {}",
+                                            type_name(&other)
+                                        ),
+                                    ));
+                                }
                             }
                         }
                     }
                 }
-                Some(other) => {
-                    return Err((
-                        Reason::InvalidField,
-                        format!(
-                            "plugins_context.plugins: expected an array, got {}",
-                            type_name(other)
-                        ),
-                    ));
-                }
-            },
+            }
             _ => {}
         }
     }
@@ -329,9 +448,10 @@ mod tests {
         assert_eq!(decode_base64("@@@").unwrap_err().0, Reason::InvalidBase64);
     }
 
-    fn ue(uri: &str, data: Value) -> Value {
+    fn ue(uri: &str, data: Value) -> String {
         json!({"schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
                "data": {"schema": uri, "data": data}})
+        .to_string()
     }
 
     #[test]
@@ -343,6 +463,35 @@ mod tests {
         .unwrap();
         assert_eq!(u.kind, EventKind::Exit { exit_code: None });
         assert_eq!(u.kept_defect.unwrap().0, Reason::InvalidExitCode);
+        let u = parse_unstruct(&ue(
+            "iglu:com.meltano/exit_event/jsonschema/1-0-1",
+            json!({"exit_code": 2}),
+        ))
+        .unwrap();
+        assert_eq!(u.kind, EventKind::Exit { exit_code: Some(2) });
+        assert!(u.kept_defect.is_none());
+    }
+
+    #[test]
+    fn state_change_values() {
+        let uri = "iglu:com.meltano/telemetry_state_change_event/jsonschema/1-0-0";
+        for (v, want) in [
+            (json!(false), Some("false")),
+            (json!("false"), Some("false")),
+            (json!(null), None),
+        ] {
+            let u = parse_unstruct(&ue(
+                uri,
+                json!({"setting_name": "send_anonymous_usage_stats", "changed_to": v}),
+            ))
+            .unwrap();
+            let EventKind::StateChange { changed_to, .. } = u.kind else {
+                panic!()
+            };
+            assert_eq!(changed_to.as_deref(), want);
+        }
+        let bad = parse_unstruct(&ue(uri, json!({"setting_name": 3})));
+        assert_eq!(bad.unwrap_err().0, Reason::InvalidField);
     }
 
     #[test]
@@ -366,8 +515,8 @@ mod tests {
         assert_eq!(vendor.unwrap_err().0, Reason::UnknownSchema);
     }
 
-    fn cx(items: Value) -> Value {
-        json!({"schema": "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-1", "data": items})
+    fn cx(items: Value) -> String {
+        json!({"schema": "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-1", "data": items}).to_string()
     }
 
     #[test]
@@ -408,5 +557,17 @@ mod tests {
         ])))
         .unwrap_err();
         assert_eq!(err.0, Reason::InvalidField);
+    }
+
+    #[test]
+    fn escaped_strings_are_unescaped() {
+        let c = parse_contexts(&cx(json!([
+            {"schema": "iglu:com.meltano/project_context/jsonschema/1-1-0", "data": {"project_uuid": "a\"b\u{e9}"}}
+        ])))
+        .unwrap();
+        assert_eq!(
+            c.project.unwrap().project_uuid.as_deref(),
+            Some("a\"b\u{e9}")
+        );
     }
 }

@@ -2,10 +2,13 @@
 //! either the POST body (`payload_data`), a capture envelope whose `body` is that POST body (or whose
 //! `query` holds one `GET /i` event), or a bare event object.
 
-use chrono::DateTime;
-use serde_json::{Map, Value};
+use std::borrow::Cow;
 
-use super::selfdesc::{self, Failure, type_name};
+use chrono::DateTime;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::selfdesc::{self, Failure, raw_str, raw_type_name};
 use super::{LineOutput, Problem, Reason, excerpt, iglu};
 use crate::event::{Event, EventKind, Position};
 
@@ -14,6 +17,59 @@ pub const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
 /// Events before this instant (2018-01-01T00:00:00Z, before Meltano telemetry existed) are rejected.
 pub const MIN_PLAUSIBLE_MS: i64 = 1_514_764_800_000;
 
+/// The top level of a line: a capture envelope, a payload, or a bare event (fields left raw).
+#[derive(Deserialize)]
+struct LineDoc<'a> {
+    #[serde(borrow, default)]
+    body: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    query: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    received_at: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    headers: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    schema: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    e: Option<&'a RawValue>,
+}
+
+/// A tp2 payload: `{"schema": ".../payload_data/...", "data": [event, ...]}`.
+#[derive(Deserialize)]
+struct Payload<'a> {
+    #[serde(borrow, default)]
+    schema: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// The tracker fields the tap reads (every value a string on the wire).
+#[derive(Deserialize)]
+pub struct TrackerEvent<'a> {
+    #[serde(borrow, default)]
+    e: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    eid: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    dtm: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stm: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    ue_px: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    ue_pr: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cx: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    co: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    se_ca: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    se_la: Option<&'a RawValue>,
+}
+
 /// Decode one line.
 pub fn decode_line(line: &str, position: &Position) -> LineOutput {
     let mut out = LineOutput::default();
@@ -21,8 +77,17 @@ pub fn decode_line(line: &str, position: &Position) -> LineOutput {
     if text.is_empty() {
         return out;
     }
-    let doc: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
+    let doc: LineDoc = match serde_json::from_str(text) {
+        Ok(d) => d,
+        Err(e) if e.is_data() => {
+            out.line_problem(
+                position,
+                Reason::InvalidEnvelope,
+                format!("line is not a JSON object: {e}"),
+                text,
+            );
+            return out;
+        }
         Err(e) => {
             out.line_problem(
                 position,
@@ -33,24 +98,17 @@ pub fn decode_line(line: &str, position: &Position) -> LineOutput {
             return out;
         }
     };
-    let Value::Object(obj) = doc else {
-        out.line_problem(
-            position,
-            Reason::InvalidEnvelope,
-            "line is not a JSON object".into(),
-            text,
-        );
-        return out;
-    };
-    let is_envelope = ["body", "query", "received_at", "method", "headers"]
-        .iter()
-        .any(|k| obj.contains_key(*k));
+    let is_envelope = doc.body.is_some()
+        || doc.query.is_some()
+        || doc.received_at.is_some()
+        || doc.method.is_some()
+        || doc.headers.is_some();
     if is_envelope {
-        decode_envelope(&obj, text, position, &mut out);
-    } else if obj.contains_key("schema") {
-        decode_payload(&Value::Object(obj.clone()), None, text, position, &mut out);
-    } else if obj.contains_key("e") {
-        decode_one(&obj, None, text, position, &mut out);
+        decode_envelope(&doc, text, position, &mut out);
+    } else if doc.schema.is_some() {
+        decode_payload(text, None, text, position, &mut out);
+    } else if doc.e.is_some() {
+        decode_raw_event(text, None, position, &mut out);
     } else {
         out.line_problem(
             position,
@@ -62,10 +120,10 @@ pub fn decode_line(line: &str, position: &Position) -> LineOutput {
     out
 }
 
-fn decode_envelope(obj: &Map<String, Value>, raw: &str, position: &Position, out: &mut LineOutput) {
-    let collector_ms = match obj.get("received_at") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => match DateTime::parse_from_rfc3339(s) {
+fn decode_envelope(doc: &LineDoc, raw: &str, position: &Position, out: &mut LineOutput) {
+    let collector_ms = match raw_str(doc.received_at, "received_at") {
+        Ok(None) => None,
+        Ok(Some(s)) => match DateTime::parse_from_rfc3339(&s) {
             Ok(t) => Some(t.timestamp_millis()),
             Err(e) => {
                 out.line_problem(
@@ -77,40 +135,35 @@ fn decode_envelope(obj: &Map<String, Value>, raw: &str, position: &Position, out
                 return;
             }
         },
-        Some(other) => {
-            let msg = format!("received_at: expected a string, got {}", type_name(other));
+        Err((_, msg)) => {
             out.line_problem(position, Reason::InvalidEnvelope, msg, raw);
             return;
         }
     };
-    match obj.get("body") {
-        Some(Value::Object(_)) => {
-            let body = obj.get("body").cloned().unwrap_or(Value::Null);
-            decode_payload(&body, collector_ms, raw, position, out);
+    match doc.body {
+        Some(b) if b.get().starts_with('{') => {
+            decode_payload(b.get(), collector_ms, raw, position, out);
             return;
         }
-        Some(Value::String(s)) if !s.trim().is_empty() => {
-            match serde_json::from_str::<Value>(s) {
-                Ok(body) => decode_payload(&body, collector_ms, raw, position, out),
-                Err(e) => out.line_problem(
-                    position,
-                    Reason::InvalidJson,
-                    format!("body is not JSON: {e}"),
-                    raw,
-                ),
+        Some(b) if b.get().starts_with('"') => {
+            if let Ok(Some(text)) = raw_str(Some(b), "body")
+                && !text.trim().is_empty()
+            {
+                decode_payload(&text, collector_ms, raw, position, out);
+                return;
             }
-            return;
         }
-        None | Some(Value::Null) | Some(Value::String(_)) => {}
-        Some(other) => {
-            let msg = format!("body: expected an object, got {}", type_name(other));
+        None => {}
+        Some(b) if b.get() == "null" => {}
+        Some(b) => {
+            let msg = format!("body: expected an object, got {}", raw_type_name(b));
             out.line_problem(position, Reason::InvalidEnvelope, msg, raw);
             return;
         }
     }
-    match obj.get("query") {
-        Some(Value::Object(q)) if q.contains_key("e") => {
-            decode_one(q, collector_ms, raw, position, out)
+    match doc.query {
+        Some(q) if q.get().starts_with('{') => {
+            decode_raw_event(q.get(), collector_ms, position, out)
         }
         _ => out.line_problem(
             position,
@@ -122,14 +175,38 @@ fn decode_envelope(obj: &Map<String, Value>, raw: &str, position: &Position, out
 }
 
 fn decode_payload(
-    body: &Value,
+    body: &str,
     collector_ms: Option<i64>,
     raw: &str,
     position: &Position,
     out: &mut LineOutput,
 ) {
-    let schema = body.get("schema").and_then(Value::as_str).unwrap_or("");
-    match iglu::parse(schema) {
+    let payload: Payload = match serde_json::from_str(body) {
+        Ok(p) => p,
+        Err(e) if e.is_data() => {
+            out.line_problem(
+                position,
+                Reason::InvalidEnvelope,
+                format!("body is not a JSON object: {e}"),
+                raw,
+            );
+            return;
+        }
+        Err(e) => {
+            out.line_problem(
+                position,
+                Reason::InvalidJson,
+                format!("body is not JSON: {e}"),
+                raw,
+            );
+            return;
+        }
+    };
+    let schema = raw_str(payload.schema, "schema")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    match iglu::parse(&schema) {
         Some(s) if s.vendor == iglu::SNOWPLOW && s.name == "payload_data" => {}
         _ => {
             let msg = format!("not a payload_data body (schema {schema:?})");
@@ -137,33 +214,24 @@ fn decode_payload(
             return;
         }
     }
-    let Some(events) = body.get("data").and_then(Value::as_array) else {
-        out.line_problem(
-            position,
-            Reason::InvalidPayload,
-            "payload data is not an array".into(),
-            raw,
-        );
-        return;
+    let events: Vec<&RawValue> = match payload.data.map(|d| serde_json::from_str(d.get())) {
+        Some(Ok(v)) => v,
+        _ => {
+            out.line_problem(
+                position,
+                Reason::InvalidPayload,
+                "payload data is not an array".into(),
+                raw,
+            );
+            return;
+        }
     };
     for (index, item) in events.iter().enumerate() {
         let pos = Position {
             index: index as u32,
             ..position.clone()
         };
-        match item {
-            Value::Object(ev) => decode_one(ev, collector_ms, raw, &pos, out),
-            other => {
-                let text = other.to_string();
-                push_event_problem(
-                    out,
-                    &pos,
-                    (Reason::InvalidEvent, "event is not an object".into()),
-                    &text,
-                    true,
-                );
-            }
-        }
+        decode_raw_event(item.get(), collector_ms, &pos, out);
     }
 }
 
@@ -184,45 +252,26 @@ fn push_event_problem(
     });
 }
 
-fn decode_one(
-    ev: &Map<String, Value>,
-    collector_ms: Option<i64>,
-    raw: &str,
-    pos: &Position,
-    out: &mut LineOutput,
-) {
-    match decode_event(ev, collector_ms, pos) {
+fn decode_raw_event(raw: &str, collector_ms: Option<i64>, pos: &Position, out: &mut LineOutput) {
+    let parsed = if raw.starts_with('{') {
+        serde_json::from_str::<TrackerEvent>(raw)
+            .map_err(|e| (Reason::InvalidEvent, format!("event: {e}")))
+    } else {
+        Err((Reason::InvalidEvent, "event is not an object".to_string()))
+    };
+    match parsed.and_then(|ev| decode_event(&ev, collector_ms, pos)) {
         Ok((event, kept)) => {
             if let Some(defect) = kept {
-                let text = Value::Object(ev.clone()).to_string();
-                push_event_problem(out, pos, defect, &text, false);
+                push_event_problem(out, pos, defect, raw, false);
             }
             out.events.push(event);
         }
-        Err(failure) => {
-            let text = if ev.is_empty() {
-                raw.to_string()
-            } else {
-                Value::Object(ev.clone()).to_string()
-            };
-            push_event_problem(out, pos, failure, &text, true);
-        }
+        Err(failure) => push_event_problem(out, pos, failure, raw, true),
     }
 }
 
-fn field<'a>(ev: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, Failure> {
-    match ev.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(other) => Err((
-            Reason::InvalidField,
-            format!("{key}: expected a string, got {}", type_name(other)),
-        )),
-    }
-}
-
-fn epoch_ms(ev: &Map<String, Value>, key: &str) -> Result<Option<i64>, Failure> {
-    match field(ev, key)? {
+fn epoch_ms(raw: Option<&RawValue>, key: &str) -> Result<Option<i64>, Failure> {
+    match raw_str(raw, key)? {
         None => Ok(None),
         Some(s) if s.trim().is_empty() => Ok(None),
         Some(s) => s.trim().parse::<i64>().map(Some).map_err(|_| {
@@ -234,27 +283,27 @@ fn epoch_ms(ev: &Map<String, Value>, key: &str) -> Result<Option<i64>, Failure> 
     }
 }
 
-/// Decode one tracker event map (all values strings).
+/// Decode one tracker event.
 pub fn decode_event(
-    ev: &Map<String, Value>,
+    ev: &TrackerEvent,
     collector_ms: Option<i64>,
     pos: &Position,
 ) -> Result<(Event, Option<Failure>), Failure> {
-    let e = field(ev, "e")?.ok_or((Reason::InvalidEvent, "event has no `e`".to_string()))?;
-    let event_id = field(ev, "eid")?.map(str::to_string);
-    let created_ms = epoch_ms(ev, "dtm")?;
-    let sent_ms = epoch_ms(ev, "stm")?;
-    let contexts = match (field(ev, "cx")?, field(ev, "co")?) {
-        (Some(cx), _) => Some(selfdesc::decode_base64_json("cx", cx)?),
-        (None, Some(co)) => Some(selfdesc::parse_json_text("co", co)?),
+    let e = raw_str(ev.e, "e")?.ok_or((Reason::InvalidEvent, "event has no `e`".to_string()))?;
+    let event_id = raw_str(ev.eid, "eid")?.map(Cow::into_owned);
+    let created_ms = epoch_ms(ev.dtm, "dtm")?;
+    let sent_ms = epoch_ms(ev.stm, "stm")?;
+    let contexts_text = match (raw_str(ev.cx, "cx")?, raw_str(ev.co, "co")?) {
+        (Some(cx), _) => Some(Cow::Owned(selfdesc::decode_base64_text("cx", &cx)?)),
+        (None, Some(co)) => Some(co),
         (None, None) => None,
     };
     let mut kept = None;
-    let kind = match e {
+    let kind = match e.as_ref() {
         "ue" => {
-            let envelope = match (field(ev, "ue_px")?, field(ev, "ue_pr")?) {
-                (Some(px), _) => selfdesc::decode_base64_json("ue_px", px)?,
-                (None, Some(pr)) => selfdesc::parse_json_text("ue_pr", pr)?,
+            let text = match (raw_str(ev.ue_px, "ue_px")?, raw_str(ev.ue_pr, "ue_pr")?) {
+                (Some(px), _) => Cow::Owned(selfdesc::decode_base64_text("ue_px", &px)?),
+                (None, Some(pr)) => pr,
                 (None, None) => {
                     return Err((
                         Reason::InvalidEvent,
@@ -262,13 +311,13 @@ pub fn decode_event(
                     ));
                 }
             };
-            let un = selfdesc::parse_unstruct(&envelope)?;
+            let un = selfdesc::parse_unstruct(&text)?;
             kept = un.kept_defect;
             un.kind
         }
         "se" => EventKind::Structured {
-            category: field(ev, "se_ca")?.map(str::to_string),
-            label: field(ev, "se_la")?.map(str::to_string),
+            category: raw_str(ev.se_ca, "se_ca")?.map(Cow::into_owned),
+            label: raw_str(ev.se_la, "se_la")?.map(Cow::into_owned),
         },
         other => {
             return Err((
@@ -277,9 +326,8 @@ pub fn decode_event(
             ));
         }
     };
-    let has_contexts = contexts.is_some();
-    let ctx = match &contexts {
-        Some(v) => selfdesc::parse_contexts(v)?,
+    let ctx = match &contexts_text {
+        Some(text) => selfdesc::parse_contexts(text)?,
         None => selfdesc::Contexts::default(),
     };
     let event = Event {
@@ -295,7 +343,7 @@ pub fn decode_event(
         command: ctx.command,
         sub_command: ctx.sub_command,
         plugins: ctx.plugins,
-        has_contexts,
+        has_contexts: contexts_text.is_some(),
         position: pos.clone(),
     };
     check_time(&event)?;

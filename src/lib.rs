@@ -25,6 +25,7 @@ pub mod event;
 pub mod health;
 pub mod kpi;
 pub mod normalize;
+pub mod read;
 pub mod singer;
 pub mod source;
 pub mod streams;

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::catalog::{self, Selections};
-use crate::config::{Config, SourceFormat};
-use crate::decode::{self, Format, Problem, Reason};
-use crate::event::Position;
+use crate::config::Config;
+use crate::decode::{Problem, Reason};
 use crate::health::alarm;
 use crate::kpi::{self, calendar};
 use crate::normalize::{self, NormalizeStats};
+use crate::read;
 use crate::singer::SingerWriter;
-use crate::source::{self, Input, Line, LineReader, SourceError};
+use crate::source::{self, Input, SourceError};
 use crate::streams::{Records, STREAMS};
 
 /// Errors that stop a sync.
@@ -57,16 +57,6 @@ impl Reason {
     }
 }
 
-/// The configured format of an input; `None` means detect it from the first non-empty line.
-fn format_of(input: &Input) -> Option<Format> {
-    match input.format {
-        SourceFormat::Auto => None,
-        SourceFormat::Tp2 => Some(Format::Tp2),
-        SourceFormat::EnrichedTsv => Some(Format::EnrichedTsv),
-        SourceFormat::EnrichedJson => Some(Format::EnrichedJson),
-    }
-}
-
 /// Progress on stderr, at most every few seconds.
 struct Progress {
     started: Instant,
@@ -101,96 +91,17 @@ pub fn read_inputs(
         started: Instant::now(),
         last: Instant::now(),
     };
-    for (idx, input) in inputs.iter().enumerate() {
-        let mut format = format_of(input);
-        let mut reader = LineReader::new(source::open(input)?);
-        loop {
-            let line = match reader.next_line() {
-                Ok(Some(line)) => line,
-                Ok(None) => break,
-                Err(e) => {
-                    let position = Position {
-                        source: idx as u32,
-                        line: 0,
-                        offset: reader.offset(),
-                        index: 0,
-                    };
-                    problems.push(Problem {
-                        position,
-                        is_event: false,
-                        reason: Reason::TruncatedInput,
-                        message: format!(
-                            "input ends early or is corrupt after byte {}: {e}",
-                            reader.offset()
-                        ),
-                        excerpt: String::new(),
-                        skipped: true,
-                    });
-                    break;
-                }
-            };
-            report.lines += 1;
-            match line {
-                Line::Text {
-                    bytes,
-                    number,
-                    offset,
-                } => {
-                    let position = Position {
-                        source: idx as u32,
-                        line: number,
-                        offset,
-                        index: 0,
-                    };
-                    match std::str::from_utf8(bytes) {
-                        Ok(text) => {
-                            if text.trim().is_empty() {
-                                continue;
-                            }
-                            let format = *format.get_or_insert_with(|| decode::detect_format(text));
-                            let out = decode::decode_line(format, text, &position);
-                            report.events += out.events.len() as u64;
-                            for e in out.events {
-                                normalizer.push(e);
-                            }
-                            problems.extend(out.problems);
-                        }
-                        Err(e) => problems.push(Problem {
-                            position,
-                            is_event: false,
-                            reason: Reason::InvalidUtf8,
-                            message: format!("line is not UTF-8: {e}"),
-                            excerpt: decode::excerpt(&String::from_utf8_lossy(bytes)),
-                            skipped: true,
-                        }),
-                    }
-                }
-                Line::TooLong {
-                    head,
-                    number,
-                    offset,
-                    length,
-                } => problems.push(Problem {
-                    position: Position {
-                        source: idx as u32,
-                        line: number,
-                        offset,
-                        index: 0,
-                    },
-                    is_event: false,
-                    reason: Reason::LineTooLong,
-                    message: format!(
-                        "line of {length} bytes exceeds {} bytes",
-                        source::MAX_LINE_BYTES
-                    ),
-                    excerpt: decode::excerpt(&String::from_utf8_lossy(head)),
-                    skipped: true,
-                }),
-            }
-            progress.tick(report.bytes + reader.offset(), report.events);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    read::read_parallel(inputs, threads, |d| {
+        report.lines += d.lines;
+        report.bytes += d.bytes;
+        report.events += d.events.len() as u64;
+        for e in d.events {
+            normalizer.push(e);
         }
-        report.bytes += reader.offset();
-    }
+        problems.extend(d.problems);
+        progress.tick(report.bytes, report.events);
+    })?;
     report.inputs = inputs.len();
     Ok(problems)
 }

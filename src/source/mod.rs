@@ -159,11 +159,12 @@ pub const MAX_LINE_BYTES: usize = 16 << 20;
 /// One line read from an input.
 #[derive(Debug)]
 pub enum Line<'a> {
-    /// A complete line (without its newline), its 1-based number and byte offset.
+    /// A complete line (without its newline), its 1-based number, byte offset and length with newline.
     Text {
         bytes: &'a [u8],
         number: u64,
         offset: u64,
+        length: u64,
     },
     /// A line over [`MAX_LINE_BYTES`], skipped; the head is kept for the excerpt.
     TooLong {
@@ -246,6 +247,7 @@ impl<R: BufRead> LineReader<R> {
             bytes: &self.buf[..end],
             number: self.number,
             offset: start,
+            length,
         }))
     }
 }
@@ -316,6 +318,7 @@ mod tests {
                 bytes,
                 number,
                 offset,
+                ..
             } = line
             {
                 got.push((bytes.to_vec(), number, offset));

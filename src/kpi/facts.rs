@@ -10,9 +10,9 @@ use crate::normalize::{Execution, Plugin};
 
 fn plugin_record(p: &Plugin) -> Value {
     json!({
-        "plugin_key": p.key,
+        "plugin_key": p.key(),
         "category": p.field("category"),
-        "plugin_category": p.plugin_category,
+        "plugin_category": p.plugin_category(),
         "name_hash": p.field("name_hash"),
         "parent_name_hash": p.field("parent_name_hash"),
         "namespace_hash": p.field("namespace_hash"),
@@ -21,7 +21,7 @@ fn plugin_record(p: &Plugin) -> Value {
         "pip_url_hash": p.field("pip_url_hash"),
         "command": p.field("command"),
         "first_seen_at": p.first_seen_ms.map(fmt_ms),
-        "is_test_plugin": p.is_test,
+        "is_test_plugin": p.is_test(),
     })
 }
 
@@ -97,9 +97,9 @@ pub fn pipelines(model: &Model) -> Vec<Value> {
                 "pipeline_id": id,
                 "project_id": first.project_id,
                 "environment_hash": first.environment_hash,
-                "plugin_keys": first.plugins.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+                "plugin_keys": first.plugins.iter().map(|p| p.key()).collect::<Vec<_>>(),
                 "plugin_count": first.plugins.len(),
-                "is_test_pipeline": first.plugins.iter().any(|p| p.is_test),
+                "is_test_pipeline": first.plugins.iter().any(|p| p.is_test()),
                 "first_run_at": fmt_ms(xs.iter().map(|x| x.started_ms).min().unwrap_or_default()),
                 "last_run_at": fmt_ms(xs.iter().map(|x| x.started_ms).max().unwrap_or_default()),
                 "runs": xs.len(),

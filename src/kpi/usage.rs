@@ -85,11 +85,7 @@ pub fn plugin_usage(model: &Model) -> Vec<Value> {
     let mut usage: BTreeMap<(Month, &str), (u64, BTreeSet<&str>)> = BTreeMap::new();
     for x in &model.counted {
         let m = month_of(day_of(x.started_ms));
-        let categories: BTreeSet<&str> = x
-            .plugins
-            .iter()
-            .map(|p| p.plugin_category.as_str())
-            .collect();
+        let categories: BTreeSet<&str> = x.plugins.iter().map(|p| p.plugin_category()).collect();
         for c in categories {
             let e = usage.entry((m, c)).or_default();
             e.0 += 1;

@@ -7,7 +7,6 @@ pub mod plugins;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::decode::{Problem, Reason, excerpt};
-use serde_json::{Map, Value};
 
 use crate::event::{Event, EventKind, Position};
 pub use plugins::Plugin;
@@ -219,7 +218,8 @@ struct ExecutionBuilder {
     execution_id: String,
     events: Vec<LiteEvent>,
     variants: Vec<Variant>,
-    plugin_lists: Vec<Vec<Map<String, Value>>>,
+    /// Distinct plugin lists of the events, as ids of the run's plugin table.
+    plugin_lists: Vec<Vec<u32>>,
 }
 
 fn keep_max<T: Ord + Clone>(slot: &mut Option<T>, value: Option<&T>) {
@@ -231,12 +231,13 @@ fn keep_max<T: Ord + Clone>(slot: &mut Option<T>, value: Option<&T>) {
 }
 
 impl ExecutionBuilder {
-    fn push(&mut self, e: Event, time: i64) -> u32 {
+    fn push(&mut self, e: Event, time: i64, table: &mut plugins::PluginTable) -> u32 {
         let variant = intern(&mut self.variants, Variant::of(&e));
         let plugins = if e.plugins.is_empty() {
             u16::MAX
         } else {
-            intern(&mut self.plugin_lists, e.plugins)
+            let ids: Vec<u32> = e.plugins.iter().map(|p| table.intern(p)).collect();
+            intern(&mut self.plugin_lists, ids)
         };
         self.events.push(LiteEvent {
             time,
@@ -254,14 +255,13 @@ impl ExecutionBuilder {
     }
 
     /// The execution, or (position of its first event, events) when it has no project id.
-    fn build(self) -> Option<Result<Execution, (Position, u32)>> {
+    fn build(self, table: &plugins::PluginTable) -> Option<Result<Execution, (Position, u32)>> {
         let alive: Vec<&LiteEvent> = self.events.iter().filter(|e| e.alive).collect();
         let first = alive.first()?;
         let mut v = Variant::default();
         let (mut started, mut finished, mut exit_code) = (first.time, first.time, None);
         let mut ip_hashes = BTreeSet::new();
         let mut by_key: BTreeMap<String, Plugin> = BTreeMap::new();
-        let mut built_lists: HashMap<u16, Vec<Plugin>> = HashMap::new();
         for e in &alive {
             started = started.min(e.time);
             finished = finished.max(e.time);
@@ -280,16 +280,12 @@ impl ExecutionBuilder {
                 ip_hashes.insert(ip.clone());
             }
             if e.plugins != u16::MAX {
-                let list = built_lists.entry(e.plugins).or_insert_with(|| {
-                    self.plugin_lists[e.plugins as usize]
-                        .iter()
-                        .map(plugins::plugin_from_dict)
-                        .collect()
-                });
-                for plugin in list.iter() {
-                    let entry = by_key
-                        .entry(plugin.key.clone())
-                        .or_insert_with(|| plugin.clone());
+                for &id in &self.plugin_lists[e.plugins as usize] {
+                    let info = table.get(id);
+                    let entry = by_key.entry(info.key.clone()).or_insert_with(|| Plugin {
+                        info: info.clone(),
+                        first_seen_ms: None,
+                    });
                     if e.is_block {
                         entry.first_seen_ms =
                             Some(entry.first_seen_ms.map_or(e.time, |t| t.min(e.time)));
@@ -356,6 +352,7 @@ pub struct Normalizer {
     structured: Vec<StructuredSeen>,
     problems: Vec<Problem>,
     stats: NormalizeStats,
+    plugins: plugins::PluginTable,
 }
 
 impl Normalizer {
@@ -467,7 +464,7 @@ impl Normalizer {
                         plugin_lists: Vec::new(),
                     });
                 }
-                let index = self.builders[builder as usize].push(e, time);
+                let index = self.builders[builder as usize].push(e, time, &mut self.plugins);
                 Home::Execution { builder, index }
             }
         };
@@ -516,7 +513,7 @@ impl Normalizer {
             for e in b.events.iter().filter(|e| e.alive) {
                 see(e.time);
             }
-            match b.build() {
+            match b.build(&self.plugins) {
                 None => {}
                 Some(Ok(x)) => executions.push(x),
                 Some(Err((position, events))) => {

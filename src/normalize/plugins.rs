@@ -2,15 +2,15 @@
 //! the well-known names recognised from their hashes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use md5::{Digest, Md5};
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
-/// A plugin as used by an execution.
+/// What identifies a plugin; shared by every execution that uses it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Plugin {
+pub struct PluginInfo {
     /// MD5 hex of the canonical JSON of the normalised plugin dict.
     pub key: String,
     /// The normalised plugin dict, keys sorted.
@@ -18,14 +18,59 @@ pub struct Plugin {
     /// `singer`, `dbt`, a known parent name, a parent name hash, or `unknown`.
     pub plugin_category: String,
     pub is_test: bool,
+}
+
+/// A plugin as used by an execution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plugin {
+    pub info: Arc<PluginInfo>,
     /// Earliest block-event time at which the plugin appeared.
     pub first_seen_ms: Option<i64>,
 }
 
 impl Plugin {
+    /// The plugin key.
+    pub fn key(&self) -> &str {
+        &self.info.key
+    }
+    /// The plugin category.
+    pub fn plugin_category(&self) -> &str {
+        &self.info.plugin_category
+    }
+    /// Whether the plugin is a test plugin (parent tap-smoke-test).
+    pub fn is_test(&self) -> bool {
+        self.info.is_test
+    }
     /// A string field of the dict.
     pub fn field(&self, key: &str) -> Option<&str> {
-        self.dict.get(key).and_then(Value::as_str)
+        self.info.dict.get(key).and_then(Value::as_str)
+    }
+}
+
+/// Interns plugins across a run: most executions use the same few plugins.
+#[derive(Debug, Default)]
+pub struct PluginTable {
+    by_text: HashMap<String, u32>,
+    infos: Vec<Arc<PluginInfo>>,
+}
+
+impl PluginTable {
+    /// Id of a raw plugin dict, interning it when new.
+    pub fn intern(&mut self, raw: &Map<String, Value>) -> u32 {
+        let dict = normalised_dict(raw);
+        let text = canonical_json(&dict);
+        if let Some(id) = self.by_text.get(&text) {
+            return *id;
+        }
+        let info = info_from(dict, &text);
+        self.infos.push(Arc::new(info));
+        let id = (self.infos.len() - 1) as u32;
+        self.by_text.insert(text, id);
+        id
+    }
+    /// The plugin of an id.
+    pub fn get(&self, id: u32) -> &Arc<PluginInfo> {
+        &self.infos[id as usize]
     }
 }
 
@@ -115,14 +160,27 @@ fn resolve(hash: Option<&str>) -> Option<&'static str> {
     hash.and_then(|h| known_names().get(h).copied())
 }
 
-/// Build a plugin from a raw plugin dict (first_seen unset).
-pub fn plugin_from_dict(raw: &Map<String, Value>) -> Plugin {
+fn normalised_dict(raw: &Map<String, Value>) -> BTreeMap<String, Value> {
     let mut dict: BTreeMap<String, Value> =
         raw.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     if let Some(cmd) = dict.get_mut("command") {
         *cmd = normalise_command(cmd);
     }
-    let key = md5_hex(&canonical_json(&dict));
+    dict
+}
+
+/// Build a plugin from a raw plugin dict (first_seen unset).
+pub fn plugin_from_dict(raw: &Map<String, Value>) -> Plugin {
+    let dict = normalised_dict(raw);
+    let text = canonical_json(&dict);
+    Plugin {
+        info: Arc::new(info_from(dict, &text)),
+        first_seen_ms: None,
+    }
+}
+
+fn info_from(dict: BTreeMap<String, Value>, canonical_text: &str) -> PluginInfo {
+    let key = md5_hex(canonical_text);
     let get = |k: &str| dict.get(k).and_then(Value::as_str);
     let parent_hash = get("parent_name_hash");
     let name_hash = get("name_hash");
@@ -144,12 +202,11 @@ pub fn plugin_from_dict(raw: &Map<String, Value>) -> Plugin {
             .to_string(),
     };
     let is_test = parent_name == Some("tap-smoke-test");
-    Plugin {
+    PluginInfo {
         key,
         dict,
         plugin_category,
         is_test,
-        first_seen_ms: None,
     }
 }
 
@@ -162,13 +219,13 @@ pub fn pipeline_order(plugins: &mut [Plugin]) {
             (None, Some(_)) => std::cmp::Ordering::Greater,
             (None, None) => std::cmp::Ordering::Equal,
         };
-        seen.then_with(|| b.key.cmp(&a.key))
+        seen.then_with(|| b.key().cmp(a.key()))
     });
 }
 
 /// Pipeline id: MD5 hex of `<ordered keys joined by ','>-<environment hash or ''>-<project id>`.
 pub fn pipeline_id(ordered: &[Plugin], environment_hash: Option<&str>, project_id: &str) -> String {
-    let keys: Vec<&str> = ordered.iter().map(|p| p.key.as_str()).collect();
+    let keys: Vec<&str> = ordered.iter().map(Plugin::key).collect();
     md5_hex(&format!(
         "{}-{}-{}",
         keys.join(","),
@@ -194,7 +251,7 @@ mod tests {
             .map(|c| {
                 let mut d = dict(base.clone());
                 d.insert("command".into(), c);
-                plugin_from_dict(&d).key
+                plugin_from_dict(&d).key().to_string()
             })
             .collect();
         assert!(keys.iter().all(|k| *k == keys[0]));
@@ -209,8 +266,11 @@ mod tests {
     #[test]
     fn key_is_md5_of_sorted_compact_json() {
         let p = plugin_from_dict(&dict(json!({"name_hash": "n", "category": "loaders"})));
-        assert_eq!(p.key, md5_hex(r#"{"category":"loaders","name_hash":"n"}"#));
-        assert_eq!(plugin_from_dict(&Map::new()).key, md5_hex("{}"));
+        assert_eq!(
+            p.key(),
+            md5_hex(r#"{"category":"loaders","name_hash":"n"}"#)
+        );
+        assert_eq!(plugin_from_dict(&Map::new()).key(), md5_hex("{}"));
     }
 
     #[test]
@@ -219,39 +279,44 @@ mod tests {
         let smoke = sha256_hex("tap-smoke-test");
         let c = |v: Value| plugin_from_dict(&dict(v));
         assert_eq!(
-            c(json!({"category": "extractors"})).plugin_category,
+            c(json!({"category": "extractors"})).plugin_category(),
             "singer"
         );
-        assert_eq!(c(json!({"category": "mappers"})).plugin_category, "singer");
         assert_eq!(
-            c(json!({"category": "utilities", "name_hash": dbt})).plugin_category,
+            c(json!({"category": "mappers"})).plugin_category(),
+            "singer"
+        );
+        assert_eq!(
+            c(json!({"category": "utilities", "name_hash": dbt})).plugin_category(),
             "dbt"
         );
         assert_eq!(
-            c(json!({"category": "transformers", "parent_name_hash": dbt})).plugin_category,
+            c(json!({"category": "transformers", "parent_name_hash": dbt})).plugin_category(),
             "dbt"
         );
         assert_eq!(
             c(json!({"category": "utilities", "parent_name_hash": sha256_hex("airflow")}))
-                .plugin_category,
+                .plugin_category(),
             "airflow"
         );
         assert_eq!(
-            c(json!({"category": "utilities", "parent_name_hash": "ff"})).plugin_category,
+            c(json!({"category": "utilities", "parent_name_hash": "ff"})).plugin_category(),
             "ff"
         );
-        assert_eq!(c(json!({})).plugin_category, "unknown");
-        assert!(c(json!({"category": "extractors", "parent_name_hash": smoke})).is_test);
-        assert!(!c(json!({"category": "extractors", "name_hash": smoke})).is_test);
+        assert_eq!(c(json!({})).plugin_category(), "unknown");
+        assert!(c(json!({"category": "extractors", "parent_name_hash": smoke})).is_test());
+        assert!(!c(json!({"category": "extractors", "name_hash": smoke})).is_test());
     }
 
     #[test]
     fn pipeline_order_first_seen_then_key_descending() {
         let mk = |key: &str, seen: Option<i64>| Plugin {
-            key: key.into(),
-            dict: BTreeMap::new(),
-            plugin_category: "singer".into(),
-            is_test: false,
+            info: Arc::new(PluginInfo {
+                key: key.into(),
+                dict: BTreeMap::new(),
+                plugin_category: "singer".into(),
+                is_test: false,
+            }),
             first_seen_ms: seen,
         };
         let mut v = vec![
@@ -262,7 +327,7 @@ mod tests {
             mk("e", None),
         ];
         pipeline_order(&mut v);
-        let order: Vec<&str> = v.iter().map(|p| p.key.as_str()).collect();
+        let order: Vec<&str> = v.iter().map(Plugin::key).collect();
         assert_eq!(order, ["d", "c", "b", "e", "a"]);
         let id = pipeline_id(&v, None, "p");
         assert_eq!(id, md5_hex("d,c,b,e,a--p"));

@@ -22,6 +22,7 @@ pub mod catalog;
 pub mod config;
 pub mod decode;
 pub mod event;
+pub mod generate;
 pub mod health;
 pub mod kpi;
 pub mod normalize;

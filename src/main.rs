@@ -23,10 +23,24 @@ enum AboutFormat {
     Text,
 }
 
+/// Commands besides the Singer tap itself.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Write a synthetic Meltano fleet's telemetry (capture envelopes, gzip) into a directory.
+    Generate(tap_kpis::generate::GenerateArgs),
+}
+
 /// Singer tap: Meltano CLI telemetry in, Meltano's product KPIs out.
 #[derive(Debug, Parser)]
-#[command(name = "tap-kpis", version, about)]
+#[command(
+    name = "tap-kpis",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Settings file (JSON); several may be given, later ones win.
     #[arg(long, value_name = "FILE")]
     config: Vec<PathBuf>,
@@ -110,6 +124,20 @@ fn about_markdown(info: &Value) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(Command::Generate(args)) = &cli.command {
+        let s = tap_kpis::generate::generate(args)?;
+        eprintln!(
+            "wrote {} files to {}: {} projects, {} executions, {} events, {} requests, {:.1} MB",
+            s.files,
+            args.out.display(),
+            s.projects,
+            s.executions,
+            s.events,
+            s.requests,
+            s.bytes as f64 / 1e6
+        );
+        return Ok(());
+    }
     if cli.about {
         println!("{}", about(cli.format)?);
         return Ok(());

@@ -151,7 +151,9 @@ pub fn run<W: Write>(
     tracing::info!("reading {} input file(s)", inputs.len());
     let mut normalizer = normalize::Normalizer::new();
     let mut problems = read_inputs(&inputs, &mut normalizer, &mut report)?;
+    tracing::debug!("read done at {:.2}s", started.elapsed().as_secs_f64());
     let normalized = normalizer.finish();
+    tracing::debug!("normalised at {:.2}s", started.elapsed().as_secs_f64());
     problems.extend(normalized.problems);
     problems.sort_by(|a, b| {
         (
@@ -171,6 +173,7 @@ pub fn run<W: Write>(
     let facts = normalized.facts;
     let as_of = config.as_of.map(calendar::day_number);
     let model = kpi::Model::new(&facts, as_of);
+    tracing::debug!("model built at {:.2}s", started.elapsed().as_secs_f64());
     report.as_of = calendar::fmt_day(model.as_of);
     tracing::info!(
         "read {} events in {:.2}s: {} executions, {} projects, as_of {}",
@@ -191,7 +194,7 @@ pub fn run<W: Write>(
         match crate::streams::find(name).map(|d| d.records) {
             Some(Records::Kpi(f)) => cache
                 .entry(name_static(name))
-                .or_insert_with(|| f(&model))
+                .or_insert_with(|| f(&model).collect())
                 .clone(),
             _ => Vec::new(),
         }
@@ -211,24 +214,29 @@ pub fn run<W: Write>(
         };
         let schema = catalog::selected_schema(def, selection);
         writer.schema(def.name, &schema, &selection.key_properties)?;
-        let records: Vec<Value> = match def.records {
-            // the health pass cached the series it watched; other streams are computed here, once
-            Records::Kpi(f) => cache.remove(def.name).unwrap_or_else(|| f(&model)),
-            Records::Health => health.records.clone(),
-            Records::Quarantine => problems
-                .iter()
-                .map(|p| problem_record(p, &inputs))
-                .collect(),
+        let records: Box<dyn Iterator<Item = Value>> = match def.records {
+            // the health pass cached the series it watched; other streams are produced here, once
+            Records::Kpi(f) => match cache.remove(def.name) {
+                Some(rows) => Box::new(rows.into_iter()),
+                None => f(&model),
+            },
+            Records::Health => Box::new(health.records.iter().cloned()),
+            Records::Quarantine => Box::new(problems.iter().map(|p| problem_record(p, &inputs))),
         };
         let full = selection.properties.len() == catalog::property_count(def);
-        for r in &records {
+        for r in records {
             if full {
-                writer.record(def.name, r)?;
+                writer.record(def.name, &r)?;
             } else {
-                writer.record(def.name, &catalog::project_record(r, selection))?;
+                writer.record(def.name, &catalog::project_record(&r, selection))?;
             }
         }
         writer.metric_stream_done(def.name);
+        tracing::debug!(
+            "stream {} written at {:.2}s",
+            def.name,
+            started.elapsed().as_secs_f64()
+        );
         report
             .records
             .insert(def.name.to_string(), writer.count(def.name));

@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 use super::calendar::{
     Month, day_of, fmt_day, fmt_month, month_first_day, month_last_day, month_of,
 };
-use super::{ACTIVE_WINDOW_DAYS, Model, ProjectActivity, ratio, usage, windows_to_intervals};
+use super::{
+    ACTIVE_WINDOW_DAYS, Model, ProjectActivity, RecordIter, ratio, usage, windows_to_intervals,
+};
 use crate::normalize::EXEC_COMMANDS;
 
 /// Month flags of one project in one complete month.
@@ -56,9 +58,19 @@ fn is_complete(m: Month, as_of: i64) -> bool {
 }
 
 /// `daily_active_projects`: one record per (project, active day ≤ as_of).
-pub fn daily_active_projects(model: &Model) -> Vec<Value> {
+pub fn daily_active_projects<'m>(model: &'m Model) -> RecordIter<'m> {
+    Box::new(
+        model
+            .projects
+            .iter()
+            .flat_map(move |pa| project_active_days(model, pa)),
+    )
+}
+
+/// The active-day rows of one project.
+fn project_active_days(model: &Model, pa: &ProjectActivity) -> Vec<Value> {
     let mut rows = Vec::new();
-    for pa in &model.projects {
+    {
         let mut flags_cache: HashMap<Month, Option<MonthFlags>> = HashMap::new();
         for (i, &(s, e)) in pa.intervals.iter().enumerate() {
             for day in s..=e.min(model.as_of) {
@@ -178,7 +190,11 @@ fn multi_pipeline_days(pa: &ProjectActivity) -> Vec<i64> {
 }
 
 /// `active_projects_daily`: one record per day from the first event to as_of.
-pub fn active_projects_daily(model: &Model) -> Vec<Value> {
+pub fn active_projects_daily<'m>(model: &'m Model) -> RecordIter<'m> {
+    Box::new(active_projects_daily_rows(model).into_iter())
+}
+
+fn active_projects_daily_rows(model: &Model) -> Vec<Value> {
     let Some(first) = model.first_day.filter(|f| *f <= model.as_of) else {
         return Vec::new();
     };
@@ -267,7 +283,11 @@ struct MonthAcc<'a> {
 }
 
 /// `monthly_kpis`: one record per month from the first event to the month of as_of.
-pub fn monthly_kpis(model: &Model) -> Vec<Value> {
+pub fn monthly_kpis<'m>(model: &'m Model) -> RecordIter<'m> {
+    Box::new(monthly_kpis_rows(model).into_iter())
+}
+
+fn monthly_kpis_rows(model: &Model) -> Vec<Value> {
     let Some(first) = model.first_day.filter(|f| *f <= model.as_of) else {
         return Vec::new();
     };

@@ -5,8 +5,46 @@ use std::collections::BTreeSet;
 use chrono::NaiveDate;
 use serde_json::{Value, json};
 
+use super::Model;
 use super::calendar::{DAY_MS, day_number, fmt_day};
-use super::{Model, active, facts, usage};
+
+/// The streams under test, collected into vectors.
+mod active {
+    use super::super::{Model, active};
+    use serde_json::Value;
+    pub fn daily_active_projects(m: &Model) -> Vec<Value> {
+        active::daily_active_projects(m).collect()
+    }
+    pub fn active_projects_daily(m: &Model) -> Vec<Value> {
+        active::active_projects_daily(m).collect()
+    }
+    pub fn monthly_kpis(m: &Model) -> Vec<Value> {
+        active::monthly_kpis(m).collect()
+    }
+}
+
+mod facts {
+    use super::super::{Model, facts};
+    use serde_json::Value;
+    pub fn projects(m: &Model) -> Vec<Value> {
+        facts::projects(m).collect()
+    }
+    pub fn pipelines(m: &Model) -> Vec<Value> {
+        facts::pipelines(m).collect()
+    }
+    pub fn pipeline_runs(m: &Model) -> Vec<Value> {
+        facts::pipeline_runs(m).collect()
+    }
+}
+
+mod usage {
+    use super::super::{Model, usage};
+    use serde_json::Value;
+    pub use usage::segments;
+    pub fn cohort_retention(m: &Model) -> Vec<Value> {
+        usage::cohort_retention(m).collect()
+    }
+}
 use crate::normalize::{Execution, Facts, PIPELINE_COMMANDS, plugins};
 
 /// Day number of 2024-01-01 (a Monday).

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use super::Model;
 use super::calendar::{day_of, fmt_day, fmt_ms, runtime_bin};
+use super::{Model, RecordIter};
 use crate::normalize::{Execution, Plugin};
 
 fn plugin_record(p: &Plugin) -> Value {
@@ -15,10 +15,6 @@ fn plugin_record(p: &Plugin) -> Value {
         "plugin_category": p.plugin_category(),
         "name_hash": p.field("name_hash"),
         "parent_name_hash": p.field("parent_name_hash"),
-        "namespace_hash": p.field("namespace_hash"),
-        "executable_hash": p.field("executable_hash"),
-        "variant_name_hash": p.field("variant_name_hash"),
-        "pip_url_hash": p.field("pip_url_hash"),
         "command": p.field("command"),
         "first_seen_at": p.first_seen_ms.map(fmt_ms),
         "is_test_plugin": p.is_test(),
@@ -26,131 +22,117 @@ fn plugin_record(p: &Plugin) -> Value {
 }
 
 /// `cli_executions`: one record per execution started on or before as_of.
-pub fn cli_executions(model: &Model) -> Vec<Value> {
-    model
-        .counted
-        .iter()
-        .map(|x| {
-            json!({
-                "execution_id": x.execution_id,
-                "project_id": x.project_id,
-                "project_id_source": x.project_id_source,
-                "started_at": fmt_ms(x.started_ms),
-                "finished_at": fmt_ms(x.finished_ms),
-                "event_date": fmt_day(day_of(x.started_ms)),
-                "runtime_ms": x.runtime_ms(),
-                "runtime_bin": runtime_bin(Some(x.runtime_ms())),
-                "command": x.command,
-                "sub_command": x.sub_command,
-                "environment_hash": x.environment_hash,
-                "exit_code": x.exit_code,
-                "is_success": x.is_success(),
-                "is_exec": x.is_exec(),
-                "is_pipeline_run": x.is_pipeline_run(),
-                "pipeline_id": x.pipeline_id,
-                "meltano_version": x.meltano_version,
-                "python_version": x.python_version,
-                "is_ci": x.is_ci,
-                "event_count": x.event_count,
-                "plugin_count": x.plugins.len(),
-                "plugins": x.plugins.iter().map(plugin_record).collect::<Vec<_>>(),
-            })
+pub fn cli_executions<'m>(model: &'m Model) -> RecordIter<'m> {
+    Box::new(model.counted.iter().map(|x| {
+        json!({
+            "execution_id": x.execution_id,
+            "project_id": x.project_id,
+            "project_id_source": x.project_id_source,
+            "started_at": fmt_ms(x.started_ms),
+            "finished_at": fmt_ms(x.finished_ms),
+            "event_date": fmt_day(day_of(x.started_ms)),
+            "runtime_ms": x.runtime_ms(),
+            "runtime_bin": runtime_bin(Some(x.runtime_ms())),
+            "command": x.command,
+            "sub_command": x.sub_command,
+            "environment_hash": x.environment_hash,
+            "exit_code": x.exit_code,
+            "is_success": x.is_success(),
+            "is_exec": x.is_exec(),
+            "is_pipeline_run": x.is_pipeline_run(),
+            "pipeline_id": x.pipeline_id,
+            "meltano_version": x.meltano_version,
+            "python_version": x.python_version,
+            "is_ci": x.is_ci,
+            "event_count": x.event_count,
+            "plugin_count": x.plugins.len(),
+            "plugins": x.plugins.iter().map(plugin_record).collect::<Vec<_>>(),
         })
-        .collect()
+    }))
 }
 
 /// `pipeline_runs`: one record per pipeline run started on or before as_of.
-pub fn pipeline_runs(model: &Model) -> Vec<Value> {
-    model
-        .counted
-        .iter()
-        .filter_map(|x| {
-            let pipeline_id = x.pipeline_id.as_ref()?;
-            Some(json!({
-                "execution_id": x.execution_id,
-                "pipeline_id": pipeline_id,
-                "project_id": x.project_id,
-                "command": x.command,
-                "started_at": fmt_ms(x.started_ms),
-                "run_date": fmt_day(day_of(x.started_ms)),
-                "runtime_ms": x.runtime_ms(),
-                "runtime_bin": runtime_bin(Some(x.runtime_ms())),
-                "exit_code": x.exit_code,
-                "is_success": x.is_success(),
-            }))
-        })
-        .collect()
+pub fn pipeline_runs<'m>(model: &'m Model) -> RecordIter<'m> {
+    Box::new(model.counted.iter().filter_map(|x| {
+        let pipeline_id = x.pipeline_id.as_ref()?;
+        Some(json!({
+            "execution_id": x.execution_id,
+            "pipeline_id": pipeline_id,
+            "project_id": x.project_id,
+            "command": x.command,
+            "started_at": fmt_ms(x.started_ms),
+            "run_date": fmt_day(day_of(x.started_ms)),
+            "runtime_ms": x.runtime_ms(),
+            "runtime_bin": runtime_bin(Some(x.runtime_ms())),
+            "exit_code": x.exit_code,
+            "is_success": x.is_success(),
+        }))
+    }))
 }
 
 /// `pipelines`: one record per pipeline id with runs on or before as_of.
-pub fn pipelines(model: &Model) -> Vec<Value> {
+pub fn pipelines<'m>(model: &'m Model) -> RecordIter<'m> {
     let mut runs: BTreeMap<&str, Vec<&Execution>> = BTreeMap::new();
     for x in &model.counted {
         if let Some(id) = &x.pipeline_id {
             runs.entry(id).or_default().push(x);
         }
     }
-    runs.into_iter()
-        .map(|(id, xs)| {
-            let first = xs[0];
-            json!({
-                "pipeline_id": id,
-                "project_id": first.project_id,
-                "environment_hash": first.environment_hash,
-                "plugin_keys": first.plugins.iter().map(|p| p.key()).collect::<Vec<_>>(),
-                "plugin_count": first.plugins.len(),
-                "is_test_pipeline": first.plugins.iter().any(|p| p.is_test()),
-                "first_run_at": fmt_ms(xs.iter().map(|x| x.started_ms).min().unwrap_or_default()),
-                "last_run_at": fmt_ms(xs.iter().map(|x| x.started_ms).max().unwrap_or_default()),
-                "runs": xs.len(),
-                "successful_runs": xs.iter().filter(|x| x.is_success()).count(),
-            })
+    Box::new(runs.into_iter().map(|(id, xs)| {
+        let first = xs[0];
+        json!({
+            "pipeline_id": id,
+            "project_id": first.project_id,
+            "environment_hash": first.environment_hash,
+            "plugin_keys": first.plugins.iter().map(|p| p.key()).collect::<Vec<_>>(),
+            "plugin_count": first.plugins.len(),
+            "is_test_pipeline": first.plugins.iter().any(|p| p.is_test()),
+            "first_run_at": fmt_ms(xs.iter().map(|x| x.started_ms).min().unwrap_or_default()),
+            "last_run_at": fmt_ms(xs.iter().map(|x| x.started_ms).max().unwrap_or_default()),
+            "runs": xs.len(),
+            "successful_runs": xs.iter().filter(|x| x.is_success()).count(),
         })
-        .collect()
+    }))
 }
 
 /// `projects`: one record per project with an execution on or before as_of.
-pub fn projects(model: &Model) -> Vec<Value> {
-    model
-        .projects
-        .iter()
-        .map(|pa| {
-            let p = pa.project;
-            let xs = &pa.executions;
-            let exec: Vec<_> = xs.iter().filter(|x| x.is_exec()).collect();
-            let runs: Vec<_> = xs.iter().filter(|x| x.is_pipeline_run()).collect();
-            let unique: BTreeSet<_> = runs
+pub fn projects<'m>(model: &'m Model) -> RecordIter<'m> {
+    Box::new(model.projects.iter().map(|pa| {
+        let p = pa.project;
+        let xs = &pa.executions;
+        let exec: Vec<_> = xs.iter().filter(|x| x.is_exec()).collect();
+        let runs: Vec<_> = xs.iter().filter(|x| x.is_pipeline_run()).collect();
+        let unique: BTreeSet<_> = runs
+            .iter()
+            .filter_map(|x| x.pipeline_id.as_deref())
+            .collect();
+        let first_active = pa.added_day().filter(|d| *d <= model.as_of);
+        let last_active = first_active.and_then(|_| {
+            pa.intervals
                 .iter()
-                .filter_map(|x| x.pipeline_id.as_deref())
-                .collect();
-            let first_active = pa.added_day().filter(|d| *d <= model.as_of);
-            let last_active = first_active.and_then(|_| {
-                pa.intervals
-                    .iter()
-                    .filter(|(s, _)| *s <= model.as_of)
-                    .map(|(_, e)| (*e).min(model.as_of))
-                    .max()
-            });
-            json!({
-                "project_id": p.project_id,
-                "project_id_source": p.source,
-                "first_event_at": fmt_ms(p.first_event_ms),
-                "last_event_at": fmt_ms(p.last_event_ms),
-                "lifespan_days": day_of(p.last_event_ms) - day_of(p.first_event_ms),
-                "cohort_month": super::calendar::fmt_month(super::calendar::month_of(pa.first_day)),
-                "ip_hash_count": p.ip_hash_count,
-                "is_ci_only": p.is_ci_only,
-                "opted_out_at": p.opted_out_ms.map(fmt_ms),
-                "has_opted_out": p.opted_out_ms.is_some(),
-                "executions": xs.len(),
-                "exec_executions": exec.len(),
-                "exec_executions_successful": exec.iter().filter(|x| x.is_success()).count(),
-                "pipeline_runs": runs.len(),
-                "pipeline_runs_successful": runs.iter().filter(|x| x.is_success()).count(),
-                "unique_pipelines": unique.len(),
-                "first_active_date": first_active.map(fmt_day),
-                "last_active_date": last_active.map(fmt_day),
-            })
+                .filter(|(s, _)| *s <= model.as_of)
+                .map(|(_, e)| (*e).min(model.as_of))
+                .max()
+        });
+        json!({
+            "project_id": p.project_id,
+            "project_id_source": p.source,
+            "first_event_at": fmt_ms(p.first_event_ms),
+            "last_event_at": fmt_ms(p.last_event_ms),
+            "lifespan_days": day_of(p.last_event_ms) - day_of(p.first_event_ms),
+            "cohort_month": super::calendar::fmt_month(super::calendar::month_of(pa.first_day)),
+            "ip_hash_count": p.ip_hash_count,
+            "is_ci_only": p.is_ci_only,
+            "opted_out_at": p.opted_out_ms.map(fmt_ms),
+            "has_opted_out": p.opted_out_ms.is_some(),
+            "executions": xs.len(),
+            "exec_executions": exec.len(),
+            "exec_executions_successful": exec.iter().filter(|x| x.is_success()).count(),
+            "pipeline_runs": runs.len(),
+            "pipeline_runs_successful": runs.iter().filter(|x| x.is_success()).count(),
+            "unique_pipelines": unique.len(),
+            "first_active_date": first_active.map(fmt_day),
+            "last_active_date": last_active.map(fmt_day),
         })
-        .collect()
+    }))
 }

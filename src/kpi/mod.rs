@@ -134,8 +134,11 @@ impl<'a> Model<'a> {
     }
 }
 
+/// Records of a stream, produced one at a time so that a large stream is never held whole.
+pub type RecordIter<'m> = Box<dyn Iterator<Item = Value> + 'm>;
+
 /// A KPI stream's record function.
-pub type RecordsFn = fn(&Model) -> Vec<Value>;
+pub type RecordsFn = for<'m, 'f> fn(&'m Model<'f>) -> RecordIter<'m>;
 
 /// Divide, `None` when the denominator is zero.
 pub fn ratio(num: u64, den: u64) -> Option<f64> {

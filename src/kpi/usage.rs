@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use super::calendar::{Month, day_of, fmt_month, month_last_day, month_of};
-use super::{Model, ratio};
+use super::{Model, RecordIter, ratio};
 
 /// One project's pipeline volume in one month.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +64,11 @@ pub fn segments<'a>(model: &Model<'a>) -> Vec<Segment<'a>> {
 }
 
 /// `project_monthly_segments`.
-pub fn project_monthly_segments(model: &Model) -> Vec<Value> {
+pub fn project_monthly_segments<'m>(model: &'m Model) -> RecordIter<'m> {
+    Box::new(project_monthly_segments_rows(model).into_iter())
+}
+
+fn project_monthly_segments_rows(model: &Model) -> Vec<Value> {
     segments(model)
         .into_iter()
         .map(|s| {
@@ -81,7 +85,11 @@ pub fn project_monthly_segments(model: &Model) -> Vec<Value> {
 }
 
 /// `plugin_usage`: executions and distinct projects per (month, plugin category).
-pub fn plugin_usage(model: &Model) -> Vec<Value> {
+pub fn plugin_usage<'m>(model: &'m Model) -> RecordIter<'m> {
+    Box::new(plugin_usage_rows(model).into_iter())
+}
+
+fn plugin_usage_rows(model: &Model) -> Vec<Value> {
     let mut usage: BTreeMap<(Month, &str), (u64, BTreeSet<&str>)> = BTreeMap::new();
     for x in &model.counted {
         let m = month_of(day_of(x.started_ms));
@@ -109,7 +117,11 @@ pub fn plugin_usage(model: &Model) -> Vec<Value> {
 type Cohort = (u64, BTreeMap<Month, u64>, BTreeMap<Month, u64>);
 
 /// `cohort_retention`: per cohort month and month number, projects still executing.
-pub fn cohort_retention(model: &Model) -> Vec<Value> {
+pub fn cohort_retention<'m>(model: &'m Model) -> RecordIter<'m> {
+    Box::new(cohort_retention_rows(model).into_iter())
+}
+
+fn cohort_retention_rows(model: &Model) -> Vec<Value> {
     let last_month = month_of(model.as_of);
     // cohort -> (projects, active per month, active-and-multi-exec per month)
     let mut cohorts: BTreeMap<Month, Cohort> = BTreeMap::new();

@@ -42,6 +42,19 @@ pub struct Rule {
     pub max_drop_pct: Option<f64>,
     #[serde(default)]
     pub max_rise_pct: Option<f64>,
+    /// Which side of the range raises alarms: `low`, `high` or `both` (default).
+    #[serde(default)]
+    pub direction: Direction,
+}
+
+/// The side of an expected range that matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Low,
+    High,
+    #[default]
+    Both,
 }
 
 fn default_k() -> f64 {
@@ -79,9 +92,13 @@ pub fn default_rules() -> Vec<Rule> {
         min_periods: default_min_periods(),
         max_drop_pct: None,
         max_rise_pct: None,
+        direction: Direction::Both,
     };
     vec![
-        rule("active_projects_daily.active_projects", Method::Stddev),
+        Rule {
+            direction: Direction::Low,
+            ..rule("active_projects_daily.active_projects", Method::Stddev)
+        },
         Rule {
             min: Some(0.5),
             ..rule("active_projects_daily.pipeline_success_rate", Method::Fixed)
@@ -133,6 +150,15 @@ pub struct Evaluation {
 }
 
 fn classify(value: f64, low: Option<f64>, high: Option<f64>) -> Status {
+    classify_in(Direction::Both, value, low, high)
+}
+
+fn classify_in(direction: Direction, value: f64, low: Option<f64>, high: Option<f64>) -> Status {
+    let (low, high) = match direction {
+        Direction::Low => (low, None),
+        Direction::High => (None, high),
+        Direction::Both => (low, high),
+    };
     if low.is_some_and(|l| value < l) {
         Status::Low
     } else if high.is_some_and(|h| value > h) {
@@ -180,6 +206,11 @@ pub fn evaluate(rule: &Rule, series: &[(String, Option<f64>)]) -> Vec<Evaluation
                     (low, high, classify(value, low, high))
                 }
             },
+        };
+        let status = if status.is_alarm() {
+            classify_in(rule.direction, value, low, high)
+        } else {
+            status
         };
         out.push(Evaluation {
             period: period.clone(),
@@ -244,6 +275,7 @@ mod tests {
     fn rule(method: Method) -> Rule {
         Rule {
             method,
+            direction: Direction::Both,
             ..default_rules()[0].clone()
         }
     }
@@ -321,6 +353,21 @@ mod tests {
             (Some(5.0), Some(5.0), Status::Ok)
         );
         assert_eq!(e[4].status, Status::High);
+    }
+
+    #[test]
+    fn direction_low_ignores_rises() {
+        let r = Rule {
+            min: Some(1.0),
+            max: Some(3.0),
+            direction: Direction::Low,
+            ..rule(Method::Fixed)
+        };
+        let st: Vec<_> = evaluate(&r, &s(&[Some(0.0), Some(9.0)]))
+            .into_iter()
+            .map(|e| e.status)
+            .collect();
+        assert_eq!(st, [Status::Low, Status::Ok]);
     }
 
     #[test]

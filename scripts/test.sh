@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, Rust unit and integration tests, then the end-to-end tests
+# that run the real binary, real Meltano, real PostgreSQL and DuckDB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false MELTANO_CLI_DISABLE_VERSION_CHECK=true
+echo "[test] cargo fmt --check"; cargo fmt --check
+echo "[test] cargo clippy"; cargo clippy --release --all-targets --quiet -- -D warnings
+echo "[test] cargo test"; cargo test --release --quiet
+failed=()
+for t in tests/e2e/test_*.py; do
+  echo "[test] $t"
+  start=$(date +%s)
+  if .venv/bin/python "$t"; then
+    echo "[test] ok   $t ($(( $(date +%s) - start ))s)"
+  else
+    echo "[test] FAIL $t"
+    failed+=("$t")
+  fi
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "[test] failed: ${failed[*]}"
+  exit 1
+fi
+echo "[test] all tests passed"

@@ -44,6 +44,20 @@ pub struct GenerateArgs {
     /// nothing on those days.
     #[arg(long, value_parser = parse_outage)]
     pub outage: Option<Outage>,
+    /// Projects start (run `meltano init`) within the first this many days; default: over all days.
+    #[arg(long)]
+    pub ramp_days: Option<u32>,
+    /// `mixed`: every lifecycle (default); `steady`: only steady schedulers, a fleet whose usage is flat once
+    /// onboarded (for watching health metrics).
+    #[arg(long, value_enum, default_value = "mixed")]
+    pub profile: Profile,
+}
+
+/// The mix of project lifecycles.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Mixed,
+    Steady,
 }
 
 /// Days on which part of the fleet is silent.
@@ -231,16 +245,21 @@ fn category_of(name: &str) -> &'static str {
     }
 }
 
-fn new_project(rng: &mut ChaCha8Rng, days: u32) -> Project {
-    let kind = match rng.random_range(0..1000) {
-        0..200 => Kind::Steady,
-        200..205 => Kind::Heavy,
-        205..355 => Kind::Churner,
-        355..455 => Kind::Reactivator,
-        455..505 => Kind::CiOnly,
-        505..555 => Kind::RandomId,
-        555..595 => Kind::Ephemeral,
-        _ => Kind::Tourist,
+fn new_project(rng: &mut ChaCha8Rng, days: u32, profile: Profile) -> Project {
+    let roll = rng.random_range(0..1000);
+    let kind = if profile == Profile::Steady {
+        Kind::Steady
+    } else {
+        match roll {
+            0..200 => Kind::Steady,
+            200..205 => Kind::Heavy,
+            205..355 => Kind::Churner,
+            355..455 => Kind::Reactivator,
+            455..505 => Kind::CiOnly,
+            505..555 => Kind::RandomId,
+            555..595 => Kind::Ephemeral,
+            _ => Kind::Tourist,
+        }
     };
     let source = match kind {
         Kind::RandomId | Kind::Ephemeral => "random",
@@ -581,8 +600,9 @@ pub fn generate(args: &GenerateArgs) -> Result<GenerateSummary, GenerateError> {
     std::fs::create_dir_all(&args.out).map_err(io_err(&args.out))?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let days = args.days.max(1);
+    let ramp = args.ramp_days.unwrap_or(days).clamp(1, days);
     let projects: Vec<Project> = (0..args.projects)
-        .map(|_| new_project(&mut rng, days))
+        .map(|_| new_project(&mut rng, ramp, args.profile))
         .collect();
     let start_ms = args
         .start
@@ -778,6 +798,8 @@ mod tests {
             start: NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
             no_gzip: true,
             outage: None,
+            ramp_days: None,
+            profile: Profile::Mixed,
         }
     }
 

@@ -176,14 +176,14 @@ pub fn evaluate(rule: &Rule, series: &[(String, Option<f64>)]) -> Vec<Evaluation
         .filter_map(|(p, v)| v.map(|v| (p, v)))
         .collect();
     let mut out = Vec::with_capacity(values.len());
+    // the history a learned range is computed from: out-of-range values are left out, so that an
+    // anomaly does not widen the range it is judged by (a week-long outage stays low all week)
+    let mut learned: Vec<f64> = Vec::new();
     for (i, &(period, value)) in values.iter().enumerate() {
         let (low, high, status) = match rule.method {
             Method::Fixed => (rule.min, rule.max, classify(value, rule.min, rule.max)),
             Method::Stddev => {
-                let history: Vec<f64> = values[i.saturating_sub(rule.periods)..i]
-                    .iter()
-                    .map(|(_, v)| *v)
-                    .collect();
+                let history = &learned[learned.len().saturating_sub(rule.periods)..];
                 if history.len() < rule.min_periods.max(2) {
                     (None, None, Status::InsufficientHistory)
                 } else {
@@ -212,6 +212,9 @@ pub fn evaluate(rule: &Rule, series: &[(String, Option<f64>)]) -> Vec<Evaluation
         } else {
             status
         };
+        if !status.is_alarm() {
+            learned.push(value);
+        }
         out.push(Evaluation {
             period: period.clone(),
             value,
@@ -335,6 +338,25 @@ mod tests {
             Status::High,
             "history 12, 8, 10, 0: mean 7.5, high 18"
         );
+    }
+
+    #[test]
+    fn an_outage_stays_low_while_it_lasts() {
+        let r = Rule {
+            periods: 10,
+            min_periods: 5,
+            k: 3.0,
+            ..rule(Method::Stddev)
+        };
+        let mut v: Vec<Option<f64>> = [100.0, 104.0, 98.0, 101.0, 99.0, 103.0, 97.0, 100.0]
+            .iter()
+            .map(|x| Some(*x))
+            .collect();
+        v.extend([Some(50.0), Some(52.0), Some(49.0), Some(51.0)]);
+        v.extend([Some(101.0), Some(99.0)]);
+        let st: Vec<Status> = evaluate(&r, &s(&v)).into_iter().map(|e| e.status).collect();
+        assert_eq!(&st[8..12], [Status::Low; 4], "every outage period is low");
+        assert_eq!(&st[12..], [Status::Ok; 2], "recovery is ok");
     }
 
     #[test]

@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 
-use chrono::DateTime;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -120,22 +119,27 @@ pub fn decode_line(line: &str, position: &Position) -> LineOutput {
     out
 }
 
+/// The collector time of a capture: RFC 3339, a naive UTC date-time, or epoch seconds / milliseconds.
+fn collector_time(raw: Option<&RawValue>) -> Result<Option<i64>, String> {
+    let Some(r) = raw.filter(|r| r.get() != "null") else {
+        return Ok(None);
+    };
+    if let Ok(n) = r.get().parse::<f64>() {
+        let ms = if n.abs() > 1e11 { n } else { n * 1000.0 };
+        return Ok(Some(ms as i64));
+    }
+    let text = raw_str(Some(r), "received_at")
+        .map_err(|(_, m)| m)?
+        .unwrap_or_default();
+    super::enriched::parse_tstamp("received_at", &text)
+        .map(Some)
+        .map_err(|(_, m)| m)
+}
+
 fn decode_envelope(doc: &LineDoc, raw: &str, position: &Position, out: &mut LineOutput) {
-    let collector_ms = match raw_str(doc.received_at, "received_at") {
-        Ok(None) => None,
-        Ok(Some(s)) => match DateTime::parse_from_rfc3339(&s) {
-            Ok(t) => Some(t.timestamp_millis()),
-            Err(e) => {
-                out.line_problem(
-                    position,
-                    Reason::InvalidEnvelope,
-                    format!("received_at: {e}"),
-                    raw,
-                );
-                return;
-            }
-        },
-        Err((_, msg)) => {
+    let collector_ms = match collector_time(doc.received_at) {
+        Ok(t) => t,
+        Err(msg) => {
             out.line_problem(position, Reason::InvalidEnvelope, msg, raw);
             return;
         }
@@ -270,8 +274,24 @@ fn decode_raw_event(raw: &str, collector_ms: Option<i64>, pos: &Position, out: &
     }
 }
 
+/// A tracker field: a string, or a one-string list (query parameters as some capture tools store them).
+fn tracker_str<'a>(raw: Option<&'a RawValue>, key: &str) -> Result<Option<Cow<'a, str>>, Failure> {
+    match raw {
+        Some(r) if r.get().starts_with('[') => {
+            match serde_json::from_str::<Vec<Cow<'a, str>>>(r.get()) {
+                Ok(mut items) if items.len() == 1 => Ok(items.pop()),
+                _ => Err((
+                    Reason::InvalidField,
+                    format!("{key}: expected a string, got array"),
+                )),
+            }
+        }
+        other => raw_str(other, key),
+    }
+}
+
 fn epoch_ms(raw: Option<&RawValue>, key: &str) -> Result<Option<i64>, Failure> {
-    match raw_str(raw, key)? {
+    match tracker_str(raw, key)? {
         None => Ok(None),
         Some(s) if s.trim().is_empty() => Ok(None),
         Some(s) => s.trim().parse::<i64>().map(Some).map_err(|_| {
@@ -289,11 +309,12 @@ pub fn decode_event(
     collector_ms: Option<i64>,
     pos: &Position,
 ) -> Result<(Event, Option<Failure>), Failure> {
-    let e = raw_str(ev.e, "e")?.ok_or((Reason::InvalidEvent, "event has no `e`".to_string()))?;
-    let event_id = raw_str(ev.eid, "eid")?.map(Cow::into_owned);
+    let e =
+        tracker_str(ev.e, "e")?.ok_or((Reason::InvalidEvent, "event has no `e`".to_string()))?;
+    let event_id = tracker_str(ev.eid, "eid")?.map(Cow::into_owned);
     let created_ms = epoch_ms(ev.dtm, "dtm")?;
     let sent_ms = epoch_ms(ev.stm, "stm")?;
-    let contexts_text = match (raw_str(ev.cx, "cx")?, raw_str(ev.co, "co")?) {
+    let contexts_text = match (tracker_str(ev.cx, "cx")?, tracker_str(ev.co, "co")?) {
         (Some(cx), _) => Some(Cow::Owned(selfdesc::decode_base64_text("cx", &cx)?)),
         (None, Some(co)) => Some(co),
         (None, None) => None,
@@ -301,7 +322,10 @@ pub fn decode_event(
     let mut kept = None;
     let kind = match e.as_ref() {
         "ue" => {
-            let text = match (raw_str(ev.ue_px, "ue_px")?, raw_str(ev.ue_pr, "ue_pr")?) {
+            let text = match (
+                tracker_str(ev.ue_px, "ue_px")?,
+                tracker_str(ev.ue_pr, "ue_pr")?,
+            ) {
                 (Some(px), _) => Cow::Owned(selfdesc::decode_base64_text("ue_px", &px)?),
                 (None, Some(pr)) => pr,
                 (None, None) => {
@@ -316,8 +340,8 @@ pub fn decode_event(
             un.kind
         }
         "se" => EventKind::Structured {
-            category: raw_str(ev.se_ca, "se_ca")?.map(Cow::into_owned),
-            label: raw_str(ev.se_la, "se_la")?.map(Cow::into_owned),
+            category: tracker_str(ev.se_ca, "se_ca")?.map(Cow::into_owned),
+            label: tracker_str(ev.se_la, "se_la")?.map(Cow::into_owned),
         },
         other => {
             return Err((
@@ -447,6 +471,38 @@ mod tests {
             assert_eq!(out.problems.len(), 1, "{line}");
             assert_eq!(out.problems[0].reason, reason, "{line}");
         }
+    }
+
+    #[test]
+    fn lenient_collector_times_and_query_lists() {
+        let line: &str = REAL.lines().next().unwrap();
+        let mut cap: serde_json::Value = serde_json::from_str(line).unwrap();
+        for received in [
+            serde_json::json!("2026-11-25 03:02:35.862880"),
+            serde_json::json!(1795575755862i64),
+            serde_json::json!(1795575755.862),
+        ] {
+            cap["received_at"] = received.clone();
+            let out = decode_line(&cap.to_string(), &Position::default());
+            assert!(out.problems.is_empty(), "{received}: {:?}", out.problems);
+            assert_eq!(
+                out.events[0].collector_ms,
+                Some(1_795_575_755_862),
+                "{received}"
+            );
+        }
+        // a GET capture whose query values are one-element lists
+        let ev = cap["body"]["data"][0].clone();
+        let query: serde_json::Map<String, serde_json::Value> = ev
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::json!([v])))
+            .collect();
+        let get = serde_json::json!({"received_at": "2026-11-25T03:02:35+00:00", "method": "GET", "path": "/i", "query": query});
+        let out = decode_line(&get.to_string(), &Position::default());
+        assert!(out.problems.is_empty(), "{:?}", out.problems);
+        assert_eq!(out.events.len(), 1);
     }
 
     #[test]

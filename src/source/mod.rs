@@ -230,6 +230,10 @@ impl<R: BufRead> LineReader<R> {
         }
         self.offset += length;
         self.number += 1;
+        if self.number == 1 && self.buf.starts_with(b"\xef\xbb\xbf") {
+            // a UTF-8 byte order mark before the first line is not data
+            self.buf.drain(..3);
+        }
         let mut end = self.buf.len();
         while end > 0 && (self.buf[end - 1] == b'\n' || self.buf[end - 1] == b'\r') {
             end -= 1;
@@ -307,6 +311,16 @@ mod tests {
             Err(SourceError::NotFound(_))
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_data() {
+        let mut r = LineReader::new(&b"\xef\xbb\xbf{}\n{}"[..]);
+        let mut got = Vec::new();
+        while let Some(Line::Text { bytes, .. }) = r.next_line().unwrap() {
+            got.push(bytes.to_vec());
+        }
+        assert_eq!(got, vec![b"{}".to_vec(), b"{}".to_vec()]);
     }
 
     #[test]

@@ -15,10 +15,14 @@
 //! * **health** ([`health`]) checks KPI series against expected ranges and raises alarms;
 //! * the **Singer writer** ([`singer`]) puts SCHEMA, RECORD and STATE messages on stdout.
 //!
+//! [`collector`] is the other end: a Snowplow-compatible collector that writes what a Meltano fleet sends
+//! as capture files the tap reads.
+//!
 //! [`sync::run`] wires the stages together; `main.rs` is the command-line edge that reads settings
 //! ([`config`]) and reports errors.
 
 pub mod catalog;
+pub mod collector;
 pub mod config;
 pub mod decode;
 pub mod event;

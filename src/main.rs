@@ -28,6 +28,8 @@ enum AboutFormat {
 enum Command {
     /// Write a synthetic Meltano fleet's telemetry (capture envelopes, gzip) into a directory.
     Generate(tap_kpis::generate::GenerateArgs),
+    /// Receive a Meltano fleet's telemetry (Snowplow tp2 POSTs and GET /i) into capture files, durably.
+    Collect(tap_kpis::collector::CollectArgs),
 }
 
 /// Singer tap: Meltano CLI telemetry in, Meltano's product KPIs out.
@@ -124,6 +126,10 @@ fn about_markdown(info: &Value) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(Command::Collect(args)) = &cli.command {
+        tap_kpis::collector::run(args)?;
+        return Ok(());
+    }
     if let Some(Command::Generate(args)) = &cli.command {
         let s = tap_kpis::generate::generate(args)?;
         eprintln!(

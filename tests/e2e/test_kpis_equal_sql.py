@@ -10,9 +10,10 @@ import sys
 import tempfile
 import time
 
-import duckdb
-
 from common import ROOT, SHARED, TAP, check, fail, run_tap
+
+sys.path.insert(0, os.path.join(ROOT, "tests", "sql"))
+from kpis import sql_streams  # noqa: E402
 
 KEYS = {
     "cli_executions": ["execution_id"],
@@ -26,29 +27,6 @@ KEYS = {
     "plugin_usage": ["month", "plugin_category"],
     "cohort_retention": ["cohort_month", "month_number"],
 }
-
-
-def sql_streams(files, as_of):
-    text = open(os.path.join(ROOT, "tests", "sql", "kpis.sql")).read()
-    text = text.replace("__FILES__", "[" + ", ".join(f"'{f}'" for f in files) + "]")
-    text = text.replace("__KNOWN__", "'" + os.path.join(ROOT, "src", "normalize", "known_plugin_names.txt") + "'")
-    text = text.replace("__AS_OF__", f"DATE '{as_of}'" if as_of else "CAST(NULL AS DATE)")
-    con = duckdb.connect()
-    con.execute("set threads = 2")
-    statement = []
-    for line in text.splitlines():
-        if line.strip().startswith("--"):
-            continue
-        statement.append(line)
-        if line.rstrip().endswith(";"):
-            con.execute("\n".join(statement))
-            statement = []
-    out = {}
-    for stream in KEYS:
-        cur = con.execute(f"select * from out_{stream}")
-        cols = [d[0] for d in cur.description]
-        out[stream] = [dict(zip(cols, row)) for row in cur.fetchall()]
-    return out
 
 
 def norm(v):

@@ -191,12 +191,15 @@ pub fn run<W: Write>(
     let mut cache: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     let mut records_of = |name: &str| -> Vec<Value> {
         // only the few series health rules watch go through here
-        match crate::streams::find(name).map(|d| d.records) {
-            Some(Records::Kpi(f)) => cache
-                .entry(name_static(name))
-                .or_insert_with(|| f(&model).collect())
-                .clone(),
-            _ => Vec::new(),
+        match crate::streams::find(name) {
+            Some(def) => match def.records {
+                Records::Kpi(f) => cache
+                    .entry(def.name)
+                    .or_insert_with(|| f(&model).collect())
+                    .clone(),
+                _ => Vec::new(),
+            },
+            None => Vec::new(),
         }
     };
     let health = alarm::run(
@@ -282,9 +285,4 @@ pub fn run<W: Write>(
         return Err(SyncError::Alarms(report.recent_alarms));
     }
     Ok(report)
-}
-
-/// The registry's `'static` name of a stream.
-fn name_static(name: &str) -> &'static str {
-    crate::streams::find(name).map_or("", |d| d.name)
 }

@@ -199,6 +199,23 @@ fn limits_rejects_and_health() {
 }
 
 #[test]
+fn a_slow_body_times_out() {
+    let dir = temp_dir("collect-slow");
+    let mut a = args(&dir);
+    a.request_timeout_secs = 1;
+    let c = collector::start(&a).unwrap();
+    let mut conn = connect(c.addr());
+    let head = "POST /com.snowplowanalytics.snowplow/tp2 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"schema\"";
+    conn.get_mut().write_all(head.as_bytes()).unwrap();
+    let started = Instant::now();
+    let mut status = String::new();
+    conn.read_line(&mut status).unwrap();
+    assert!(status.contains(" 408 "), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    c.stop().unwrap();
+}
+
+#[test]
 fn rotation_and_gzip_keep_every_event() {
     let dir = temp_dir("collect-rotate");
     let mut a = args(&dir);

@@ -52,7 +52,8 @@ pub struct CollectArgs {
     /// Larger request bodies are answered 413.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
-    /// A request not written within this many seconds is answered 503.
+    /// A request not received and written within this many seconds is answered 408 (or 503 when it waited
+    /// that long for a slot).
     #[arg(long, default_value_t = 30)]
     pub request_timeout_secs: u64,
     /// Requests handled at once; more wait (up to the timeout).
@@ -212,6 +213,20 @@ async fn get_i(
     write_line(&st, format!("{line}\n").into_bytes()).await
 }
 
+/// A request (body included) not done within the timeout is answered 408; a slow client cannot hold a
+/// slot for ever. A capture written just before the timeout may then be sent again: the tap removes the
+/// duplicate by its event id.
+async fn request_timeout(
+    State(st): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(st.timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, "request timed out").into_response(),
+    }
+}
+
 async fn health(State(st): State<Arc<AppState>>) -> Response {
     let c = &st.counters;
     let body = json!({
@@ -368,6 +383,10 @@ async fn serve(
         .route("/i", get(get_i))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(args.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_timeout,
+        ))
         .with_state(state);
     let result = axum::serve(
         listener,

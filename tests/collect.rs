@@ -180,7 +180,7 @@ fn limits_rejects_and_health() {
     );
     assert_eq!(request(&mut conn, "GET", "/health", b""), 200);
     c.stop().unwrap();
-    let rejects: String = std::fs::read_dir(dir.join("rejects"))
+    let rejects: String = std::fs::read_dir(dir.join(".rejects"))
         .unwrap()
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
         .collect();
@@ -196,6 +196,18 @@ fn limits_rejects_and_health() {
     assert_eq!(files.len(), 1);
     let text = std::fs::read_to_string(files[0].path()).unwrap();
     assert_eq!(text.lines().count(), 1, "the pretty body became one line");
+    let read = sync(json!({"sources": [dir.display().to_string()]}));
+    let errors = read.records("telemetry_errors");
+    assert!(
+        !errors.is_empty(),
+        "the accepted odd payload is quarantined by the tap"
+    );
+    assert!(
+        errors
+            .iter()
+            .all(|e| !e["source"].as_str().unwrap().contains(".rejects")),
+        "rejected requests are not read as telemetry: {errors:?}"
+    );
 }
 
 #[test]
@@ -255,7 +267,7 @@ fn a_torn_tail_is_cut_on_start() {
     let kept =
         std::fs::read_to_string(dir.join("telemetry-20260101T000000000000-000001.ndjson")).unwrap();
     assert_eq!(kept, format!("{}\n{}\n", lines[0], lines[1]));
-    let torn: Vec<_> = std::fs::read_dir(dir.join("rejects"))
+    let torn: Vec<_> = std::fs::read_dir(dir.join(".rejects"))
         .unwrap()
         .filter_map(|e| e.ok())
         .collect();

@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, oneshot};
 
-pub use store::{Fsync, StoreOptions};
+pub use store::{Fsync, REJECTS, StoreOptions};
 
 /// Arguments of `tap-kpis collect`.
 #[derive(clap::Args, Debug, Clone)]
@@ -242,7 +242,7 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// The writer thread: group commit of captures, rejects to `rejects/`, periodic progress.
+/// The writer thread: group commit of captures, rejects to `.rejects/`, periodic progress.
 fn writer(
     rx: std_mpsc::Receiver<Write>,
     mut store: store::Store,
@@ -369,7 +369,7 @@ async fn serve(
         source,
     })?;
     let (tx, rx) = std_mpsc::channel();
-    let rejects = args.out.join("rejects");
+    let rejects = args.out.join(REJECTS);
     let wc = counters.clone();
     let writer_thread = std::thread::spawn(move || writer(rx, store, rejects, wc));
     let state = Arc::new(AppState {

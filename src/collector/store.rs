@@ -1,6 +1,6 @@
 //! The collector's durable store: capture lines appended to NDJSON files by one writer, acknowledged
 //! only once written (and fsynced under the `batch` policy), rotated by size and age, closed files
-//! optionally gzipped; on start, a torn last line left by a crash is cut off and kept in `rejects/`.
+//! optionally gzipped; on start, a torn last line left by a crash is cut off and kept in `.rejects/`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -50,13 +50,17 @@ pub struct Store {
     dirty: bool,
 }
 
+/// Directory (inside the output) of rejected requests and torn tails; hidden, so that a tap reading the
+/// output directory reads only captures.
+pub const REJECTS: &str = ".rejects";
+
 /// Name prefix of capture files; the timestamp and sequence make names sort chronologically.
 pub const FILE_PREFIX: &str = "telemetry-";
 
 impl Store {
     /// Open the store: recover torn tails of files a crash left open, and gzip them if asked.
     pub fn open(opts: StoreOptions) -> io::Result<Store> {
-        fs::create_dir_all(opts.dir.join("rejects"))?;
+        fs::create_dir_all(opts.dir.join(REJECTS))?;
         let mut open_files: Vec<PathBuf> = fs::read_dir(&opts.dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
@@ -67,7 +71,7 @@ impl Store {
             .collect();
         open_files.sort();
         for path in &open_files {
-            recover_torn_tail(path, &opts.dir.join("rejects"))?;
+            recover_torn_tail(path, &opts.dir.join(REJECTS))?;
             if opts.gzip_closed {
                 gzip_file(path)?;
             }
@@ -171,7 +175,7 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Cut a file after its last newline; the torn bytes go to `rejects/torn-<file>-<offset>.bin`.
+/// Cut a file after its last newline; the torn bytes go to `.rejects/torn-<file>-<offset>.bin`.
 pub fn recover_torn_tail(path: &Path, rejects: &Path) -> io::Result<Option<PathBuf>> {
     let mut file = OpenOptions::new().read(true).write(true).open(path)?;
     let len = file.metadata()?.len();
@@ -241,19 +245,13 @@ mod tests {
     #[test]
     fn torn_tail_is_cut_and_kept() {
         let dir = std::env::temp_dir().join(format!("tap-kpis-torn-{}", std::process::id()));
-        fs::create_dir_all(dir.join("rejects")).unwrap();
+        fs::create_dir_all(dir.join(REJECTS)).unwrap();
         let p = dir.join("telemetry-x.ndjson");
         fs::write(&p, b"{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
-        let kept = recover_torn_tail(&p, &dir.join("rejects"))
-            .unwrap()
-            .unwrap();
+        let kept = recover_torn_tail(&p, &dir.join(REJECTS)).unwrap().unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"{\"a\":1}\n{\"b\":2}\n");
         assert_eq!(fs::read(kept).unwrap(), b"{\"c\":");
-        assert!(
-            recover_torn_tail(&p, &dir.join("rejects"))
-                .unwrap()
-                .is_none()
-        );
+        assert!(recover_torn_tail(&p, &dir.join(REJECTS)).unwrap().is_none());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -12,3 +12,6 @@ rm -f output/kpis.duckdb
 mkdir -p output
 .venv/bin/meltano run tap-kpis target-duckdb
 .venv/bin/python scripts/show_kpis.py output/kpis.duckdb
+target/release/tap-kpis report --duckdb output/kpis.duckdb --out output/kpis-report.html
+echo
+echo "KPI report (open in a browser, works offline): $(pwd)/output/kpis-report.html"

@@ -23,11 +23,15 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
 fi
 
-if [ ! -x .venv/bin/meltano ] || [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import duckdb' 2>/dev/null; then
-  say "creating .venv (meltano, duckdb)"
+if [ ! -x .venv/bin/meltano ] || [ ! -x .venv/bin/duckdb ] || ! .venv/bin/python -c 'import duckdb, playwright' 2>/dev/null; then
+  say "creating .venv (meltano, duckdb, the DuckDB CLI, playwright driver)"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q 'meltano==4.4.1' 'duckdb==2.0.1'
+  .venv/bin/pip install -q 'meltano==4.4.1' 'duckdb==2.0.1' 'duckdb-cli==1.5.6' 'playwright==1.65.2'
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  say "installing Chromium (Debian) for the report's browser test"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 if [ ! -x .venv-tools/bin/singer-check-tap ]; then
   say "creating .venv-tools (singer-tools)"

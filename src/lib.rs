@@ -15,6 +15,9 @@
 //! * **health** ([`health`]) checks KPI series against expected ranges and raises alarms;
 //! * the **Singer writer** ([`singer`]) puts SCHEMA, RECORD and STATE messages on stdout.
 //!
+//! [`report`] closes the loop: it reads the KPI tables back from where Meltano loaded them (or from the
+//! tap's own output) and draws them as one self-contained HTML page.
+//!
 //! [`collector`] is the other end: a Snowplow-compatible collector that writes what a Meltano fleet sends
 //! as capture files the tap reads.
 //!
@@ -31,6 +34,7 @@ pub mod health;
 pub mod kpi;
 pub mod normalize;
 pub mod read;
+pub mod report;
 pub mod singer;
 pub mod source;
 pub mod streams;

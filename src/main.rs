@@ -30,6 +30,8 @@ enum Command {
     Generate(tap_kpis::generate::GenerateArgs),
     /// Receive a Meltano fleet's telemetry (Snowplow tp2 POSTs and GET /i) into capture files, durably.
     Collect(tap_kpis::collector::CollectArgs),
+    /// Draw the KPI tables (DuckDB, PostgreSQL or the tap's Singer output) as one self-contained HTML page.
+    Report(tap_kpis::report::ReportArgs),
 }
 
 /// Singer tap: Meltano CLI telemetry in, Meltano's product KPIs out.
@@ -128,6 +130,18 @@ fn about_markdown(info: &Value) -> String {
 fn run(cli: Cli) -> Result<()> {
     if let Some(Command::Collect(args)) = &cli.command {
         tap_kpis::collector::run(args)?;
+        return Ok(());
+    }
+    if let Some(Command::Report(args)) = &cli.command {
+        let s = tap_kpis::report::run(args)?;
+        eprintln!(
+            "wrote {} ({:.0} kB): {} days, {} months, {} health alarm(s); open it in a browser",
+            args.out.display(),
+            s.bytes as f64 / 1e3,
+            s.days,
+            s.months,
+            s.alarms
+        );
         return Ok(());
     }
     if let Some(Command::Generate(args)) = &cli.command {

@@ -97,9 +97,15 @@ pub struct Config {
     pub alert_max_age_days: i64,
     #[serde(default)]
     pub fail_on_alarm: bool,
+    #[serde(default = "default_late_event_days")]
+    pub late_event_days: i64,
 }
 
 fn default_alert_max_age_days() -> i64 {
+    7
+}
+
+fn default_late_event_days() -> i64 {
     7
 }
 

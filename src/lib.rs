@@ -25,6 +25,7 @@
 //! ([`config`]) and reports errors.
 
 pub mod catalog;
+pub mod changes;
 pub mod collector;
 pub mod config;
 pub mod decode;
@@ -37,5 +38,6 @@ pub mod read;
 pub mod report;
 pub mod singer;
 pub mod source;
+pub mod state;
 pub mod streams;
 pub mod sync;

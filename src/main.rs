@@ -188,9 +188,6 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("cannot read state {}", path.display()))?;
             let value = serde_json::from_str(&text)
                 .with_context(|| format!("state {} is not JSON", path.display()))?;
-            tracing::info!(
-                "state given: every KPI row is recomputed from the sources and upserted by key"
-            );
             Some(value)
         }
         None => None,

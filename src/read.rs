@@ -39,10 +39,29 @@ pub struct Decoded {
     pub bytes: u64,
 }
 
+/// Where reading an input starts: after the bytes and lines an earlier run consumed, in the format it
+/// detected then.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Resume {
+    pub offset: u64,
+    pub lines: u64,
+    pub format: Option<Format>,
+    /// Nothing new: the input is not opened and ends where it resumes.
+    pub skip: bool,
+}
+
+/// Where reading an input stopped: just after its last complete line.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct End {
+    pub offset: u64,
+    pub lines: u64,
+    pub format: Option<Format>,
+}
+
 enum Msg {
     Decoded(u64, Decoded),
     Failed(SourceError),
-    Done(u64),
+    Done(u64, Vec<End>),
 }
 
 /// The configured format of an input; `None` means detect it from the first non-empty line.
@@ -78,19 +97,43 @@ fn line_problem(
     }
 }
 
-/// Read every input into batches; returns the number of batches sent.
-fn read_all(inputs: &[Input], batches: &SyncSender<Batch>, results: &SyncSender<Msg>) -> u64 {
+/// Read every input into batches; returns the number of batches sent and where each input ended.
+fn read_all(
+    inputs: &[Input],
+    resumes: &[Resume],
+    batches: &SyncSender<Batch>,
+    results: &SyncSender<Msg>,
+) -> (u64, Vec<End>) {
     let mut seq = 0;
+    let mut ends = Vec::with_capacity(inputs.len());
     for (idx, input) in inputs.iter().enumerate() {
         let source = idx as u32;
-        let mut format = format_of(input);
+        let resume = resumes.get(idx).copied().unwrap_or_default();
+        if resume.skip {
+            ends.push(End {
+                offset: resume.offset,
+                lines: resume.lines,
+                format: resume.format,
+            });
+            continue;
+        }
+        let mut format = format_of(input).or(resume.format);
         let mut reader = match source::open(input) {
             Ok(r) => LineReader::new(r),
             Err(e) => {
                 let _ = results.send(Msg::Failed(e));
-                return seq;
+                return (seq, ends);
             }
         };
+        if resume.offset > 0
+            && let Err(e) = reader.skip_to(resume.offset, resume.lines)
+        {
+            let _ = results.send(Msg::Failed(SourceError::Io {
+                path: input.name.clone(),
+                source: e,
+            }));
+            return (seq, ends);
+        }
         let new_batch = |seq, format| Batch {
             seq,
             source,
@@ -183,19 +226,25 @@ fn read_all(inputs: &[Input], batches: &SyncSender<Batch>, results: &SyncSender<
                 if let Some(b) = batch.take()
                     && batches.send(b).is_err()
                 {
-                    return seq;
+                    return (seq, ends);
                 }
                 seq += 1;
             }
         }
         if let Some(b) = batch.take() {
             if batches.send(b).is_err() {
-                return seq;
+                return (seq, ends);
             }
             seq += 1;
         }
+        let (offset, lines) = reader.complete();
+        ends.push(End {
+            offset,
+            lines,
+            format,
+        });
     }
-    seq
+    (seq, ends)
 }
 
 fn decode_batch(b: Batch) -> Decoded {
@@ -248,12 +297,14 @@ fn worker(batches: Arc<Mutex<Receiver<Batch>>>, results: SyncSender<Msg>) {
 }
 
 /// Read and decode every input on `threads` decoder threads, handing each decoded batch to `sink` in
-/// input order.
+/// input order. Input `i` starts at `resumes[i]` (from the beginning when absent); returns where each
+/// input ended.
 pub fn read_parallel(
     inputs: &[Input],
+    resumes: &[Resume],
     threads: usize,
     mut sink: impl FnMut(Decoded),
-) -> Result<(), SourceError> {
+) -> Result<Vec<End>, SourceError> {
     let threads = threads.max(1);
     let (batch_tx, batch_rx) = sync_channel::<Batch>(threads * 2);
     let (result_tx, result_rx) = sync_channel::<Msg>(threads * 4);
@@ -261,9 +312,9 @@ pub fn read_parallel(
     std::thread::scope(|scope| {
         let reader_results = result_tx.clone();
         scope.spawn(move || {
-            let total = read_all(inputs, &batch_tx, &reader_results);
+            let (total, ends) = read_all(inputs, resumes, &batch_tx, &reader_results);
             drop(batch_tx);
-            let _ = reader_results.send(Msg::Done(total));
+            let _ = reader_results.send(Msg::Done(total, ends));
         });
         for _ in 0..threads {
             let rx = batch_rx.clone();
@@ -274,6 +325,7 @@ pub fn read_parallel(
         let mut pending: BTreeMap<u64, Decoded> = BTreeMap::new();
         let mut next = 0u64;
         let mut total: Option<u64> = None;
+        let mut ends = Vec::new();
         let mut failure = None;
         while total.is_none_or(|t| next < t) {
             let Ok(msg) = result_rx.recv() else { break };
@@ -289,14 +341,17 @@ pub fn read_parallel(
                     failure = Some(e);
                     break;
                 }
-                Msg::Done(t) => total = Some(t),
+                Msg::Done(t, e) => {
+                    total = Some(t);
+                    ends = e;
+                }
             }
         }
         // unblock and stop the other threads
         drop(result_rx);
         match failure {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => Ok(ends),
         }
     })
 }

@@ -8,14 +8,17 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::catalog::{self, Selections};
+use crate::changes::Changes;
 use crate::config::Config;
 use crate::decode::{Problem, Reason};
 use crate::health::alarm;
+use crate::kpi::calendar::{DAY_MS, day_of};
 use crate::kpi::{self, calendar};
 use crate::normalize::{self, NormalizeStats};
-use crate::read;
+use crate::read::{self, End, Resume};
 use crate::singer::SingerWriter;
 use crate::source::{self, Input, SourceError};
+use crate::state::{InputBookmark, StateError, TapState};
 use crate::streams::{Records, STREAMS};
 
 /// Errors that stop a sync.
@@ -29,6 +32,8 @@ pub enum SyncError {
     Strict { count: usize, first: String },
     #[error("fail_on_alarm: {0} health alarm(s) within alert_max_age_days of as_of")]
     Alarms(usize),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// What a sync did, for the end-of-run report and the tests.
@@ -44,6 +49,10 @@ pub struct SyncReport {
     pub as_of: String,
     /// Alarms raised for periods within `alert_max_age_days` of as_of.
     pub recent_alarms: usize,
+    /// Inputs with nothing new since the state's bookmarks (not read).
+    pub unchanged_inputs: usize,
+    /// Whether the run resumed from a state (and re-emitted only changed rows).
+    pub incremental: bool,
 }
 
 impl Reason {
@@ -52,7 +61,7 @@ impl Reason {
     pub fn is_defect(self) -> bool {
         !matches!(
             self,
-            Reason::DuplicateEvent | Reason::UnattributedStateChange
+            Reason::DuplicateEvent | Reason::LateEvent | Reason::UnattributedStateChange
         )
     }
 }
@@ -83,16 +92,17 @@ impl Progress {
 /// Read and decode every input, folding the events into `normalizer`; returns the decode problems.
 pub fn read_inputs(
     inputs: &[Input],
+    resumes: &[Resume],
     normalizer: &mut normalize::Normalizer,
     report: &mut SyncReport,
-) -> Result<Vec<Problem>, SyncError> {
+) -> Result<(Vec<Problem>, Vec<End>), SyncError> {
     let mut problems = Vec::new();
     let mut progress = Progress {
         started: Instant::now(),
         last: Instant::now(),
     };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    read::read_parallel(inputs, threads, |d| {
+    let ends = read::read_parallel(inputs, resumes, threads, |d| {
         report.lines += d.lines;
         report.bytes += d.bytes;
         report.events += d.events.len() as u64;
@@ -103,7 +113,47 @@ pub fn read_inputs(
         progress.tick(report.bytes, report.events);
     })?;
     report.inputs = inputs.len();
-    Ok(problems)
+    Ok((problems, ends))
+}
+
+/// Where each input resumes, from the state's bookmarks: unchanged inputs are skipped, appended ones
+/// resume after their last complete line, replaced or rotated ones (their first bytes differ) and new
+/// ones are read whole.
+fn plan_inputs(
+    inputs: &[Input],
+    bookmarks: &[InputBookmark],
+) -> Result<(Vec<Resume>, Vec<source::Fingerprint>), SyncError> {
+    let mut resumes = Vec::with_capacity(inputs.len());
+    let mut prints = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let io = |e| SourceError::Io {
+            path: input.name.clone(),
+            source: e,
+        };
+        let now = source::fingerprint(&input.path).map_err(io)?;
+        let mut resume = Resume::default();
+        if let Some(b) = bookmarks.iter().find(|b| b.name == input.name) {
+            let was = &b.fingerprint;
+            let same_head = now.size >= was.size
+                && source::head_digest(&input.path, was.head_len).map_err(io)? == was.head_sha256;
+            if same_head {
+                resume = Resume {
+                    offset: b.offset,
+                    lines: b.lines,
+                    format: b.format,
+                    skip: now.size == was.size && now.mtime_ms == was.mtime_ms,
+                };
+            } else {
+                tracing::warn!(
+                    "{}: replaced or rotated since the last run (its first bytes or size differ); reading it whole",
+                    input.name
+                );
+            }
+        }
+        resumes.push(resume);
+        prints.push(now);
+    }
+    Ok((resumes, prints))
 }
 
 /// The quarantine record of a problem.
@@ -148,9 +198,60 @@ pub fn run<W: Write>(
     let started = Instant::now();
     let mut report = SyncReport::default();
     let inputs = source::resolve(&config.sources, &config.http_options())?;
-    tracing::info!("reading {} input file(s)", inputs.len());
-    let mut normalizer = normalize::Normalizer::new();
-    let mut problems = read_inputs(&inputs, &mut normalizer, &mut report)?;
+    let bookmarks = state.and_then(TapState::bookmarks_of);
+    let (resumes, prints) = plan_inputs(&inputs, bookmarks.as_deref().unwrap_or(&[]))?;
+    report.unchanged_inputs = resumes.iter().filter(|r| r.skip).count();
+    let same_inputs = bookmarks.as_ref().is_some_and(|b| {
+        b.len() == inputs.len() && inputs.iter().all(|i| b.iter().any(|x| x.name == i.name))
+    });
+    if let (Some(state), true) = (
+        state,
+        same_inputs && report.unchanged_inputs == inputs.len(),
+    ) {
+        // nothing new: the state stands as it is
+        tracing::info!(
+            "no new input in {} file(s) since the last run: nothing to emit",
+            inputs.len()
+        );
+        let mut writer = SingerWriter::new(out, String::new());
+        writer.state(state)?;
+        writer.finish("succeeded")?;
+        report.incremental = true;
+        return Ok(report);
+    }
+    let earlier = match state {
+        Some(v) => TapState::from_value(v)?,
+        None => None,
+    };
+    report.incremental = earlier.is_some();
+    let late_days = config.late_event_days.max(0);
+    let (mut normalizer, previous_as_of, previous_projects) = match earlier {
+        Some(e) => {
+            let late_before = e
+                .carry
+                .newest_event_ms
+                .map(|n| (day_of(n) - late_days) * DAY_MS);
+            (
+                normalize::Normalizer::resume(e.carry, late_before),
+                e.as_of,
+                e.projects,
+            )
+        }
+        None => (normalize::Normalizer::new(), None, Default::default()),
+    };
+    tracing::info!(
+        "reading {} input file(s){}",
+        inputs.len() - report.unchanged_inputs,
+        if report.incremental {
+            format!(
+                " ({} unchanged since the last run)",
+                report.unchanged_inputs
+            )
+        } else {
+            String::new()
+        }
+    );
+    let (mut problems, ends) = read_inputs(&inputs, &resumes, &mut normalizer, &mut report)?;
     tracing::debug!("read done at {:.2}s", started.elapsed().as_secs_f64());
     let normalized = normalizer.finish();
     tracing::debug!("normalised at {:.2}s", started.elapsed().as_secs_f64());
@@ -170,11 +271,14 @@ pub fn run<W: Write>(
             ))
     });
     report.normalize = normalized.stats;
+    let mut carry = normalized.carry;
+    let touched = normalized.touched;
     let facts = normalized.facts;
     let as_of = config.as_of.map(calendar::day_number);
     let model = kpi::Model::new(&facts, as_of);
     tracing::debug!("model built at {:.2}s", started.elapsed().as_secs_f64());
     report.as_of = calendar::fmt_day(model.as_of);
+    let changes = previous_as_of.map(|p| Changes::new(&facts, &touched, p, &previous_projects));
     tracing::info!(
         "read {} events in {:.2}s: {} executions, {} projects, as_of {}",
         report.events,
@@ -227,6 +331,7 @@ pub fn run<W: Write>(
             Records::Quarantine => Box::new(problems.iter().map(|p| problem_record(p, &inputs))),
         };
         let full = selection.properties.len() == catalog::property_count(def);
+        let records = records.filter(|r| changes.as_ref().is_none_or(|c| c.keep(def.name, r)));
         for r in records {
             if full {
                 writer.record(def.name, &r)?;
@@ -250,11 +355,34 @@ pub fn run<W: Write>(
             .entry(p.reason.as_str())
             .or_default() += 1;
     }
-    let state = json!({
-        "bookmarks": {},
-        "tap_kpis": {"version": 1, "as_of": report.as_of, "events": report.events, "inputs": inputs.len(),
-            "alarms_sent": health.alarms_sent},
-    });
+    if let Some(n) = carry.newest_event_ms {
+        // copies of older events are late anyway: their ids need not be kept
+        let keep_from = (day_of(n) - late_days) * DAY_MS;
+        carry.event_ids.retain(|(_, t)| *t >= keep_from);
+    }
+    let next = TapState {
+        as_of: Some(model.as_of),
+        projects: facts
+            .projects
+            .iter()
+            .map(|p| (p.project_id.clone(), (p.source.clone(), p.first_event_ms)))
+            .collect(),
+        inputs: inputs
+            .iter()
+            .zip(prints)
+            .zip(&ends)
+            .map(|((input, fingerprint), end)| InputBookmark {
+                name: input.name.clone(),
+                fingerprint,
+                offset: end.offset,
+                lines: end.lines,
+                format: end.format,
+            })
+            .collect(),
+        carry,
+        alarms_sent: json!(health.alarms_sent),
+    };
+    let state = next.to_value()?;
     writer.state(&state)?;
     writer.finish("succeeded")?;
     for (reason, n) in &report.problems_by_reason {

@@ -31,6 +31,7 @@ pub enum Reason {
     MissingProjectContext,
     MissingProjectId,
     DuplicateEvent,
+    LateEvent,
     UnattributedStateChange,
     LineTooLong,
     TruncatedInput,
@@ -58,6 +59,7 @@ impl Reason {
             Reason::ImplausibleTimestamp => "implausible_timestamp",
             Reason::MissingProjectContext => "missing_project_context",
             Reason::MissingProjectId => "missing_project_id",
+            Reason::LateEvent => "late_event",
             Reason::DuplicateEvent => "duplicate_event",
             Reason::UnattributedStateChange => "unattributed_state_change",
             Reason::LineTooLong => "line_too_long",
@@ -123,7 +125,8 @@ impl LineOutput {
 }
 
 /// The input formats the tap reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Format {
     /// Snowplow tracker payloads: POST bodies or capture envelopes, one JSON document per line.
     Tp2,

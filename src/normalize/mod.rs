@@ -93,12 +93,38 @@ pub struct NormalizeStats {
     pub orphan_structured_events: u64,
 }
 
+/// What normalisation carries from one run to the next: every execution's folded parts, opt-outs and
+/// structured-event sightings by project, and the ids of recent events (to recognise their copies).
+#[derive(Debug, Clone, Default)]
+pub struct Carry {
+    pub parts: Vec<ExecParts>,
+    /// Earliest opt-out per project.
+    pub opt_outs: BTreeMap<String, i64>,
+    /// Earliest and latest structured event per project.
+    pub structured: BTreeMap<String, (i64, i64)>,
+    /// Event ids already counted, with their event time.
+    pub event_ids: Vec<(u128, i64)>,
+    pub newest_event_ms: Option<i64>,
+}
+
+/// What the events read in this run changed.
+#[derive(Debug, Clone, Default)]
+pub struct Touched {
+    pub executions: std::collections::HashSet<String>,
+    pub projects: std::collections::HashSet<String>,
+    /// Earliest start among the touched executions and time of any other touched event.
+    pub earliest_ms: Option<i64>,
+}
+
 /// The result of normalisation.
 #[derive(Debug, Default)]
 pub struct Normalized {
     pub facts: Facts,
     pub problems: Vec<Problem>,
     pub stats: NormalizeStats,
+    /// To hand to the next run.
+    pub carry: Carry,
+    pub touched: Touched,
 }
 
 fn problem(position: &Position, reason: Reason, message: String, raw: String) -> Problem {
@@ -139,30 +165,139 @@ fn event_key(id: &str) -> u128 {
 /// Where a kept event lives, so that a later, winning duplicate can retire it.
 #[derive(Debug, Clone, Copy)]
 enum Home {
-    Execution { builder: u32, index: u32 },
+    Execution {
+        builder: u32,
+        index: u32,
+    },
     StateChange(u32),
     Structured(u32),
+    /// Counted by an earlier run: its copies are always dropped.
+    Earlier,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     home: Home,
     dedup_ms: Option<i64>,
+    time: i64,
 }
 
 /// What an execution's events say about it; identical on most events, so stored once per execution.
-#[derive(Debug, Clone, PartialEq, Default)]
-struct Variant {
-    project_id: Option<String>,
-    source: Option<String>,
-    environment_hash: Option<String>,
-    meltano_version: Option<String>,
-    python_version: Option<String>,
-    is_ci: Option<bool>,
-    command: Option<String>,
-    sub_command: Option<String>,
-    se_command: Option<String>,
-    ip_hash: Option<String>,
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Variant {
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub environment_hash: Option<String>,
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+    pub meltano_version: Option<String>,
+    #[serde(rename = "y", default, skip_serializing_if = "Option::is_none")]
+    pub python_version: Option<String>,
+    #[serde(rename = "ci", default, skip_serializing_if = "Option::is_none")]
+    pub is_ci: Option<bool>,
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(rename = "sc", default, skip_serializing_if = "Option::is_none")]
+    pub sub_command: Option<String>,
+    #[serde(rename = "se", default, skip_serializing_if = "Option::is_none")]
+    pub se_command: Option<String>,
+    /// Unused in folded parts (their IP hashes are a set).
+    #[serde(skip)]
+    pub ip_hash: Option<String>,
+}
+
+impl Variant {
+    /// Keep the maximum of every field, as squared does where events of one execution disagree.
+    fn max_with(&mut self, x: &Variant) {
+        keep_max(&mut self.project_id, x.project_id.as_ref());
+        keep_max(&mut self.source, x.source.as_ref());
+        keep_max(&mut self.environment_hash, x.environment_hash.as_ref());
+        keep_max(&mut self.meltano_version, x.meltano_version.as_ref());
+        keep_max(&mut self.python_version, x.python_version.as_ref());
+        keep_max(&mut self.is_ci, x.is_ci.as_ref());
+        keep_max(&mut self.command, x.command.as_ref());
+        keep_max(&mut self.sub_command, x.sub_command.as_ref());
+        keep_max(&mut self.se_command, x.se_command.as_ref());
+    }
+}
+
+/// Everything an execution's events say, folded with min / max / union / sum, so that the events of
+/// one execution read in several runs fold to the same parts as when read in one. The incremental
+/// state keeps these; [`ExecParts::finish`] makes the [`Execution`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecParts {
+    pub execution_id: String,
+    pub variant: Variant,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub exit_code: Option<i64>,
+    pub ip_hashes: BTreeSet<String>,
+    /// Plugins by key, with their earliest block-event time.
+    pub plugins: BTreeMap<String, Plugin>,
+    pub event_count: u32,
+    /// Position of the first event, for problem reports (default for parts from a state).
+    pub position: Position,
+}
+
+impl ExecParts {
+    /// Fold in the parts of the same execution read in another run.
+    pub fn merge(&mut self, other: ExecParts) {
+        self.variant.max_with(&other.variant);
+        if other.started_ms < self.started_ms {
+            self.position = other.position;
+        }
+        self.started_ms = self.started_ms.min(other.started_ms);
+        self.finished_ms = self.finished_ms.max(other.finished_ms);
+        keep_max(&mut self.exit_code, other.exit_code.as_ref());
+        self.ip_hashes.extend(other.ip_hashes);
+        for (key, p) in other.plugins {
+            let entry = self.plugins.entry(key).or_insert_with(|| Plugin {
+                info: p.info.clone(),
+                first_seen_ms: None,
+            });
+            if let Some(t) = p.first_seen_ms {
+                entry.first_seen_ms = Some(entry.first_seen_ms.map_or(t, |f| f.min(t)));
+            }
+        }
+        self.event_count += other.event_count;
+    }
+
+    /// The execution, or (position of its first event, events) when it has no project id.
+    pub fn finish(&self) -> Result<Execution, (Position, u32)> {
+        let v = &self.variant;
+        let Some(project_id) = v.project_id.clone() else {
+            return Err((self.position.clone(), self.event_count));
+        };
+        let command = v.command.clone().or_else(|| v.se_command.clone());
+        let mut plugins: Vec<Plugin> = self.plugins.values().cloned().collect();
+        plugins::pipeline_order(&mut plugins);
+        let is_pipeline = command
+            .as_deref()
+            .is_some_and(|c| PIPELINE_COMMANDS.contains(&c))
+            && !plugins.is_empty();
+        let pipeline_id = is_pipeline
+            .then(|| plugins::pipeline_id(&plugins, v.environment_hash.as_deref(), &project_id));
+        Ok(Execution {
+            execution_id: self.execution_id.clone(),
+            project_id,
+            project_id_source: v.source.clone(),
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            command,
+            sub_command: v.sub_command.clone(),
+            environment_hash: v.environment_hash.clone(),
+            exit_code: self.exit_code,
+            meltano_version: v.meltano_version.clone(),
+            python_version: v.python_version.clone(),
+            is_ci: v.is_ci,
+            event_count: self.event_count,
+            plugins,
+            pipeline_id,
+            ip_hashes: self.ip_hashes.clone(),
+        })
+    }
 }
 
 impl Variant {
@@ -254,38 +389,40 @@ impl ExecutionBuilder {
         (self.events.len() - 1) as u32
     }
 
-    /// The execution, or (position of its first event, events) when it has no project id.
-    fn build(self, table: &plugins::PluginTable) -> Option<Result<Execution, (Position, u32)>> {
+    /// The folded parts of the execution's live events; `None` when every event moved elsewhere.
+    fn fold(self, table: &plugins::PluginTable) -> Option<ExecParts> {
         let alive: Vec<&LiteEvent> = self.events.iter().filter(|e| e.alive).collect();
         let first = alive.first()?;
-        let mut v = Variant::default();
-        let (mut started, mut finished, mut exit_code) = (first.time, first.time, None);
-        let mut ip_hashes = BTreeSet::new();
-        let mut by_key: BTreeMap<String, Plugin> = BTreeMap::new();
+        let mut parts = ExecParts {
+            execution_id: self.execution_id.clone(),
+            variant: Variant::default(),
+            started_ms: first.time,
+            finished_ms: first.time,
+            exit_code: None,
+            ip_hashes: BTreeSet::new(),
+            plugins: BTreeMap::new(),
+            event_count: alive.len() as u32,
+            position: first.position.clone(),
+        };
         for e in &alive {
-            started = started.min(e.time);
-            finished = finished.max(e.time);
-            keep_max(&mut exit_code, e.exit_code.as_ref());
+            parts.started_ms = parts.started_ms.min(e.time);
+            parts.finished_ms = parts.finished_ms.max(e.time);
+            keep_max(&mut parts.exit_code, e.exit_code.as_ref());
             let x = &self.variants[e.variant as usize];
-            keep_max(&mut v.project_id, x.project_id.as_ref());
-            keep_max(&mut v.source, x.source.as_ref());
-            keep_max(&mut v.environment_hash, x.environment_hash.as_ref());
-            keep_max(&mut v.meltano_version, x.meltano_version.as_ref());
-            keep_max(&mut v.python_version, x.python_version.as_ref());
-            keep_max(&mut v.is_ci, x.is_ci.as_ref());
-            keep_max(&mut v.command, x.command.as_ref());
-            keep_max(&mut v.sub_command, x.sub_command.as_ref());
-            keep_max(&mut v.se_command, x.se_command.as_ref());
+            parts.variant.max_with(x);
             if let Some(ip) = &x.ip_hash {
-                ip_hashes.insert(ip.clone());
+                parts.ip_hashes.insert(ip.clone());
             }
             if e.plugins != u16::MAX {
                 for &id in &self.plugin_lists[e.plugins as usize] {
                     let info = table.get(id);
-                    let entry = by_key.entry(info.key.clone()).or_insert_with(|| Plugin {
-                        info: info.clone(),
-                        first_seen_ms: None,
-                    });
+                    let entry = parts
+                        .plugins
+                        .entry(info.key.clone())
+                        .or_insert_with(|| Plugin {
+                            info: info.clone(),
+                            first_seen_ms: None,
+                        });
                     if e.is_block {
                         entry.first_seen_ms =
                             Some(entry.first_seen_ms.map_or(e.time, |t| t.min(e.time)));
@@ -293,36 +430,7 @@ impl ExecutionBuilder {
                 }
             }
         }
-        let Some(project_id) = v.project_id else {
-            return Some(Err((first.position.clone(), alive.len() as u32)));
-        };
-        let command = v.command.or(v.se_command);
-        let mut plugins: Vec<Plugin> = by_key.into_values().collect();
-        plugins::pipeline_order(&mut plugins);
-        let is_pipeline = command
-            .as_deref()
-            .is_some_and(|c| PIPELINE_COMMANDS.contains(&c))
-            && !plugins.is_empty();
-        let pipeline_id = is_pipeline
-            .then(|| plugins::pipeline_id(&plugins, v.environment_hash.as_deref(), &project_id));
-        Some(Ok(Execution {
-            execution_id: self.execution_id,
-            project_id,
-            project_id_source: v.source,
-            started_ms: started,
-            finished_ms: finished,
-            command,
-            sub_command: v.sub_command,
-            environment_hash: v.environment_hash,
-            exit_code,
-            meltano_version: v.meltano_version,
-            python_version: v.python_version,
-            is_ci: v.is_ci,
-            event_count: alive.len() as u32,
-            plugins,
-            pipeline_id,
-            ip_hashes,
-        }))
+        Some(parts)
     }
 }
 
@@ -353,12 +461,43 @@ pub struct Normalizer {
     problems: Vec<Problem>,
     stats: NormalizeStats,
     plugins: plugins::PluginTable,
+    earlier_parts: HashMap<String, ExecParts>,
+    earlier_opt_outs: BTreeMap<String, i64>,
+    earlier_structured: BTreeMap<String, (i64, i64)>,
+    earlier_newest_ms: Option<i64>,
+    late_before_ms: Option<i64>,
 }
 
 impl Normalizer {
     /// A normaliser with nothing in it.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A normaliser that extends what earlier runs carried; events before `late_before_ms` are too
+    /// late to apply and are set aside as `late_event`.
+    pub fn resume(carry: Carry, late_before_ms: Option<i64>) -> Self {
+        let mut n = Self::new();
+        for (key, time) in carry.event_ids {
+            n.slots.insert(
+                key,
+                Slot {
+                    home: Home::Earlier,
+                    dedup_ms: None,
+                    time,
+                },
+            );
+        }
+        n.earlier_parts = carry
+            .parts
+            .into_iter()
+            .map(|p| (p.execution_id.clone(), p))
+            .collect();
+        n.earlier_opt_outs = carry.opt_outs;
+        n.earlier_structured = carry.structured;
+        n.earlier_newest_ms = carry.newest_event_ms;
+        n.late_before_ms = late_before_ms;
+        n
     }
 
     fn retire(&mut self, home: Home) -> Option<(Position, i64)> {
@@ -377,6 +516,7 @@ impl Normalizer {
                 self.structured[i as usize].alive = false;
                 None
             }
+            Home::Earlier => None,
         }
     }
 
@@ -393,12 +533,34 @@ impl Normalizer {
             ));
             return;
         };
+        if let Some(cut) = self.late_before_ms
+            && time < cut
+        {
+            let summary = event_summary(&e);
+            self.problems.push(problem(
+                &e.position,
+                Reason::LateEvent,
+                format!(
+                    "event time is before {}, the oldest the state can still change (late_event_days)",
+                    crate::kpi::calendar::fmt_ms(cut)
+                ),
+                summary,
+            ));
+            return;
+        }
         let key = e.event_id.as_deref().map(event_key);
         if let Some(k) = key
             && let Some(slot) = self.slots.get(&k).copied()
         {
             self.stats.duplicates += 1;
             let id = e.event_id.clone().unwrap_or_default();
+            if matches!(slot.home, Home::Earlier) {
+                let msg = format!("duplicate of event id {id}, counted in an earlier run");
+                let summary = event_summary(&e);
+                self.problems
+                    .push(problem(&e.position, Reason::DuplicateEvent, msg, summary));
+                return;
+            }
             let msg =
                 format!("duplicate of event id {id}: the copy with the latest sent time is kept");
             if e.dedup_ms() > slot.dedup_ms {
@@ -469,26 +631,39 @@ impl Normalizer {
             }
         };
         if let Some(k) = key {
-            self.slots.insert(k, Slot { home, dedup_ms });
+            self.slots.insert(
+                k,
+                Slot {
+                    home,
+                    dedup_ms,
+                    time,
+                },
+            );
         }
     }
 
-    /// Finish: build executions and projects.
+    /// Finish: build executions and projects, and what the next run needs.
     pub fn finish(mut self) -> Normalized {
         let mut out = Normalized {
             problems: std::mem::take(&mut self.problems),
             stats: std::mem::take(&mut self.stats),
             ..Default::default()
         };
-        let mut newest: Option<i64> = None;
+        let mut newest: Option<i64> = self.earlier_newest_ms;
         let mut see = |t: i64| newest = Some(newest.map_or(t, |n| n.max(t)));
-        let mut opt_outs: HashMap<String, i64> = HashMap::new();
+        let mut touched = Touched::default();
+        let touch = |t: i64, earliest: &mut Option<i64>| {
+            *earliest = Some(earliest.map_or(t, |e| e.min(t)));
+        };
+        let mut opt_outs = std::mem::take(&mut self.earlier_opt_outs);
         for s in self.state_changes.iter().filter(|s| s.alive) {
             see(s.time);
             match &s.project {
                 Some(p) if s.opts_out => {
                     let t = opt_outs.entry(p.clone()).or_insert(s.time);
                     *t = (*t).min(s.time);
+                    touched.projects.insert(p.clone());
+                    touch(s.time, &mut touched.earliest_ms);
                 }
                 Some(_) => {}
                 None => out.problems.push(problem(
@@ -499,24 +674,54 @@ impl Normalizer {
                 )),
             }
         }
-        let mut structured_seen = Vec::new();
+        let mut structured = std::mem::take(&mut self.earlier_structured);
         for s in self.structured.iter().filter(|s| s.alive) {
             see(s.time);
             match &s.project {
-                Some(p) => structured_seen.push((p.clone(), s.time)),
+                Some(p) => {
+                    let e = structured.entry(p.clone()).or_insert((s.time, s.time));
+                    e.0 = e.0.min(s.time);
+                    e.1 = e.1.max(s.time);
+                    touched.projects.insert(p.clone());
+                    touch(s.time, &mut touched.earliest_ms);
+                }
                 None => out.stats.orphan_structured_events += 1,
             }
         }
-        let mut executions = Vec::with_capacity(self.builders.len());
+        let mut parts: Vec<ExecParts> = Vec::with_capacity(self.builders.len());
+        let mut earlier = std::mem::take(&mut self.earlier_parts);
         for b in std::mem::take(&mut self.builders) {
-            let id = b.execution_id.clone();
             for e in b.events.iter().filter(|e| e.alive) {
                 see(e.time);
             }
-            match b.build(&self.plugins) {
-                None => {}
-                Some(Ok(x)) => executions.push(x),
-                Some(Err((position, events))) => {
+            let Some(new) = b.fold(&self.plugins) else {
+                continue;
+            };
+            touched.executions.insert(new.execution_id.clone());
+            match earlier.remove(&new.execution_id) {
+                Some(mut p) => {
+                    p.merge(new);
+                    parts.push(p);
+                }
+                None => parts.push(new),
+            }
+        }
+        parts.extend(earlier.into_values());
+        let mut executions = Vec::with_capacity(parts.len());
+        for p in &parts {
+            match p.finish() {
+                Ok(x) => {
+                    if touched.executions.contains(&x.execution_id) {
+                        touched.projects.insert(x.project_id.clone());
+                        touch(x.started_ms, &mut touched.earliest_ms);
+                    }
+                    executions.push(x)
+                }
+                Err((position, events)) => {
+                    if !touched.executions.contains(&p.execution_id) {
+                        continue;
+                    }
+                    let id = &p.execution_id;
                     out.stats.executions_without_project += 1;
                     out.problems.push(problem(
                         &position,
@@ -531,10 +736,22 @@ impl Normalizer {
         }
         executions
             .sort_by(|a, b| (a.started_ms, &a.execution_id).cmp(&(b.started_ms, &b.execution_id)));
+        let structured_seen: Vec<(String, i64)> = structured
+            .iter()
+            .flat_map(|(p, (lo, hi))| [(p.clone(), *lo), (p.clone(), *hi)])
+            .collect();
         out.facts.projects =
             build_projects(&executions, &opt_outs, &structured_seen, &mut out.stats);
         out.facts.executions = executions;
         out.facts.newest_event_ms = newest;
+        out.carry = Carry {
+            parts,
+            opt_outs,
+            structured,
+            event_ids: self.slots.iter().map(|(k, s)| (*k, s.time)).collect(),
+            newest_event_ms: newest,
+        };
+        out.touched = touched;
         out
     }
 }
@@ -555,7 +772,7 @@ impl Facts {
             .sort_by(|a, b| (a.started_ms, &a.execution_id).cmp(&(b.started_ms, &b.execution_id)));
         let projects = build_projects(
             &executions,
-            &HashMap::new(),
+            &BTreeMap::new(),
             &[],
             &mut NormalizeStats::default(),
         );
@@ -570,7 +787,7 @@ impl Facts {
 
 fn build_projects(
     executions: &[Execution],
-    opt_outs: &HashMap<String, i64>,
+    opt_outs: &BTreeMap<String, i64>,
     structured_seen: &[(String, i64)],
     stats: &mut NormalizeStats,
 ) -> Vec<Project> {

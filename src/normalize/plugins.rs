@@ -179,6 +179,12 @@ pub fn plugin_from_dict(raw: &Map<String, Value>) -> Plugin {
     }
 }
 
+/// The plugin of an already normalised dict (as kept in the incremental state).
+pub fn info_from_normalised(dict: BTreeMap<String, Value>) -> Arc<PluginInfo> {
+    let text = canonical_json(&dict);
+    Arc::new(info_from(dict, &text))
+}
+
 fn info_from(dict: BTreeMap<String, Value>, canonical_text: &str) -> PluginInfo {
     let key = md5_hex(canonical_text);
     let get = |k: &str| dict.get(k).and_then(Value::as_str);

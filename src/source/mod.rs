@@ -181,6 +181,9 @@ pub struct LineReader<R: BufRead> {
     buf: Vec<u8>,
     number: u64,
     offset: u64,
+    /// Offset and line number just after the last line that ended with a newline: where a later run
+    /// resumes, so that a line still being written is read again once complete.
+    complete: (u64, u64),
 }
 
 impl<R: BufRead> LineReader<R> {
@@ -191,6 +194,7 @@ impl<R: BufRead> LineReader<R> {
             buf: Vec::with_capacity(1 << 14),
             number: 0,
             offset: 0,
+            complete: (0, 0),
         }
     }
 
@@ -199,12 +203,33 @@ impl<R: BufRead> LineReader<R> {
         self.offset
     }
 
+    /// (offset, lines) just after the last newline-terminated line.
+    pub fn complete(&self) -> (u64, u64) {
+        self.complete
+    }
+
+    /// Skip the first `offset` bytes, which held `lines` lines, to resume where an earlier read stopped.
+    pub fn skip_to(&mut self, offset: u64, lines: u64) -> io::Result<()> {
+        let skipped = io::copy(&mut (&mut self.reader).take(offset), &mut io::sink())?;
+        if skipped < offset {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("input is shorter ({skipped} bytes) than its bookmark ({offset} bytes)"),
+            ));
+        }
+        self.offset = offset;
+        self.number = lines;
+        self.complete = (offset, lines);
+        Ok(())
+    }
+
     /// The next line, `None` at end of input.
     pub fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
         self.buf.clear();
         let start = self.offset;
         let mut length: u64 = 0;
         let mut too_long = false;
+        let mut terminated = false;
         loop {
             let chunk = self.reader.fill_buf()?;
             if chunk.is_empty() {
@@ -222,6 +247,7 @@ impl<R: BufRead> LineReader<R> {
             self.reader.consume(take);
             length += take as u64;
             if done {
+                terminated = true;
                 break;
             }
         }
@@ -230,6 +256,9 @@ impl<R: BufRead> LineReader<R> {
         }
         self.offset += length;
         self.number += 1;
+        if terminated {
+            self.complete = (self.offset, self.number);
+        }
         if self.number == 1 && self.buf.starts_with(b"\xef\xbb\xbf") {
             // a UTF-8 byte order mark before the first line is not data
             self.buf.drain(..3);
@@ -258,6 +287,46 @@ impl<R: BufRead> LineReader<R> {
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
     hay.iter().position(|b| *b == needle)
+}
+
+/// What identifies a file's content across runs: its size and modification time, and a digest of its
+/// first bytes (a file that was appended to keeps its head; a rotated or replaced one does not).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    pub size: u64,
+    pub mtime_ms: i64,
+    /// Number of leading bytes digested (at most [`HEAD_BYTES`]).
+    pub head_len: u64,
+    /// SHA-256 hex of those bytes.
+    pub head_sha256: String,
+}
+
+/// Leading bytes digested by a fingerprint.
+pub const HEAD_BYTES: u64 = 64 * 1024;
+
+/// SHA-256 hex of the first `len` bytes of a file (fewer if the file is shorter).
+pub fn head_digest(path: &std::path::Path, len: u64) -> io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut head = Vec::new();
+    File::open(path)?.take(len).read_to_end(&mut head)?;
+    Ok(hex::encode(Sha256::digest(&head)))
+}
+
+/// The fingerprint of a file now.
+pub fn fingerprint(path: &std::path::Path) -> io::Result<Fingerprint> {
+    let meta = std::fs::metadata(path)?;
+    let mtime_ms = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64);
+    let head_len = meta.len().min(HEAD_BYTES);
+    Ok(Fingerprint {
+        size: meta.len(),
+        mtime_ms,
+        head_len,
+        head_sha256: head_digest(path, head_len)?,
+    })
 }
 
 /// Read a whole input into memory (small files, tests).

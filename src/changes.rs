@@ -1,0 +1,100 @@
+//! Which rows an incremental run re-emits: every row the new events (or the move of as_of) can have
+//! changed, so that targets upserting by key end with the same rows as a full refresh.
+//!
+//! New events touch executions, and through them projects and days. A qualifying day changes the
+//! active windows from the day before it onwards and the month flags of those months, so daily and
+//! monthly rows are re-emitted from the first day of the month before the earliest touched day (or of
+//! the previous as_of, which brings new days and newly complete months). Rows keyed by execution,
+//! project or pipeline are re-emitted for the touched ones; a project whose source or first event
+//! changed is re-emitted whole, and then every global row too, since its whole history moved.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde_json::Value;
+
+use crate::kpi::calendar::{day_of, fmt_day, month_first_day, month_of};
+use crate::normalize::{Facts, Touched};
+
+/// The row filter of one incremental run.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// First day (a month's first day, `YYYY-MM-DD`) from which period rows are re-emitted.
+    pub from: String,
+    /// The previous run's as_of, `YYYY-MM-DD`.
+    pub previous_as_of: String,
+    pub executions: HashSet<String>,
+    pub projects: HashSet<String>,
+    /// Cohort months (`YYYY-MM-01`) of touched projects.
+    pub cohorts: HashSet<String>,
+    /// Projects whose source or first event changed: all their rows, and all global rows.
+    pub rewritten: HashSet<String>,
+}
+
+impl Changes {
+    /// The filter for a run over `facts`, given what the new events touched, the previous as_of and
+    /// each project's (source, first event) before this run.
+    pub fn new(
+        facts: &Facts,
+        touched: &Touched,
+        previous_as_of: i64,
+        previous_projects: &BTreeMap<String, (String, i64)>,
+    ) -> Changes {
+        let earliest = touched.earliest_ms.map(day_of).unwrap_or(previous_as_of);
+        let from_day = month_first_day(month_of(earliest.min(previous_as_of) - 1));
+        let mut changes = Changes {
+            from: fmt_day(from_day),
+            previous_as_of: fmt_day(previous_as_of),
+            executions: touched.executions.clone(),
+            projects: touched.projects.clone(),
+            ..Default::default()
+        };
+        for p in &facts.projects {
+            if !touched.projects.contains(&p.project_id) {
+                continue;
+            }
+            changes
+                .cohorts
+                .insert(fmt_day(month_first_day(month_of(day_of(p.first_event_ms)))));
+            let now = (p.source.as_str(), p.first_event_ms);
+            match previous_projects.get(&p.project_id) {
+                Some((source, first)) if (source.as_str(), *first) == now => {}
+                Some((_, first)) => {
+                    changes.rewritten.insert(p.project_id.clone());
+                    changes
+                        .cohorts
+                        .insert(fmt_day(month_first_day(month_of(day_of(*first)))));
+                }
+                // a new project: its rows all lie after `from`
+                None => {}
+            }
+        }
+        changes
+    }
+
+    /// Whether `record` of `stream` is re-emitted.
+    pub fn keep(&self, stream: &str, record: &Value) -> bool {
+        let s = |k: &str| record.get(k).and_then(Value::as_str).unwrap_or("");
+        let all = !self.rewritten.is_empty();
+        match stream {
+            "cli_executions" | "pipeline_runs" => self.executions.contains(s("execution_id")),
+            "pipelines" => self.projects.contains(s("project_id")),
+            "projects" => {
+                self.projects.contains(s("project_id"))
+                    || s("last_active_date") >= self.previous_as_of.as_str()
+            }
+            "daily_active_projects" => {
+                s("date") >= self.from.as_str() || self.rewritten.contains(s("project_id"))
+            }
+            "project_monthly_segments" => {
+                s("month") >= self.from.as_str() || self.rewritten.contains(s("project_id"))
+            }
+            "active_projects_daily" => all || s("date") >= self.from.as_str(),
+            "monthly_kpis" | "plugin_usage" => all || s("month") >= self.from.as_str(),
+            "cohort_retention" => {
+                all || s("month") >= self.from.as_str() || self.cohorts.contains(s("cohort_month"))
+            }
+            "kpi_health" => all || s("period") >= self.from.as_str(),
+            _ => true,
+        }
+    }
+}

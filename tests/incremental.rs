@@ -1,0 +1,304 @@
+//! Incremental runs equal a full refresh: a generated fleet's telemetry is delivered in pieces (new
+//! files, lines appended to files, a line cut in the middle and finished in the next delivery, events
+//! arriving a delivery late, copies of events in a later delivery); the tap runs after each delivery
+//! with the previous run's state, each run's records are upserted by key, and the result equals one
+//! run over everything.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::NaiveDate;
+use proptest::prelude::*;
+use rand::{RngExt, SeedableRng};
+use serde_json::{Value, json};
+use tap_kpis::catalog::Selections;
+use tap_kpis::config;
+use tap_kpis::generate::{GenerateArgs, Profile, generate};
+use tap_kpis::streams::STREAMS;
+
+/// Rows by stream, upserted by key.
+type Tables = BTreeMap<String, BTreeMap<String, Value>>;
+
+fn run(config: &Value, state: Option<&Value>) -> (common::Output, Value) {
+    let (out, last, _) = run_counting(config, state);
+    (out, last)
+}
+
+/// A run, with the number of lines it read.
+fn run_counting(config: &Value, state: Option<&Value>) -> (common::Output, Value, u64) {
+    let cfg = config::validate(config.as_object().unwrap()).unwrap();
+    let mut buf = Vec::new();
+    let report =
+        tap_kpis::sync::run(&cfg, &Selections::all(), state, &mut buf).expect("sync succeeds");
+    let out = common::parse(&buf);
+    let last = out.states.last().cloned().expect("a STATE message");
+    (out, last, report.lines)
+}
+
+fn upsert(tables: &mut Tables, out: &common::Output) {
+    for def in STREAMS {
+        for r in out.records(def.name) {
+            let key: Vec<&Value> = def.key_properties.iter().map(|k| &r[*k]).collect();
+            tables
+                .entry(def.name.to_string())
+                .or_default()
+                .insert(serde_json::to_string(&key).unwrap(), r.clone());
+        }
+    }
+}
+
+/// The KPI streams (the quarantine lists what each run saw, so it differs by design).
+fn kpi_tables(mut t: Tables) -> Tables {
+    t.remove("telemetry_errors");
+    t
+}
+
+fn assert_same(full: &Tables, incremental: &Tables) {
+    for (stream, rows) in full {
+        let got = incremental.get(stream).cloned().unwrap_or_default();
+        for (key, row) in rows {
+            match got.get(key) {
+                None => panic!("{stream} {key}: missing after incremental runs"),
+                Some(g) if g != row => {
+                    panic!("{stream} {key}:\n incremental {g}\n full        {row}")
+                }
+                _ => {}
+            }
+        }
+        for key in got.keys() {
+            assert!(
+                rows.contains_key(key),
+                "{stream} {key}: extra row after incremental runs"
+            );
+        }
+    }
+}
+
+/// The lines of each day file of a generated fleet.
+fn fleet(dir: &Path, projects: usize, days: u32, seed: u64) -> Vec<(String, Vec<String>)> {
+    generate(&GenerateArgs {
+        projects,
+        days,
+        seed,
+        out: dir.to_path_buf(),
+        start: NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
+        no_gzip: true,
+        outage: None,
+        ramp_days: Some(5),
+        profile: Profile::Mixed,
+    })
+    .unwrap();
+    let mut files: Vec<(String, Vec<String>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            (
+                path.file_name().unwrap().to_string_lossy().to_string(),
+                text.lines().map(str::to_string).collect(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// How a fleet is delivered: cut days between deliveries, and the share of lines arriving one
+/// delivery late, copied into the next delivery, and of deliveries ending inside a line.
+struct Pieces<'a> {
+    cuts: &'a [u32],
+    late: f64,
+    copies: f64,
+    torn: f64,
+}
+
+/// Deliver a generated fleet in pieces and compare incremental runs with one full run.
+fn check_pieces(case: &str, seed: u64, projects: usize, days: u32, pieces: Pieces) {
+    let Pieces {
+        cuts,
+        late,
+        copies,
+        torn,
+    } = pieces;
+    let root = common::temp_dir(&format!("incremental-{case}"));
+    let files = fleet(&root.join("fleet"), projects, days, seed);
+    let deliveries = cuts.len() + 1;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    // portions[file][delivery] = text appended to the file in that delivery
+    let mut portions: Vec<Vec<String>> = vec![vec![String::new(); deliveries]; files.len()];
+    for (f, (_, lines)) in files.iter().enumerate() {
+        let day = f as u32;
+        let base = cuts.iter().filter(|c| **c <= day).count();
+        for line in lines {
+            let mut d = base;
+            if d + 1 < deliveries && rng.random::<f64>() < late {
+                d += 1;
+            }
+            portions[f][d].push_str(line);
+            portions[f][d].push('\n');
+            if d + 1 < deliveries && rng.random::<f64>() < copies {
+                portions[f][d + 1].push_str(line);
+                portions[f][d + 1].push('\n');
+            }
+        }
+    }
+    let src = root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let config = json!({"sources": [src.display().to_string()], "late_event_days": 400});
+    let mut tables = Tables::new();
+    let mut state: Option<Value> = None;
+    let (mut lines_read, mut torn_lines) = (0u64, 0u64);
+    for k in 0..deliveries {
+        for (f, (name, _)) in files.iter().enumerate() {
+            let mut content: String = portions[f][..=k].concat();
+            if content.is_empty() {
+                continue;
+            }
+            if k + 1 < deliveries && rng.random::<f64>() < torn {
+                // the delivery ends inside a line; the next one finishes it
+                let added = portions[f][k].len();
+                if added > 2 {
+                    let keep = content.len() - added + rng.random_range(1..added - 1);
+                    let mut cut = keep;
+                    while !content.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    content.truncate(cut);
+                    torn_lines += u64::from(!content.ends_with('\n'));
+                }
+            }
+            std::fs::write(src.join(name), content).unwrap();
+        }
+        let (out, next, lines) = run_counting(&config, state.as_ref());
+        lines_read += lines;
+        upsert(&mut tables, &out);
+        state = Some(next);
+    }
+    // each line is read once, but for a torn line read again when finished
+    let total: u64 = portions
+        .iter()
+        .flatten()
+        .map(|p| p.lines().count() as u64)
+        .sum();
+    assert_eq!(
+        lines_read,
+        total + torn_lines,
+        "lines read over the incremental runs"
+    );
+    // one full run over the same final files
+    let (full_out, _) = run(&config, None);
+    let mut full = Tables::new();
+    upsert(&mut full, &full_out);
+    assert_same(&kpi_tables(full), &kpi_tables(tables));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn files_arriving_day_by_day_equal_one_run() {
+    check_pieces(
+        "by-file",
+        3,
+        12,
+        40,
+        Pieces {
+            cuts: &[10, 20, 30],
+            late: 0.0,
+            copies: 0.0,
+            torn: 0.0,
+        },
+    );
+}
+
+#[test]
+fn torn_lines_late_events_and_copies_equal_one_run() {
+    check_pieces(
+        "messy",
+        4,
+        12,
+        45,
+        Pieces {
+            cuts: &[15, 16, 30],
+            late: 0.1,
+            copies: 0.05,
+            torn: 0.5,
+        },
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, failure_persistence: None, ..ProptestConfig::default() })]
+    #[test]
+    fn random_splits_equal_one_run(
+        seed in 0u64..1000,
+        projects in 3usize..15,
+        mut cuts in proptest::collection::vec(1u32..40, 1..4),
+        late in 0.0f64..0.2,
+        copies in 0.0f64..0.1,
+        torn in 0.0f64..1.0,
+    ) {
+        cuts.sort_unstable();
+        cuts.dedup();
+        check_pieces(&format!("prop-{seed}"), seed, projects, 40, Pieces { cuts: &cuts, late, copies, torn });
+    }
+}
+
+#[test]
+fn no_new_input_emits_only_state() {
+    let root = common::temp_dir("incremental-idle");
+    let files = fleet(&root.join("fleet"), 10, 30, 9);
+    assert!(!files.is_empty());
+    let config = json!({"sources": [root.join("fleet").display().to_string()]});
+    let (first, state) = run(&config, None);
+    assert!(!first.records.is_empty());
+    let (second, next) = run(&config, Some(&state));
+    assert!(
+        second.records.is_empty(),
+        "records: {:?}",
+        second.records.keys()
+    );
+    assert!(second.schemas.is_empty());
+    assert_eq!(next, state, "the state stands as it is");
+}
+
+#[test]
+fn events_older_than_the_horizon_are_set_aside_as_late() {
+    let root = common::temp_dir("incremental-horizon");
+    let files = fleet(&root.join("fleet"), 8, 30, 5);
+    let src = root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let config = json!({"sources": [src.display().to_string()], "late_event_days": 3});
+    // days 0..9 and 20..29 first; then the middle days arrive, more than 3 days late
+    let early: Vec<&(String, Vec<String>)> = files
+        .iter()
+        .filter(|(n, _)| {
+            !(n.as_str() >= "telemetry-2025-01-11" && n.as_str() < "telemetry-2025-01-21")
+        })
+        .collect();
+    for (name, lines) in &early {
+        std::fs::write(src.join(name), lines.join("\n") + "\n").unwrap();
+    }
+    let (_, state) = run(&config, None);
+    let middle: Vec<&(String, Vec<String>)> = files
+        .iter()
+        .filter(|(n, _)| {
+            n.as_str() >= "telemetry-2025-01-11" && n.as_str() < "telemetry-2025-01-21"
+        })
+        .collect();
+    assert_eq!(middle.len(), 10);
+    for (name, lines) in &middle {
+        std::fs::write(src.join(name), lines.join("\n") + "\n").unwrap();
+    }
+    let (out, _) = run(&config, Some(&state));
+    let late = out
+        .records("telemetry_errors")
+        .iter()
+        .filter(|r| r["reason"] == "late_event")
+        .count();
+    assert!(late > 10, "late events quarantined: {late}");
+    assert!(
+        out.records("cli_executions").is_empty(),
+        "nothing late is applied"
+    );
+}

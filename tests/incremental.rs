@@ -6,20 +6,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
-use chrono::NaiveDate;
+use common::{Tables, assert_same, fleet, kpi_tables, upsert};
 use proptest::prelude::*;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 use tap_kpis::catalog::Selections;
 use tap_kpis::config;
-use tap_kpis::generate::{GenerateArgs, Profile, generate};
-use tap_kpis::streams::STREAMS;
-
-/// Rows by stream, upserted by key.
-type Tables = BTreeMap<String, BTreeMap<String, Value>>;
 
 fn run(config: &Value, state: Option<&Value>) -> (common::Output, Value) {
     let (out, last, _) = run_counting(config, state);
@@ -35,74 +27,6 @@ fn run_counting(config: &Value, state: Option<&Value>) -> (common::Output, Value
     let out = common::parse(&buf);
     let last = out.states.last().cloned().expect("a STATE message");
     (out, last, report.lines)
-}
-
-fn upsert(tables: &mut Tables, out: &common::Output) {
-    for def in STREAMS {
-        for r in out.records(def.name) {
-            let key: Vec<&Value> = def.key_properties.iter().map(|k| &r[*k]).collect();
-            tables
-                .entry(def.name.to_string())
-                .or_default()
-                .insert(serde_json::to_string(&key).unwrap(), r.clone());
-        }
-    }
-}
-
-/// The KPI streams (the quarantine lists what each run saw, so it differs by design).
-fn kpi_tables(mut t: Tables) -> Tables {
-    t.remove("telemetry_errors");
-    t
-}
-
-fn assert_same(full: &Tables, incremental: &Tables) {
-    for (stream, rows) in full {
-        let got = incremental.get(stream).cloned().unwrap_or_default();
-        for (key, row) in rows {
-            match got.get(key) {
-                None => panic!("{stream} {key}: missing after incremental runs"),
-                Some(g) if g != row => {
-                    panic!("{stream} {key}:\n incremental {g}\n full        {row}")
-                }
-                _ => {}
-            }
-        }
-        for key in got.keys() {
-            assert!(
-                rows.contains_key(key),
-                "{stream} {key}: extra row after incremental runs"
-            );
-        }
-    }
-}
-
-/// The lines of each day file of a generated fleet.
-fn fleet(dir: &Path, projects: usize, days: u32, seed: u64) -> Vec<(String, Vec<String>)> {
-    generate(&GenerateArgs {
-        projects,
-        days,
-        seed,
-        out: dir.to_path_buf(),
-        start: NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
-        no_gzip: true,
-        outage: None,
-        ramp_days: Some(5),
-        profile: Profile::Mixed,
-    })
-    .unwrap();
-    let mut files: Vec<(String, Vec<String>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let path = e.unwrap().path();
-            let text = std::fs::read_to_string(&path).unwrap();
-            (
-                path.file_name().unwrap().to_string_lossy().to_string(),
-                text.lines().map(str::to_string).collect(),
-            )
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 /// How a fleet is delivered: cut days between deliveries, and the share of lines arriving one

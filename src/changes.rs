@@ -28,6 +28,9 @@ pub struct Changes {
     pub cohorts: HashSet<String>,
     /// Projects whose source or first event changed: all their rows, and all global rows.
     pub rewritten: HashSet<String>,
+    /// Period rows before this day (`YYYY-MM-DD`) come from summarised history and are never
+    /// re-emitted (they are final).
+    pub exact_from: Option<String>,
 }
 
 impl Changes {
@@ -74,6 +77,17 @@ impl Changes {
     /// Whether `record` of `stream` is re-emitted.
     pub fn keep(&self, stream: &str, record: &Value) -> bool {
         let s = |k: &str| record.get(k).and_then(Value::as_str).unwrap_or("");
+        if let Some(exact) = &self.exact_from {
+            let period = match stream {
+                "daily_active_projects" | "active_projects_daily" => s("date"),
+                "monthly_kpis" | "plugin_usage" | "project_monthly_segments" => s("month"),
+                "kpi_health" => s("period"),
+                _ => "~",
+            };
+            if period < exact.as_str() {
+                return false;
+            }
+        }
         let all = !self.rewritten.is_empty();
         match stream {
             "cli_executions" | "pipeline_runs" => self.executions.contains(s("execution_id")),

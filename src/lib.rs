@@ -27,6 +27,7 @@
 pub mod catalog;
 pub mod changes;
 pub mod collector;
+pub mod compact;
 pub mod config;
 pub mod decode;
 pub mod event;

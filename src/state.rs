@@ -59,6 +59,11 @@ pub struct TapState {
     pub carry: Carry,
     /// Health alarms already sent (see `health::alarm`).
     pub alarms_sent: Value,
+    /// Executions that finished before this day are summarised (see [`crate::compact`]).
+    pub cut_day: Option<i64>,
+    /// Per health rule, what its evaluation carries into the first period recomputed exactly from
+    /// the summarised history ([`crate::compact::exact_from_day`] of `cut_day`).
+    pub health: BTreeMap<String, crate::health::RuleCarry>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -71,6 +76,8 @@ struct PartsRow(
     Vec<String>,
     Vec<(u32, Option<i64>)>,
     u32,
+    u32,
+    Vec<i64>,
 );
 
 #[derive(Serialize, Deserialize)]
@@ -115,6 +122,8 @@ fn encode_carry(
             p.ip_hashes.iter().cloned().collect(),
             refs,
             p.event_count,
+            p.weight,
+            p.presence_months.iter().copied().collect(),
         ));
     }
     let mut ids = Vec::with_capacity(carry.event_ids.len() * 24);
@@ -160,8 +169,18 @@ fn decode_carry(text: &str) -> Result<(Carry, Projects), StateError> {
         .map(info_from_normalised)
         .collect();
     let mut parts = Vec::with_capacity(ledger.parts.len());
-    for PartsRow(execution_id, variant, started, runtime, exit_code, ips, refs, events) in
-        ledger.parts
+    for PartsRow(
+        execution_id,
+        variant,
+        started,
+        runtime,
+        exit_code,
+        ips,
+        refs,
+        events,
+        weight,
+        months,
+    ) in ledger.parts
     {
         let mut plugins = BTreeMap::new();
         for (id, first_seen_ms) in refs {
@@ -186,6 +205,8 @@ fn decode_carry(text: &str) -> Result<(Carry, Projects), StateError> {
             plugins,
             event_count: events,
             position: Default::default(),
+            weight,
+            presence_months: months.into_iter().collect(),
         });
     }
     let ids = b64()
@@ -256,12 +277,16 @@ impl TapState {
             .and_then(Value::as_str)
             .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
             .map(crate::kpi::calendar::day_number);
+        let health = serde_json::from_value(tap.get("health").cloned().unwrap_or(json!({})))
+            .map_err(|e| StateError::Damaged(format!("health: {e}")))?;
         Ok(Some(TapState {
             as_of,
             projects,
             inputs,
             carry,
             alarms_sent,
+            cut_day: tap.get("cut_day").and_then(Value::as_i64),
+            health,
         }))
     }
 
@@ -275,6 +300,8 @@ impl TapState {
                 "inputs": self.inputs,
                 "executions": self.carry.parts.len(),
                 "ledger": encode_carry(&self.carry, &self.projects)?,
+                "cut_day": self.cut_day,
+                "health": self.health,
                 "alarms_sent": self.alarms_sent,
             }
         }))
@@ -318,6 +345,8 @@ mod tests {
                 plugins,
                 event_count: 4,
                 position: Default::default(),
+                weight: 3,
+                presence_months: [24_300, 24_301].into_iter().collect(),
             }],
             opt_outs: [("p1".to_string(), 5)].into_iter().collect(),
             structured: [("p2".to_string(), (1, 9))].into_iter().collect(),
@@ -336,11 +365,23 @@ mod tests {
             inputs: vec![],
             carry: carry(),
             alarms_sent: json!([]),
+            cut_day: Some(19_600),
+            health: [(
+                "r|k".to_string(),
+                crate::health::RuleCarry {
+                    learned: vec![1.0, 2.5],
+                    last: Some(2.5),
+                },
+            )]
+            .into_iter()
+            .collect(),
         };
         let value = state.to_value().unwrap();
         let back = TapState::from_value(&value).unwrap().unwrap();
         assert_eq!(back.as_of, Some(19_700));
         assert_eq!(back.projects, state.projects);
+        assert_eq!(back.cut_day, state.cut_day);
+        assert_eq!(back.health, state.health);
         assert_eq!(back.carry.parts, state.carry.parts);
         assert_eq!(back.carry.opt_outs, state.carry.opt_outs);
         assert_eq!(back.carry.structured, state.carry.structured);

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::catalog::{self, Selections};
 use crate::changes::Changes;
+use crate::compact;
 use crate::config::Config;
 use crate::decode::{Problem, Reason};
 use crate::health::alarm;
@@ -225,20 +226,31 @@ pub fn run<W: Write>(
     };
     report.incremental = earlier.is_some();
     let late_days = config.late_event_days.max(0);
-    let (mut normalizer, previous_as_of, previous_projects) = match earlier {
-        Some(e) => {
-            let late_before = e
-                .carry
-                .newest_event_ms
-                .map(|n| (day_of(n) - late_days) * DAY_MS);
-            (
-                normalize::Normalizer::resume(e.carry, late_before),
-                e.as_of,
-                e.projects,
-            )
-        }
-        None => (normalize::Normalizer::new(), None, Default::default()),
-    };
+    let (mut normalizer, previous_as_of, previous_projects, previous_cut, health_carries) =
+        match earlier {
+            Some(e) => {
+                let late_before = e
+                    .carry
+                    .newest_event_ms
+                    .map(|n| (day_of(n) - late_days) * DAY_MS);
+                (
+                    normalize::Normalizer::resume(e.carry, late_before),
+                    e.as_of,
+                    e.projects,
+                    e.cut_day,
+                    e.health,
+                )
+            }
+            None => (
+                normalize::Normalizer::new(),
+                None,
+                Default::default(),
+                None,
+                Default::default(),
+            ),
+        };
+    // rows of periods before this day are recomputed from summarised history: not exact
+    let exact_from = previous_cut.map(compact::exact_from_day);
     tracing::info!(
         "reading {} input file(s){}",
         inputs.len() - report.unchanged_inputs,
@@ -278,7 +290,11 @@ pub fn run<W: Write>(
     let model = kpi::Model::new(&facts, as_of);
     tracing::debug!("model built at {:.2}s", started.elapsed().as_secs_f64());
     report.as_of = calendar::fmt_day(model.as_of);
-    let changes = previous_as_of.map(|p| Changes::new(&facts, &touched, p, &previous_projects));
+    let changes = previous_as_of.map(|p| {
+        let mut c = Changes::new(&facts, &touched, p, &previous_projects);
+        c.exact_from = exact_from.map(calendar::fmt_day);
+        c
+    });
     tracing::info!(
         "read {} events in {:.2}s: {} executions, {} projects, as_of {}",
         report.events,
@@ -306,6 +322,12 @@ pub fn run<W: Write>(
             None => Vec::new(),
         }
     };
+    // executions that finished before `cut` are summarised in the next state; rows from
+    // `exact_from` on are recomputed exactly, and health carries its learned history across
+    let late_before = carry.newest_event_ms.map(|n| day_of(n) - late_days);
+    let cut = late_before
+        .map(|l| compact::cut_day(l).max(previous_cut.unwrap_or(i64::MIN)))
+        .or(previous_cut);
     let health = alarm::run(
         &config.health_rules(),
         &mut records_of,
@@ -313,6 +335,11 @@ pub fn run<W: Write>(
         config.alert_max_age_days,
         &alarm::sent_from_state(state),
         config.webhook().as_ref(),
+        &alarm::Resume {
+            from: exact_from,
+            carries: Some(&health_carries),
+            snapshot_at: cut.map(compact::exact_from_day),
+        },
     );
     report.recent_alarms = health.recent_alarms;
     for def in STREAMS {
@@ -355,10 +382,12 @@ pub fn run<W: Write>(
             .entry(p.reason.as_str())
             .or_default() += 1;
     }
-    if let Some(n) = carry.newest_event_ms {
+    if let Some(late_before) = late_before {
         // copies of older events are late anyway: their ids need not be kept
-        let keep_from = (day_of(n) - late_days) * DAY_MS;
-        carry.event_ids.retain(|(_, t)| *t >= keep_from);
+        carry.event_ids.retain(|(_, t)| *t >= late_before * DAY_MS);
+    }
+    if let Some(cut) = cut {
+        carry.parts = compact::compact(std::mem::take(&mut carry.parts), cut * DAY_MS);
     }
     let next = TapState {
         as_of: Some(model.as_of),
@@ -381,6 +410,8 @@ pub fn run<W: Write>(
             .collect(),
         carry,
         alarms_sent: json!(health.alarms_sent),
+        cut_day: cut,
+        health: health.carries.clone(),
     };
     let state = next.to_value()?;
     writer.state(&state)?;

@@ -33,15 +33,24 @@ fn run_counting(config: &Value, state: Option<&Value>) -> (common::Output, Value
 /// delivery late, copied into the next delivery, and of deliveries ending inside a line.
 struct Pieces<'a> {
     cuts: &'a [u32],
+    late_event_days: u32,
     late: f64,
     copies: f64,
     torn: f64,
 }
 
 /// Deliver a generated fleet in pieces and compare incremental runs with one full run.
-fn check_pieces(case: &str, seed: u64, projects: usize, days: u32, pieces: Pieces) {
+/// Returns the last state and the number of executions of the full run.
+fn check_pieces(
+    case: &str,
+    seed: u64,
+    projects: usize,
+    days: u32,
+    pieces: Pieces,
+) -> (Value, usize) {
     let Pieces {
         cuts,
+        late_event_days,
         late,
         copies,
         torn,
@@ -70,7 +79,8 @@ fn check_pieces(case: &str, seed: u64, projects: usize, days: u32, pieces: Piece
     }
     let src = root.join("src");
     std::fs::create_dir_all(&src).unwrap();
-    let config = json!({"sources": [src.display().to_string()], "late_event_days": 400});
+    let config =
+        json!({"sources": [src.display().to_string()], "late_event_days": late_event_days});
     let mut tables = Tables::new();
     let mut state: Option<Value> = None;
     let (mut lines_read, mut torn_lines) = (0u64, 0u64);
@@ -115,8 +125,10 @@ fn check_pieces(case: &str, seed: u64, projects: usize, days: u32, pieces: Piece
     let (full_out, _) = run(&config, None);
     let mut full = Tables::new();
     upsert(&mut full, &full_out);
+    let executions = full_out.records("cli_executions").len();
     assert_same(&kpi_tables(full), &kpi_tables(tables));
     let _ = std::fs::remove_dir_all(&root);
+    (state.unwrap_or_default(), executions)
 }
 
 #[test]
@@ -128,6 +140,7 @@ fn files_arriving_day_by_day_equal_one_run() {
         40,
         Pieces {
             cuts: &[10, 20, 30],
+            late_event_days: 400,
             late: 0.0,
             copies: 0.0,
             torn: 0.0,
@@ -144,6 +157,7 @@ fn torn_lines_late_events_and_copies_equal_one_run() {
         45,
         Pieces {
             cuts: &[15, 16, 30],
+            late_event_days: 400,
             late: 0.1,
             copies: 0.05,
             torn: 0.5,
@@ -164,8 +178,32 @@ proptest! {
     ) {
         cuts.sort_unstable();
         cuts.dedup();
-        check_pieces(&format!("prop-{seed}"), seed, projects, 40, Pieces { cuts: &cuts, late, copies, torn });
+        check_pieces(&format!("prop-{seed}"), seed, projects, 40, Pieces { cuts: &cuts, late_event_days: 400, late, copies, torn });
     }
+}
+
+#[test]
+fn a_long_history_summarised_in_the_state_equals_one_run() {
+    // deliveries every 5 days over 5 months with a 12-day horizon: old executions are summarised
+    let cuts: Vec<u32> = (1..30).map(|i| i * 5).collect();
+    let (state, executions) = check_pieces(
+        "summarised",
+        6,
+        14,
+        150,
+        Pieces {
+            cuts: &cuts,
+            late_event_days: 12,
+            late: 0.1,
+            copies: 0.03,
+            torn: 0.3,
+        },
+    );
+    let kept = state["tap_kpis"]["executions"].as_u64().unwrap() as usize;
+    assert!(
+        kept * 2 < executions,
+        "the state keeps {kept} of {executions} executions"
+    );
 }
 
 #[test]

@@ -1,13 +1,13 @@
 //! Raising alarms: evaluate every rule, warn on stderr, post new alarms to the webhook, and remember
 //! which alarms were posted so that a later run does not post them again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
 use super::webhook::Webhook;
-use super::{Rule, evaluate, record, series};
-use crate::kpi::calendar::{day_number, fmt_day};
+use super::{Rule, RuleCarry, evaluate_from, period_of, record, series};
+use crate::kpi::calendar::{day_number, fmt_day, month_first_day, month_of};
 
 /// What a health pass produced.
 #[derive(Debug, Default)]
@@ -22,6 +22,24 @@ pub struct HealthOutcome {
     pub posted: usize,
     /// Alarms that could not be posted (retried next run).
     pub failed: usize,
+    /// Per rule, what its evaluation carries into the snapshot period (see [`Resume`]).
+    pub carries: BTreeMap<String, RuleCarry>,
+}
+
+/// Where evaluation resumes in an incremental run: periods before `from` (`YYYY-MM-DD`) are not
+/// evaluated again; each rule starts from its carry; carries are taken again at `snapshot_at`.
+#[derive(Debug, Default)]
+pub struct Resume<'a> {
+    /// Day number of the first period evaluated (a month series starts at the first whole month).
+    pub from: Option<i64>,
+    pub carries: Option<&'a BTreeMap<String, RuleCarry>>,
+    /// Day number at which carries are taken (for a month series, the first whole month).
+    pub snapshot_at: Option<i64>,
+}
+
+/// The key of a rule's carry in the state.
+pub fn carry_key(rule: &Rule) -> String {
+    format!("{}|{}", rule.name(), rule.kpi)
 }
 
 /// The key of an alarm in the state.
@@ -37,6 +55,7 @@ pub fn run(
     max_age_days: i64,
     previously_sent: &BTreeSet<String>,
     webhook: Option<&Webhook>,
+    resume: &Resume,
 ) -> HealthOutcome {
     let oldest = fmt_day(as_of - max_age_days);
     let mut out = HealthOutcome {
@@ -52,7 +71,23 @@ pub fn run(
             continue;
         };
         let recs = records_of(stream);
-        for e in evaluate(rule, &series(rule, &recs)) {
+        let mut points = series(rule, &recs);
+        let month = period_of(stream).is_some_and(|(_, p)| p == "month");
+        let boundary = |d: &i64| {
+            if month {
+                fmt_day(month_first_day(month_of(d - 1) + 1))
+            } else {
+                fmt_day(*d)
+            }
+        };
+        if let Some(from) = resume.from.as_ref().map(boundary) {
+            points.retain(|(p, _)| *p >= from);
+        }
+        let start = resume.carries.and_then(|c| c.get(&carry_key(rule)));
+        let snapshot = resume.snapshot_at.as_ref().map(boundary);
+        let (evaluations, carry) = evaluate_from(rule, &points, start, snapshot.as_deref());
+        out.carries.insert(carry_key(rule), carry);
+        for e in evaluations {
             out.records.push(record(rule, &e));
             if !e.status.is_alarm() || e.period < oldest {
                 continue;

@@ -171,6 +171,25 @@ fn classify_in(direction: Direction, value: f64, low: Option<f64>, high: Option<
 /// Evaluate a rule over a series of (period, value) in period order; periods without a value are
 /// skipped and do not count as history.
 pub fn evaluate(rule: &Rule, series: &[(String, Option<f64>)]) -> Vec<Evaluation> {
+    evaluate_from(rule, series, None, None).0
+}
+
+/// What a rule's evaluation carries from one period to the next: the learned history and the last
+/// value. The incremental state keeps it at the first period it can still recompute exactly.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RuleCarry {
+    pub learned: Vec<f64>,
+    pub last: Option<f64>,
+}
+
+/// [`evaluate`], starting from `start` (what came before the series), and returning what the rule
+/// carries into the first period at or after `snapshot_at` (or past the end).
+pub fn evaluate_from(
+    rule: &Rule,
+    series: &[(String, Option<f64>)],
+    start: Option<&RuleCarry>,
+    snapshot_at: Option<&str>,
+) -> (Vec<Evaluation>, RuleCarry) {
     let values: Vec<(&String, f64)> = series
         .iter()
         .filter_map(|(p, v)| v.map(|v| (p, v)))
@@ -178,8 +197,17 @@ pub fn evaluate(rule: &Rule, series: &[(String, Option<f64>)]) -> Vec<Evaluation
     let mut out = Vec::with_capacity(values.len());
     // the history a learned range is computed from: out-of-range values are left out, so that an
     // anomaly does not widen the range it is judged by (a week-long outage stays low all week)
-    let mut learned: Vec<f64> = Vec::new();
-    for (i, &(period, value)) in values.iter().enumerate() {
+    let mut learned: Vec<f64> = start.map(|c| c.learned.clone()).unwrap_or_default();
+    let mut last = start.and_then(|c| c.last);
+    let mut snapshot: Option<RuleCarry> = None;
+    let tail = |learned: &[f64]| learned[learned.len().saturating_sub(rule.periods)..].to_vec();
+    for &(period, value) in &values {
+        if snapshot.is_none() && snapshot_at.is_some_and(|s| period.as_str() >= s) {
+            snapshot = Some(RuleCarry {
+                learned: tail(&learned),
+                last,
+            });
+        }
         let (low, high, status) = match rule.method {
             Method::Fixed => (rule.min, rule.max, classify(value, rule.min, rule.max)),
             Method::Stddev => {
@@ -198,7 +226,7 @@ pub fn evaluate(rule: &Rule, series: &[(String, Option<f64>)]) -> Vec<Evaluation
                     )
                 }
             }
-            Method::Change => match i.checked_sub(1).map(|j| values[j].1) {
+            Method::Change => match last {
                 None => (None, None, Status::InsufficientHistory),
                 Some(prev) => {
                     let low = rule.max_drop_pct.map(|p| prev * (1.0 - p / 100.0));
@@ -215,6 +243,7 @@ pub fn evaluate(rule: &Rule, series: &[(String, Option<f64>)]) -> Vec<Evaluation
         if !status.is_alarm() {
             learned.push(value);
         }
+        last = Some(value);
         out.push(Evaluation {
             period: period.clone(),
             value,
@@ -223,7 +252,11 @@ pub fn evaluate(rule: &Rule, series: &[(String, Option<f64>)]) -> Vec<Evaluation
             status,
         });
     }
-    out
+    let carry = snapshot.unwrap_or_else(|| RuleCarry {
+        learned: tail(&learned),
+        last,
+    });
+    (out, carry)
 }
 
 /// The period column of a KPI stream, and its period name.

@@ -83,6 +83,8 @@ impl X {
             plugins,
             pipeline_id: None,
             ip_hashes: BTreeSet::new(),
+            weight: 1,
+            presence_months: Vec::new(),
         })
     }
     fn exit(mut self, code: Option<i64>) -> X {

@@ -8,6 +8,11 @@ use super::calendar::{day_of, fmt_day, fmt_ms, runtime_bin};
 use super::{Model, RecordIter};
 use crate::normalize::{Execution, Plugin};
 
+/// How many executions a set stands for (summarised history carries weights).
+pub fn weight<'a>(xs: impl Iterator<Item = &'a Execution>) -> u64 {
+    xs.map(|x| u64::from(x.weight)).sum()
+}
+
 fn plugin_record(p: &Plugin) -> Value {
     json!({
         "plugin_key": p.key(),
@@ -89,8 +94,8 @@ pub fn pipelines<'m>(model: &'m Model) -> RecordIter<'m> {
             "is_test_pipeline": first.plugins.iter().any(|p| p.is_test()),
             "first_run_at": fmt_ms(xs.iter().map(|x| x.started_ms).min().unwrap_or_default()),
             "last_run_at": fmt_ms(xs.iter().map(|x| x.started_ms).max().unwrap_or_default()),
-            "runs": xs.len(),
-            "successful_runs": xs.iter().filter(|x| x.is_success()).count(),
+            "runs": weight(xs.iter().copied()),
+            "successful_runs": weight(xs.iter().copied().filter(|x| x.is_success())),
         })
     }))
 }
@@ -125,11 +130,11 @@ pub fn projects<'m>(model: &'m Model) -> RecordIter<'m> {
             "is_ci_only": p.is_ci_only,
             "opted_out_at": p.opted_out_ms.map(fmt_ms),
             "has_opted_out": p.opted_out_ms.is_some(),
-            "executions": xs.len(),
-            "exec_executions": exec.len(),
-            "exec_executions_successful": exec.iter().filter(|x| x.is_success()).count(),
-            "pipeline_runs": runs.len(),
-            "pipeline_runs_successful": runs.iter().filter(|x| x.is_success()).count(),
+            "executions": weight(xs.iter().copied()),
+            "exec_executions": weight(exec.iter().copied().copied()),
+            "exec_executions_successful": weight(exec.iter().copied().copied().filter(|x| x.is_success())),
+            "pipeline_runs": weight(runs.iter().copied().copied()),
+            "pipeline_runs_successful": weight(runs.iter().copied().copied().filter(|x| x.is_success())),
             "unique_pipelines": unique.len(),
             "first_active_date": first_active.map(fmt_day),
             "last_active_date": last_active.map(fmt_day),

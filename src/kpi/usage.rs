@@ -127,11 +127,16 @@ fn cohort_retention_rows(model: &Model) -> Vec<Value> {
     let mut cohorts: BTreeMap<Month, Cohort> = BTreeMap::new();
     for pa in &model.projects {
         let cohort = month_of(pa.first_day);
-        let multi = pa.executions.iter().filter(|x| x.is_exec()).count() > 1;
+        let multi = super::facts::weight(pa.executions.iter().copied().filter(|x| x.is_exec())) > 1;
         let months: BTreeSet<Month> = pa
             .executions
             .iter()
             .map(|x| month_of(day_of(x.started_ms)))
+            .chain(
+                pa.executions
+                    .iter()
+                    .flat_map(|x| x.presence_months.iter().copied()),
+            )
             .collect();
         let entry = cohorts.entry(cohort).or_default();
         entry.0 += 1;

@@ -37,6 +37,11 @@ pub struct Execution {
     /// Set when the execution is a pipeline run.
     pub pipeline_id: Option<String>,
     pub ip_hashes: BTreeSet<String>,
+    /// How many executions this one stands for in lifetime counts: 1, or, in history summarised by
+    /// the incremental state, the size of its group (0 for an execution kept only for its time).
+    pub weight: u32,
+    /// Months (ordinals) of summarised executions of its project, for cohort activity.
+    pub presence_months: Vec<i64>,
 }
 
 impl Execution {
@@ -239,6 +244,10 @@ pub struct ExecParts {
     pub event_count: u32,
     /// Position of the first event, for problem reports (default for parts from a state).
     pub position: Position,
+    /// See [`Execution::weight`].
+    pub weight: u32,
+    /// See [`Execution::presence_months`].
+    pub presence_months: BTreeSet<i64>,
 }
 
 impl ExecParts {
@@ -296,6 +305,8 @@ impl ExecParts {
             plugins,
             pipeline_id,
             ip_hashes: self.ip_hashes.clone(),
+            weight: self.weight,
+            presence_months: self.presence_months.iter().copied().collect(),
         })
     }
 }
@@ -403,6 +414,8 @@ impl ExecutionBuilder {
             plugins: BTreeMap::new(),
             event_count: alive.len() as u32,
             position: first.position.clone(),
+            weight: 1,
+            presence_months: BTreeSet::new(),
         };
         for e in &alive {
             parts.started_ms = parts.started_ms.min(e.time);

@@ -1,0 +1,126 @@
+//! Summarising old history in the incremental state, so that it grows with projects and pipelines,
+//! not with days.
+//!
+//! Executions that finished before a cut day can no longer change (events older than the late-event
+//! horizon are not applied) and the daily and monthly rows they feed are final. What later rows still
+//! need from them is per project: lifetime counts, the first and last execution, the execution that set
+//! the project's source, its CI and IP facts, the first qualifying days and the last one (for added and
+//! last-active dates), each pipeline's first and last run and counts, and the months with activity (for
+//! cohorts). Each project's old executions are therefore grouped by what counts distinguish (command,
+//! success, pipeline, CI, source); each group keeps its earliest execution, weighted by the group's size;
+//! the other extremes are kept with weight 0; the months are kept as a list. Every kept execution is a
+//! real one, so nothing it implies (an active window, a first event) is invented.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::kpi::MIN_AGE_DAYS;
+use crate::kpi::calendar::{DAY_MS, day_of, month_of};
+use crate::normalize::{ExecParts, Execution};
+
+/// Summarise the parts of executions that finished before `cut_ms`; later ones are returned as they
+/// are. Parts without a project id that finished before the cut are dropped (they can never get one).
+pub fn compact(parts: Vec<ExecParts>, cut_ms: i64) -> Vec<ExecParts> {
+    let mut out = Vec::with_capacity(parts.len());
+    let mut old: BTreeMap<String, Vec<(ExecParts, Execution)>> = BTreeMap::new();
+    for p in parts {
+        if p.finished_ms >= cut_ms {
+            out.push(p);
+            continue;
+        }
+        if let Ok(x) = p.finish() {
+            old.entry(x.project_id.clone()).or_default().push((p, x));
+        }
+    }
+    for (_, mut xs) in old {
+        xs.sort_by(|a, b| {
+            (a.1.started_ms, &a.1.execution_id).cmp(&(b.1.started_ms, &b.1.execution_id))
+        });
+        out.extend(summarise_project(xs));
+    }
+    out
+}
+
+type GroupKey = (
+    Option<String>,
+    bool,
+    Option<String>,
+    Option<bool>,
+    Option<String>,
+);
+
+fn summarise_project(xs: Vec<(ExecParts, Execution)>) -> Vec<ExecParts> {
+    // index of the kept part -> its weight
+    let mut kept: BTreeMap<usize, u32> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, usize> = BTreeMap::new();
+    let mut months: BTreeSet<i64> = BTreeSet::new();
+    let mut ips: BTreeSet<String> = BTreeSet::new();
+    let mut last_run: BTreeMap<&str, usize> = BTreeMap::new();
+    let first_day = xs.first().map_or(0, |x| day_of(x.1.started_ms));
+    let mut first_qualifying: Option<usize> = None;
+    let mut last_candidate: Option<usize> = None;
+    for (i, (p, x)) in xs.iter().enumerate() {
+        let key = (
+            x.command.clone(),
+            x.is_success(),
+            x.pipeline_id.clone(),
+            x.is_ci,
+            x.project_id_source.clone(),
+        );
+        let rep = *groups.entry(key).or_insert(i);
+        *kept.entry(rep).or_insert(0) += x.weight;
+        months.insert(month_of(day_of(x.started_ms)));
+        months.extend(p.presence_months.iter().copied());
+        ips.extend(x.ip_hashes.iter().cloned());
+        if let Some(id) = &x.pipeline_id {
+            last_run.insert(id, i);
+        }
+        if x.is_exec() && !x.plugins.is_empty() {
+            let day = day_of(x.started_ms);
+            // the first week's candidates decide the first qualifying day whatever the project's
+            // first event turns out to be; after that the first one of age is enough
+            if day < first_day + MIN_AGE_DAYS + 1 {
+                kept.entry(i).or_insert(0);
+            } else if first_qualifying.is_none() {
+                first_qualifying = Some(i);
+            }
+            last_candidate = Some(i);
+        }
+    }
+    let extremes = [Some(xs.len() - 1), first_qualifying, last_candidate];
+    for i in extremes.into_iter().flatten().chain(last_run.into_values()) {
+        kept.entry(i).or_insert(0);
+    }
+    let mut out: Vec<ExecParts> = Vec::with_capacity(kept.len());
+    for (n, (i, weight)) in kept.into_iter().enumerate() {
+        let mut p = xs[i].0.clone();
+        p.weight = weight;
+        p.presence_months.clear();
+        if n == 0 {
+            // the earliest kept execution carries the project's months and IP hashes
+            p.presence_months = months.clone();
+            p.ip_hashes = ips.clone();
+        } else {
+            p.ip_hashes.clear();
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// The first day whose executions an incremental state may summarise, for a run whose events can
+/// no longer be older than `late_before_day`: far enough back that every row a later run can re-emit
+/// (from the month before the horizon on, with its 28-day windows) is computed from whole executions.
+pub fn cut_day(late_before_day: i64) -> i64 {
+    let month_start = crate::kpi::calendar::month_first_day(month_of(late_before_day - 3));
+    month_start - crate::kpi::ACTIVE_WINDOW_DAYS - 2
+}
+
+/// [`cut_day`] in epoch milliseconds.
+pub fn cut_ms(late_before_day: i64) -> i64 {
+    cut_day(late_before_day) * DAY_MS
+}
+
+/// The first day whose daily rows are exact when history before `cut_day` is summarised.
+pub fn exact_from_day(cut_day: i64) -> i64 {
+    cut_day + crate::kpi::ACTIVE_WINDOW_DAYS + 2
+}

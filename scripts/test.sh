@@ -19,6 +19,10 @@ for t in tests/e2e/test_*.py; do
     failed+=("$t")
   fi
 done
+echo "[test] benchmark at a small size (proves it runs; figures in bench/RESULTS.md come from bash bench/run.sh)"
+if ! BENCH_PROJECTS=60 BENCH_DAYS=60 BENCH_RESULTS="$(mktemp)" .venv/bin/python bench/run.py; then
+  failed+=("bench/run.py")
+fi
 if [ ${#failed[@]} -gt 0 ]; then
   echo "[test] failed: ${failed[*]}"
   exit 1

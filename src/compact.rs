@@ -124,3 +124,78 @@ pub fn cut_ms(late_before_day: i64) -> i64 {
 pub fn exact_from_day(cut_day: i64) -> i64 {
     cut_day + crate::kpi::ACTIVE_WINDOW_DAYS + 2
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::{Variant, plugins};
+    use std::collections::BTreeSet;
+
+    fn part(id: &str, day: i64, command: &str, exit: i64, plugin: bool) -> ExecParts {
+        let mut plugins_map = BTreeMap::new();
+        if plugin {
+            let p = plugins::plugin_from_dict(
+                serde_json::json!({"category": "extractors", "name_hash": "h"})
+                    .as_object()
+                    .unwrap(),
+            );
+            plugins_map.insert(p.key().to_string(), p);
+        }
+        let start = day * DAY_MS + 1000;
+        ExecParts {
+            execution_id: id.into(),
+            variant: Variant {
+                project_id: Some("p".into()),
+                source: Some("explicit".into()),
+                command: Some(command.into()),
+                is_ci: Some(false),
+                ..Default::default()
+            },
+            started_ms: start,
+            finished_ms: start + 10,
+            exit_code: Some(exit),
+            ip_hashes: BTreeSet::new(),
+            plugins: plugins_map,
+            event_count: 3,
+            position: Default::default(),
+            weight: 1,
+            presence_months: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn groups_keep_counts_extremes_and_months() {
+        let mut parts = Vec::new();
+        for d in 0..100 {
+            parts.push(part(
+                &format!("r{d:03}"),
+                20_000 + d,
+                "run",
+                i64::from(d % 10 == 0),
+                true,
+            ));
+        }
+        parts.push(part("late", 20_200, "run", 0, true));
+        let out = compact(parts, (20_150) * DAY_MS);
+        let old: Vec<&ExecParts> = out.iter().filter(|p| p.execution_id != "late").collect();
+        // two groups (success, failure) weighted by their sizes; the total is kept
+        assert_eq!(old.iter().map(|p| p.weight).sum::<u32>(), 100);
+        // the first week's candidates, the first of age, the last run and the group heads are kept
+        assert!(old.len() < 15, "{}", old.len());
+        assert!(
+            old.iter().any(|p| p.execution_id == "r099"),
+            "last execution kept"
+        );
+        assert!(
+            old.iter().any(|p| p.execution_id == "r008"),
+            "first qualifying day kept"
+        );
+        let months: BTreeSet<i64> = old
+            .iter()
+            .flat_map(|p| p.presence_months.iter().copied())
+            .collect();
+        assert_eq!(months.len(), 4, "every month with activity");
+        // the execution after the cut is untouched
+        assert_eq!(out.iter().filter(|p| p.execution_id == "late").count(), 1);
+    }
+}

@@ -10,7 +10,8 @@ if [ ! -d demo/telemetry ]; then
 fi
 rm -f output/kpis.duckdb
 mkdir -p output
-.venv/bin/meltano run tap-kpis target-duckdb
+# the DuckDB file is recreated, so the run is a full refresh (no state)
+.venv/bin/meltano run --full-refresh tap-kpis target-duckdb
 .venv/bin/python scripts/show_kpis.py output/kpis.duckdb
 target/release/tap-kpis report --duckdb output/kpis.duckdb --out output/kpis-report.html
 echo

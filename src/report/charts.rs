@@ -2,6 +2,7 @@
 //! an optional expected-range band and alarm markers, stacked monthly bars, and a cohort heatmap.
 
 use plotters::coord::Shift;
+use plotters::coord::types::{RangedCoordf64, RangedCoordi64};
 use plotters::prelude::*;
 
 use super::ReportError;
@@ -117,6 +118,49 @@ fn svg(
     Ok(out)
 }
 
+type TimeChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordi64, RangedCoordf64>>;
+
+/// Axes and grid over days (or months) and values, labelled as dates and numbers.
+fn time_frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    (x0, x1): (i64, i64),
+    (y0, y1): (f64, f64),
+    axis: XAxis,
+    percent: bool,
+) -> Result<TimeChart<'a, 'b>, String> {
+    let mut chart = ChartBuilder::on(root)
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(52)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|x| x.to_string())?;
+    chart
+        .configure_mesh()
+        .x_labels(7)
+        .y_labels(6)
+        .label_style(("sans-serif", 13))
+        .light_line_style(GRID)
+        .bold_line_style(GRID)
+        .x_label_formatter(&|x| x_label(axis, *x))
+        .y_label_formatter(&|y| y_label(percent, *y))
+        .draw()
+        .map_err(|x| x.to_string())?;
+    Ok(chart)
+}
+
+/// The legend of the labelled series, top left.
+fn legend<'a, 'b: 'a>(chart: &mut TimeChart<'a, 'b>) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(GRID)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(|x| x.to_string())
+}
+
 /// A line chart (one line per series) with the band and alarms of a health rule.
 pub fn line_chart(name: &str, c: &LineChart) -> Result<String, ReportError> {
     let xs = c
@@ -134,23 +178,7 @@ pub fn line_chart(name: &str, c: &LineChart) -> Result<String, ReportError> {
     let (y0, y1) = y_range(ys, c.percent);
     svg(name, |root| {
         let e = |e: &dyn std::fmt::Display| e.to_string();
-        let mut chart = ChartBuilder::on(root)
-            .margin(12)
-            .x_label_area_size(30)
-            .y_label_area_size(52)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|x| e(&x))?;
-        chart
-            .configure_mesh()
-            .x_labels(7)
-            .y_labels(6)
-            .label_style(("sans-serif", 13))
-            .light_line_style(GRID)
-            .bold_line_style(GRID)
-            .x_label_formatter(&|x| x_label(c.axis, *x))
-            .y_label_formatter(&|y| y_label(c.percent, *y))
-            .draw()
-            .map_err(|x| e(&x))?;
+        let mut chart = time_frame(root, (x0, x1), (y0, y1), c.axis, c.percent)?;
         // the expected range, one polygon per run of consecutive evaluated periods
         let mut runs: Vec<Vec<(i64, f64, f64)>> = Vec::new();
         for &(x, lo, hi) in &c.band {
@@ -191,15 +219,7 @@ pub fn line_chart(name: &str, c: &LineChart) -> Result<String, ReportError> {
                 .label("alarm")
                 .legend(|(x, y)| Circle::new((x + 8, y), 4, ALARM.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(GRID)
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(|x| e(&x))?;
-        Ok(())
+        legend(&mut chart)
     })
 }
 
@@ -219,23 +239,7 @@ pub fn stacked_month_bars(name: &str, series: &[Series]) -> Result<String, Repor
     let (y0, y1) = y_range(months.iter().map(|&m| total(m)), false);
     svg(name, |root| {
         let e = |e: &dyn std::fmt::Display| e.to_string();
-        let mut chart = ChartBuilder::on(root)
-            .margin(12)
-            .x_label_area_size(30)
-            .y_label_area_size(52)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|x| e(&x))?;
-        chart
-            .configure_mesh()
-            .x_labels(7)
-            .y_labels(6)
-            .label_style(("sans-serif", 13))
-            .light_line_style(GRID)
-            .bold_line_style(GRID)
-            .x_label_formatter(&|x| x_label(XAxis::Month, *x))
-            .y_label_formatter(&|y| y_label(false, *y))
-            .draw()
-            .map_err(|x| e(&x))?;
+        let mut chart = time_frame(root, (x0, x1), (y0, y1), XAxis::Month, false)?;
         let mut base: std::collections::BTreeMap<i64, f64> =
             months.iter().map(|&m| (m, 0.0)).collect();
         for (i, s) in series.iter().enumerate() {
@@ -259,15 +263,7 @@ pub fn stacked_month_bars(name: &str, series: &[Series]) -> Result<String, Repor
                     Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(GRID)
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(|x| e(&x))?;
-        Ok(())
+        legend(&mut chart)
     })
 }
 

@@ -2,6 +2,7 @@
 
 (a) tap-kpis full refresh (every stream, output to /dev/null),
 (b) the same KPIs computed in DuckDB SQL straight from the raw files (tests/sql/kpis.sql),
+(c) the parse floor: bench/parse_floor.rs, one thread, parsing only (built by bench/run.sh),
 (d) an incremental run adding about 1% new events to the state of the other 99%,
 plus a run with no new input, and the state size (bytes per project) after 1/4, 1/2, 3/4 and all of the
 history. Prints wall time, peak RSS, events/s and ratios; writes bench/RESULTS.md (or BENCH_RESULTS).
@@ -17,6 +18,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 TAP = os.path.join(ROOT, "target", "release", "tap-kpis")
+FLOOR = os.path.join(ROOT, "target", "release", "parse-floor")
 PY = sys.executable
 
 
@@ -89,6 +91,15 @@ def main():
         sql = ("import sys; sys.path.insert(0, %r); from kpis import sql_streams; sql_streams(%r)"
                % (os.path.join(ROOT, "tests", "sql"), files))
         db_wall, db_rss, _ = measure([PY, "-c", sql])
+        # (c) the one-thread parse floor
+        if not os.path.exists(FLOOR):
+            subprocess.run(["cargo", "build", "--release", "--quiet", "--features", "parse-floor", "--bin",
+                            "parse-floor"], cwd=ROOT, check=True)
+        floor_out = os.path.join(work, "floor.json")
+        with open(floor_out, "wb") as f:
+            floor_wall, floor_rss, _ = measure([FLOOR, *files], stdout=f)
+        with open(floor_out) as f:
+            floor_events = json.load(f)["events"]
         # (d) incremental: the state of the first ~99% of the files, then the rest arrives
         src = os.path.join(work, "src")
         os.makedirs(src)
@@ -129,12 +140,15 @@ def main():
         "|---|---:|---:|---:|",
         f"| (a) tap-kpis full refresh (all streams) | {tap_wall:.2f} | {tap_rss:.0f} | {events / tap_wall:,.0f} |",
         f"| (b) DuckDB SQL, same KPIs from the raw files | {db_wall:.2f} | {db_rss:.0f} | {events / db_wall:,.0f} |",
+        f"| (c) parse floor, one thread ({floor_events} events parsed) | {floor_wall:.2f} | {floor_rss:.0f} |"
+        f" {floor_events / floor_wall:,.0f} |",
         f"| (d) incremental run, {new_events} new events ({100 * new_events / events:.1f}%) on the state of the rest"
         f" ({inc_records} records) | {inc_wall:.2f} | {inc_rss:.0f} | {new_events / inc_wall:,.0f} |",
         f"| run with no new input ({idle_records} records) | {idle_wall:.2f} | {idle_rss:.0f} | |",
         "",
         f"DuckDB / tap-kpis full refresh wall time: **{db_wall / tap_wall:.1f}x**; peak memory ratio "
         f"{db_rss / tap_rss:.1f}x.",
+        f"Full refresh / one-thread parse floor wall time: **{tap_wall / floor_wall:.2f}x**.",
         f"Incremental run ({100 * new_events / events:.1f}% new events) / full refresh wall time: **{100 * inc_wall / tap_wall:.0f}%**.",
         "",
         "State size as history grows (the same fleet, cut after a quarter, half, three quarters, all of it):",

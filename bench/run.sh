@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+cargo build --release --quiet --features parse-floor --bin parse-floor
 exec .venv/bin/python bench/run.py

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false MELTANO_CLI_DISABLE_VERSION_CHECK=true
 echo "[test] cargo fmt --check"; cargo fmt --check
-echo "[test] cargo clippy"; cargo clippy --release --all-targets --quiet -- -D warnings
+echo "[test] cargo clippy"; cargo clippy --release --all-targets --all-features --quiet -- -D warnings
 echo "[test] cargo test"; cargo test --release --quiet
 failed=()
 for t in tests/e2e/test_*.py; do

@@ -6,7 +6,8 @@
 (d) an incremental run adding about 1% new events to the state of the other 99%,
 plus a run with no new input, and the state size (bytes per project) after 1/4, 1/2, 3/4 and all of the
 history. Prints wall time, peak RSS, events/s and ratios; writes bench/RESULTS.md (or BENCH_RESULTS).
-Size: BENCH_PROJECTS (default 2000) and BENCH_DAYS (default 365)."""
+Sizes: BENCH_SIZES, projects:days pairs (default "2000:365,10000:30": a year of a mid-size fleet and a
+month of a large one); BENCH_PROJECTS and BENCH_DAYS give a single size."""
 import json
 import os
 import platform
@@ -72,10 +73,8 @@ def state_facts(state):
     return len(json.dumps(state)), len(ledger["projects"]), tap["executions"]
 
 
-def main():
-    projects = int(os.environ.get("BENCH_PROJECTS", "2000"))
-    days = int(os.environ.get("BENCH_DAYS", "365"))
-    results = os.environ.get("BENCH_RESULTS", os.path.join(ROOT, "bench", "RESULTS.md"))
+def bench(projects, days):
+    """Every measurement on one generated fleet; returns the lines of its section."""
     fleet = os.path.join(ROOT, "bench", f".fleet-{projects}-{days}")
     if not os.path.isdir(fleet):
         subprocess.run([TAP, "generate", "--projects", str(projects), "--days", str(days), "--seed", "1",
@@ -159,9 +158,20 @@ def main():
     for n, size, n_projects, kept in growth:
         lines.append(f"| {n} | {size:,} | {n_projects:,} | {size / max(n_projects, 1):,.0f} | {kept:,} |")
     text = "\n".join(lines)
-    print(text)
+    print(text, flush=True)
+    return text
+
+
+def main():
+    results = os.environ.get("BENCH_RESULTS", os.path.join(ROOT, "bench", "RESULTS.md"))
+    if "BENCH_PROJECTS" in os.environ or "BENCH_DAYS" in os.environ:
+        sizes = [(int(os.environ.get("BENCH_PROJECTS", "2000")), int(os.environ.get("BENCH_DAYS", "365")))]
+    else:
+        sizes = [tuple(int(x) for x in pair.split(":"))
+                 for pair in os.environ.get("BENCH_SIZES", "2000:365,10000:30").split(",")]
+    sections = [f"## {p:,} projects, {d} days\n\n" + bench(p, d) for p, d in sizes]
     with open(results, "w") as f:
-        f.write("# Benchmark results\n\nWritten by `bash bench/run.sh`.\n\n" + text + "\n")
+        f.write("# Benchmark results\n\nWritten by `bash bench/run.sh`.\n\n" + "\n\n".join(sections) + "\n")
 
 
 main()

@@ -277,8 +277,12 @@ impl TapState {
             .and_then(Value::as_str)
             .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
             .map(crate::kpi::calendar::day_number);
-        let health = serde_json::from_value(tap.get("health").cloned().unwrap_or(json!({})))
-            .map_err(|e| StateError::Damaged(format!("health: {e}")))?;
+        // kept as JSON text: Singer targets read numbers in STATE as decimals they cannot write back
+        let health = match tap.get("health").and_then(Value::as_str) {
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| StateError::Damaged(format!("health: {e}")))?,
+            None => BTreeMap::new(),
+        };
         Ok(Some(TapState {
             as_of,
             projects,
@@ -301,7 +305,8 @@ impl TapState {
                 "executions": self.carry.parts.len(),
                 "ledger": encode_carry(&self.carry, &self.projects)?,
                 "cut_day": self.cut_day,
-                "health": self.health,
+                "health": serde_json::to_string(&self.health)
+                    .map_err(|e| StateError::Damaged(e.to_string()))?,
                 "alarms_sent": self.alarms_sent,
             }
         }))
@@ -377,6 +382,16 @@ mod tests {
             .collect(),
         };
         let value = state.to_value().unwrap();
+        fn no_floats(v: &Value) -> bool {
+            match v {
+                Value::Number(n) => n.is_i64() || n.is_u64(),
+                Value::Array(a) => a.iter().all(no_floats),
+                Value::Object(o) => o.values().all(no_floats),
+                _ => true,
+            }
+        }
+        // targets read STATE numbers as decimals they cannot serialise again
+        assert!(no_floats(&value), "{value}");
         let back = TapState::from_value(&value).unwrap().unwrap();
         assert_eq!(back.as_of, Some(19_700));
         assert_eq!(back.projects, state.projects);

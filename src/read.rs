@@ -39,29 +39,28 @@ pub struct Decoded {
     pub bytes: u64,
 }
 
-/// Where reading an input starts: after the bytes and lines an earlier run consumed, in the format it
-/// detected then.
+/// A place in an input: after `offset` bytes (uncompressed) and `lines` lines, read in `format`
+/// (`None` until detected). Where reading stops (just after the last complete line), and where a
+/// later run resumes.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Resume {
+pub struct Mark {
     pub offset: u64,
     pub lines: u64,
     pub format: Option<Format>,
-    /// Nothing new: the input is not opened and ends where it resumes.
-    pub skip: bool,
 }
 
-/// Where reading an input stopped: just after its last complete line.
+/// Where reading an input starts.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct End {
-    pub offset: u64,
-    pub lines: u64,
-    pub format: Option<Format>,
+pub struct Resume {
+    pub at: Mark,
+    /// Nothing new: the input is not opened and ends where it resumes.
+    pub skip: bool,
 }
 
 enum Msg {
     Decoded(u64, Decoded),
     Failed(SourceError),
-    Done(u64, Vec<End>),
+    Done(u64, Vec<Mark>),
 }
 
 /// The configured format of an input; `None` means detect it from the first non-empty line.
@@ -103,21 +102,17 @@ fn read_all(
     resumes: &[Resume],
     batches: &SyncSender<Batch>,
     results: &SyncSender<Msg>,
-) -> (u64, Vec<End>) {
+) -> (u64, Vec<Mark>) {
     let mut seq = 0;
     let mut ends = Vec::with_capacity(inputs.len());
     for (idx, input) in inputs.iter().enumerate() {
         let source = idx as u32;
         let resume = resumes.get(idx).copied().unwrap_or_default();
         if resume.skip {
-            ends.push(End {
-                offset: resume.offset,
-                lines: resume.lines,
-                format: resume.format,
-            });
+            ends.push(resume.at);
             continue;
         }
-        let mut format = format_of(input).or(resume.format);
+        let mut format = format_of(input).or(resume.at.format);
         let mut reader = match source::open(input) {
             Ok(r) => LineReader::new(r),
             Err(e) => {
@@ -125,8 +120,8 @@ fn read_all(
                 return (seq, ends);
             }
         };
-        if resume.offset > 0
-            && let Err(e) = reader.skip_to(resume.offset, resume.lines)
+        if resume.at.offset > 0
+            && let Err(e) = reader.skip_to(resume.at.offset, resume.at.lines)
         {
             let _ = results.send(Msg::Failed(SourceError::Io {
                 path: input.name.clone(),
@@ -238,7 +233,7 @@ fn read_all(
             seq += 1;
         }
         let (offset, lines) = reader.complete();
-        ends.push(End {
+        ends.push(Mark {
             offset,
             lines,
             format,
@@ -304,7 +299,7 @@ pub fn read_parallel(
     resumes: &[Resume],
     threads: usize,
     mut sink: impl FnMut(Decoded),
-) -> Result<Vec<End>, SourceError> {
+) -> Result<Vec<Mark>, SourceError> {
     let threads = threads.max(1);
     let (batch_tx, batch_rx) = sync_channel::<Batch>(threads * 2);
     let (result_tx, result_rx) = sync_channel::<Msg>(threads * 4);

@@ -16,7 +16,7 @@ use crate::health::alarm;
 use crate::kpi::calendar::{DAY_MS, day_of};
 use crate::kpi::{self, calendar};
 use crate::normalize::{self, NormalizeStats};
-use crate::read::{self, End, Resume};
+use crate::read::{self, Mark, Resume};
 use crate::singer::SingerWriter;
 use crate::source::{self, Input, SourceError};
 use crate::state::{InputBookmark, StateError, TapState};
@@ -96,7 +96,7 @@ pub fn read_inputs(
     resumes: &[Resume],
     normalizer: &mut normalize::Normalizer,
     report: &mut SyncReport,
-) -> Result<(Vec<Problem>, Vec<End>), SyncError> {
+) -> Result<(Vec<Problem>, Vec<Mark>), SyncError> {
     let mut problems = Vec::new();
     let mut progress = Progress {
         started: Instant::now(),
@@ -135,13 +135,13 @@ fn plan_inputs(
         let mut resume = Resume::default();
         if let Some(b) = bookmarks.iter().find(|b| b.name == input.name) {
             let was = &b.fingerprint;
-            let same_head = now.size >= was.size
-                && source::head_digest(&input.path, was.head_len).map_err(io)? == was.head_sha256;
-            if same_head {
+            if now.continues(was, &input.path).map_err(io)? {
                 resume = Resume {
-                    offset: b.offset,
-                    lines: b.lines,
-                    format: b.format,
+                    at: Mark {
+                        offset: b.offset,
+                        lines: b.lines,
+                        format: b.format,
+                    },
                     skip: now.size == was.size && now.mtime_ms == was.mtime_ms,
                 };
             } else {
@@ -411,7 +411,7 @@ pub fn run<W: Write>(
         carry,
         alarms_sent: json!(health.alarms_sent),
         cut_day: cut,
-        health: health.carries.clone(),
+        health: health.carries,
     };
     let state = next.to_value()?;
     writer.state(&state)?;

@@ -6,7 +6,6 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -60,16 +59,7 @@ fn webhook(fail_first: usize) -> (String, Seen) {
 }
 
 fn run(dir: &Path, config: &Value, state: Option<&Value>) -> (bool, common::Output, String) {
-    let cfg = dir.join("config.json");
-    std::fs::write(&cfg, config.to_string()).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tap-kpis"));
-    cmd.arg("--config").arg(&cfg);
-    if let Some(s) = state {
-        let p = dir.join("state.json");
-        std::fs::write(&p, serde_json::to_string_pretty(s).unwrap()).unwrap();
-        cmd.arg("--state").arg(p);
-    }
-    let out = cmd.output().unwrap();
+    let out = common::tap_command(dir, config, state).output().unwrap();
     (
         out.status.success(),
         parse(&out.stdout),

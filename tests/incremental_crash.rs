@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{Tables, assert_same, fleet, kpi_tables, upsert};
@@ -44,16 +44,7 @@ fn run_tap(
     state: Option<&Value>,
     kill_after: Option<Duration>,
 ) -> (Vec<u8>, bool) {
-    let cfg = dir.join("config.json");
-    std::fs::write(&cfg, config.to_string()).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tap-kpis"));
-    cmd.arg("--config").arg(&cfg);
-    if let Some(s) = state {
-        let p = dir.join("state.json");
-        std::fs::write(&p, s.to_string()).unwrap();
-        cmd.arg("--state").arg(p);
-    }
-    let mut child = cmd
+    let mut child = common::tap_command(dir, config, state)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -261,16 +261,25 @@ impl ExecParts {
         self.finished_ms = self.finished_ms.max(other.finished_ms);
         keep_max(&mut self.exit_code, other.exit_code.as_ref());
         self.ip_hashes.extend(other.ip_hashes);
-        for (key, p) in other.plugins {
-            let entry = self.plugins.entry(key).or_insert_with(|| Plugin {
-                info: p.info.clone(),
-                first_seen_ms: None,
-            });
-            if let Some(t) = p.first_seen_ms {
-                entry.first_seen_ms = Some(entry.first_seen_ms.map_or(t, |f| f.min(t)));
-            }
+        for p in other.plugins.into_values() {
+            self.see_plugin(&p.info, p.first_seen_ms);
         }
         self.event_count += other.event_count;
+    }
+
+    /// Add a plugin of the execution, seen in a block event at `block_ms` if any: its first-seen
+    /// time is the earliest such time.
+    fn see_plugin(&mut self, info: &std::sync::Arc<plugins::PluginInfo>, block_ms: Option<i64>) {
+        let entry = self
+            .plugins
+            .entry(info.key.clone())
+            .or_insert_with(|| Plugin {
+                info: info.clone(),
+                first_seen_ms: None,
+            });
+        if let Some(t) = block_ms {
+            entry.first_seen_ms = Some(entry.first_seen_ms.map_or(t, |f| f.min(t)));
+        }
     }
 
     /// The execution, or (position of its first event, events) when it has no project id.
@@ -428,18 +437,7 @@ impl ExecutionBuilder {
             }
             if e.plugins != u16::MAX {
                 for &id in &self.plugin_lists[e.plugins as usize] {
-                    let info = table.get(id);
-                    let entry = parts
-                        .plugins
-                        .entry(info.key.clone())
-                        .or_insert_with(|| Plugin {
-                            info: info.clone(),
-                            first_seen_ms: None,
-                        });
-                    if e.is_block {
-                        entry.first_seen_ms =
-                            Some(entry.first_seen_ms.map_or(e.time, |t| t.min(e.time)));
-                    }
+                    parts.see_plugin(table.get(id), e.is_block.then_some(e.time));
                 }
             }
         }

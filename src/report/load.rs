@@ -2,7 +2,7 @@
 //! the embedded default target, or a PostgreSQL schema written by target-postgres. Every loader yields
 //! the same thing, rows as JSON objects by stream, so the page cannot depend on where the rows were.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,15 +76,14 @@ pub fn from_duckdb(path: &Path, schema: &str, cli: &Path) -> Result<Tables, Repo
             path.display()
         )));
     }
+    let listing =
+        format!("select table_name from information_schema.tables where table_schema = '{schema}'");
+    let present: BTreeSet<String> = duckdb_json(cli, path, &listing)?
+        .iter()
+        .filter_map(|r| r["table_name"].as_str().map(String::from))
+        .collect();
     let mut rows = BTreeMap::new();
-    for stream in REPORT_STREAMS {
-        let sql = format!(
-            "select count(*) as n from information_schema.tables where table_schema = '{schema}' and table_name = '{stream}'"
-        );
-        let exists = duckdb_json(cli, path, &sql)?;
-        if exists.first().and_then(|r| r["n"].as_i64()).unwrap_or(0) == 0 {
-            continue;
-        }
+    for stream in REPORT_STREAMS.iter().filter(|s| present.contains(**s)) {
         let sql = format!("select * from \"{schema}\".\"{stream}\"");
         let table = duckdb_json(cli, path, &sql)?;
         rows.insert(
@@ -171,18 +170,17 @@ pub fn from_postgres(conninfo: &str, schema: &str) -> Result<Tables, ReportError
     let mut client = config
         .connect(postgres::NoTls)
         .map_err(|e| ReportError::Read(format!("{target}: {e}")))?;
+    let present: BTreeSet<String> = client
+        .query(
+            "select table_name::text from information_schema.tables where table_schema = $1",
+            &[&schema],
+        )
+        .map_err(|e| ReportError::Read(format!("{target}: {e}")))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let mut rows = BTreeMap::new();
-    for stream in REPORT_STREAMS {
-        let exists = client
-            .query_one(
-                "select count(*) from information_schema.tables where table_schema = $1 and table_name = $2",
-                &[&schema, &stream],
-            )
-            .map_err(|e| ReportError::Read(format!("{target}: {e}")))?
-            .get::<_, i64>(0);
-        if exists == 0 {
-            continue;
-        }
+    for stream in REPORT_STREAMS.iter().filter(|s| present.contains(**s)) {
         let sql = format!("select row_to_json(t)::text from \"{schema}\".\"{stream}\" t");
         let table = client
             .query(sql.as_str(), &[])

@@ -301,6 +301,23 @@ pub struct Fingerprint {
     pub head_sha256: String,
 }
 
+impl Fingerprint {
+    /// Whether the file now fingerprinted `self` (at `path`) still begins with the content
+    /// fingerprinted `earlier`: the same or appended to, not replaced or rotated. The head is read
+    /// again only when the earlier file was shorter than [`HEAD_BYTES`].
+    pub fn continues(&self, earlier: &Fingerprint, path: &std::path::Path) -> io::Result<bool> {
+        if self.size < earlier.size {
+            return Ok(false);
+        }
+        let head = if earlier.head_len == self.head_len {
+            self.head_sha256.clone()
+        } else {
+            head_digest(path, earlier.head_len)?
+        };
+        Ok(head == earlier.head_sha256)
+    }
+}
+
 /// Leading bytes digested by a fingerprint.
 pub const HEAD_BYTES: u64 = 64 * 1024;
 

@@ -74,6 +74,21 @@ pub fn sync_paths(paths: &[PathBuf]) -> Output {
     sync(json!({ "sources": sources }))
 }
 
+/// The tap binary set to run with `config` and, when given, `state` (both written into `dir`; the
+/// state pretty-printed, as a user might keep it).
+pub fn tap_command(dir: &Path, config: &Value, state: Option<&Value>) -> std::process::Command {
+    let cfg = dir.join("config.json");
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tap-kpis"));
+    cmd.arg("--config").arg(&cfg);
+    if let Some(s) = state {
+        let p = dir.join("state.json");
+        std::fs::write(&p, serde_json::to_string_pretty(s).unwrap()).unwrap();
+        cmd.arg("--state").arg(p);
+    }
+    cmd
+}
+
 /// A fresh temporary directory for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tap-kpis-test-{}-{name}", std::process::id()));

@@ -4,10 +4,15 @@
 (b) the same KPIs computed in DuckDB SQL straight from the raw files (tests/sql/kpis.sql),
 (c) the parse floor: bench/parse_floor.rs, one thread, parsing only (built by bench/run.sh),
 (d) an incremental run adding about 1% new events to the state of the other 99%,
-plus a run with no new input, and the state size (bytes per project) after 1/4, 1/2, 3/4 and all of the
-history. Prints wall time, peak RSS, events/s and ratios; writes bench/RESULTS.md (or BENCH_RESULTS).
-Sizes: BENCH_SIZES, projects:days pairs (default "2000:365,10000:30": a year of a mid-size fleet and a
-month of a large one); BENCH_PROJECTS and BENCH_DAYS give a single size."""
+plus a run with no new input. Then the state size (bytes per project) of a large fleet after a quarter,
+half, three quarters and all of a year. Prints wall time, peak RSS, events/s and ratios; writes
+bench/RESULTS.md (or BENCH_RESULTS).
+
+Sizes: BENCH_SIZES, comma-separated PROJECTS:DAYS[:ACTIVITY] (default "50000:365:0.015,10000:30": a year of a
+large, sparse fleet of about 1.3 million events, and a month of 10,000 busy projects);
+BENCH_STATE_SIZE, the fleet whose state size is followed over a year (default "100000:365:0.01"; "" skips
+it). BENCH_PROJECTS and BENCH_DAYS give a single size. BENCH_DUCKDB_MEMORY caps DuckDB's memory (default:
+half the machine's), with spilling to a temporary directory."""
 import json
 import os
 import platform
@@ -73,22 +78,48 @@ def state_facts(state):
     return len(json.dumps(state)), len(ledger["projects"]), tap["executions"]
 
 
-def bench(projects, days):
-    """Every measurement on one generated fleet; returns the lines of its section."""
-    fleet = os.path.join(ROOT, "bench", f".fleet-{projects}-{days}")
+def fleet_files(projects, days, activity):
+    """The files of a generated fleet, generated once and kept under bench/ for later runs."""
+    fleet = os.path.join(ROOT, "bench", f".fleet-{projects}-{days}-{activity:g}")
     if not os.path.isdir(fleet):
         subprocess.run([TAP, "generate", "--projects", str(projects), "--days", str(days), "--seed", "1",
-                        "--out", fleet], check=True)
-    files = sorted(os.path.join(fleet, f) for f in os.listdir(fleet))
+                        "--activity", str(activity), "--out", fleet + ".tmp"], check=True)
+        os.rename(fleet + ".tmp", fleet)
+    return sorted(os.path.join(fleet, f) for f in os.listdir(fleet))
+
+
+def duckdb_memory():
+    if "BENCH_DUCKDB_MEMORY" in os.environ:
+        return os.environ["BENCH_DUCKDB_MEMORY"]
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(1, total // 2 // 2**30)}GB"
+
+
+def fill(src, files):
+    """Make directory `src` hold exactly `files`."""
+    for f in os.listdir(src):
+        os.unlink(os.path.join(src, f))
+    for f in files:
+        if os.stat(f).st_dev == os.stat(src).st_dev:
+            os.link(f, os.path.join(src, os.path.basename(f)))
+        else:
+            shutil.copy(f, src)
+
+
+def bench(projects, days, activity):
+    """Every side-by-side measurement on one generated fleet; returns the lines of its section."""
+    files = fleet_files(projects, days, activity)
+    fleet = os.path.dirname(files[0])
     gz_bytes = sum(os.path.getsize(f) for f in files)
-    work = tempfile.mkdtemp(prefix="tap-kpis-bench-")
+    work = tempfile.mkdtemp(prefix="tap-kpis-bench-", dir=os.path.join(ROOT, "bench"))
     try:
         # (a) full refresh
         tap_wall, tap_rss, tap_err, _, _ = tap_run(work, [fleet])
         events = events_read(tap_err)
         # (b) DuckDB SQL over the same files
-        sql = ("import sys; sys.path.insert(0, %r); from kpis import sql_streams; sql_streams(%r)"
-               % (os.path.join(ROOT, "tests", "sql"), files))
+        spill = os.path.join(work, "duckdb-spill")
+        sql = ("import sys; sys.path.insert(0, %r); from kpis import sql_streams; sql_streams(%r, memory_limit=%r, "
+               "spill_dir=%r)" % (os.path.join(ROOT, "tests", "sql"), files, duckdb_memory(), spill))
         db_wall, db_rss, _ = measure([PY, "-c", sql])
         # (c) the one-thread parse floor
         if not os.path.exists(FLOOR):
@@ -109,69 +140,92 @@ def bench(projects, days):
             if acc >= total * 0.01:
                 split = i
                 break
-        for f in files[:split]:
-            shutil.copy(f, src)
+        fill(src, files[:split])
         _, _, _, state, _ = tap_run(work, [src])
-        for f in files[split:]:
-            shutil.copy(f, src)
+        fill(src, files)
         inc_wall, inc_rss, inc_err, state_after, inc_records = tap_run(work, [src], state)
         new_events = events_read(inc_err)
         idle_wall, idle_rss, _, _, idle_records = tap_run(work, [src], state_after)
-        # state size as history grows
-        growth = []
-        for quarter in (1, 2, 3, 4):
-            n = max(1, len(files) * quarter // 4)
-            for f in os.listdir(src):
-                os.unlink(os.path.join(src, f))
-            for f in files[:n]:
-                shutil.copy(f, src)
-            _, _, _, s, _ = tap_run(work, [src])
-            size, n_projects, kept = state_facts(s)
-            growth.append((n, size, n_projects, kept))
+        state_bytes, state_projects, _ = state_facts(state_after)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    lines = [
-        f"Input: generated fleet, {projects} projects, {days} days, {events} events, {gz_bytes / 1e6:.0f} MB gzip.",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}.",
+    text = "\n".join([
+        f"Input: generated fleet, {projects:,} projects, {days} days, activity {activity:g}, {events:,} events, "
+        f"{gz_bytes / 1e6:.0f} MB gzip.",
         "",
         "| run | wall s | peak RSS MiB | events/s |",
         "|---|---:|---:|---:|",
         f"| (a) tap-kpis full refresh (all streams) | {tap_wall:.2f} | {tap_rss:.0f} | {events / tap_wall:,.0f} |",
         f"| (b) DuckDB SQL, same KPIs from the raw files | {db_wall:.2f} | {db_rss:.0f} | {events / db_wall:,.0f} |",
-        f"| (c) parse floor, one thread ({floor_events} events parsed) | {floor_wall:.2f} | {floor_rss:.0f} |"
+        f"| (c) parse floor, one thread ({floor_events:,} events parsed) | {floor_wall:.2f} | {floor_rss:.0f} |"
         f" {floor_events / floor_wall:,.0f} |",
-        f"| (d) incremental run, {new_events} new events ({100 * new_events / events:.1f}%) on the state of the rest"
-        f" ({inc_records} records) | {inc_wall:.2f} | {inc_rss:.0f} | {new_events / inc_wall:,.0f} |",
-        f"| run with no new input ({idle_records} records) | {idle_wall:.2f} | {idle_rss:.0f} | |",
+        f"| (d) incremental run, {new_events:,} new events ({100 * new_events / events:.1f}%) on the state of the"
+        f" rest ({inc_records:,} records) | {inc_wall:.2f} | {inc_rss:.0f} | {new_events / inc_wall:,.0f} |",
+        f"| run with no new input ({idle_records} records; state of {state_projects:,} projects, "
+        f"{state_bytes / 1e6:.1f} MB) | {idle_wall:.2f} | {idle_rss:.0f} | |",
         "",
         f"DuckDB / tap-kpis full refresh wall time: **{db_wall / tap_wall:.1f}x**; peak memory ratio "
         f"{db_rss / tap_rss:.1f}x.",
         f"Full refresh / one-thread parse floor wall time: **{tap_wall / floor_wall:.2f}x**.",
-        f"Incremental run ({100 * new_events / events:.1f}% new events) / full refresh wall time: **{100 * inc_wall / tap_wall:.0f}%**.",
-        "",
-        "State size as history grows (the same fleet, cut after a quarter, half, three quarters, all of it):",
-        "",
-        "| days of history | state bytes | projects | bytes per project | executions kept |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    for n, size, n_projects, kept in growth:
-        lines.append(f"| {n} | {size:,} | {n_projects:,} | {size / max(n_projects, 1):,.0f} | {kept:,} |")
-    text = "\n".join(lines)
+        f"Incremental run ({100 * new_events / events:.1f}% new events) / full refresh wall time: "
+        f"**{100 * inc_wall / tap_wall:.0f}%**.",
+    ])
     print(text, flush=True)
     return text
+
+
+def state_growth(projects, days, activity):
+    """The state size of one fleet after a quarter, half, three quarters and all of its history."""
+    files = fleet_files(projects, days, activity)
+    work = tempfile.mkdtemp(prefix="tap-kpis-bench-", dir=os.path.join(ROOT, "bench"))
+    lines = [
+        f"Generated fleet, {projects:,} projects, {days} days, activity {activity:g}; a full run over the first "
+        "quarter, half, three quarters and all of the days, then a run with no new input on that state.",
+        "",
+        "| days of history | events | state bytes | projects | bytes per project | executions kept | "
+        "full run s | peak RSS MiB | no-input run s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    try:
+        src = os.path.join(work, "src")
+        os.makedirs(src)
+        for quarter in (1, 2, 3, 4):
+            n = max(1, len(files) * quarter // 4)
+            fill(src, files[:n])
+            wall, rss, err, state, _ = tap_run(work, [src])
+            idle_wall, _, _, _, _ = tap_run(work, [src], state)
+            size, n_projects, kept = state_facts(state)
+            lines.append(f"| {n} | {events_read(err):,} | {size:,} | {n_projects:,} | {size / max(n_projects, 1):,.0f}"
+                         f" | {kept:,} | {wall:.1f} | {rss:.0f} | {idle_wall:.2f} |")
+            print(lines[-1], flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return "\n".join(lines)
+
+
+def parse_size(text):
+    parts = text.split(":")
+    return int(parts[0]), int(parts[1]), float(parts[2]) if len(parts) > 2 else 1.0
 
 
 def main():
     results = os.environ.get("BENCH_RESULTS", os.path.join(ROOT, "bench", "RESULTS.md"))
     if "BENCH_PROJECTS" in os.environ or "BENCH_DAYS" in os.environ:
-        sizes = [(int(os.environ.get("BENCH_PROJECTS", "2000")), int(os.environ.get("BENCH_DAYS", "365")))]
+        sizes = [(int(os.environ.get("BENCH_PROJECTS", "2000")), int(os.environ.get("BENCH_DAYS", "365")), 1.0)]
     else:
-        sizes = [tuple(int(x) for x in pair.split(":"))
-                 for pair in os.environ.get("BENCH_SIZES", "2000:365,10000:30").split(",")]
-    sections = [f"## {p:,} projects, {d} days\n\n" + bench(p, d) for p, d in sizes]
+        sizes = [parse_size(x) for x in os.environ.get("BENCH_SIZES", "50000:365:0.015,10000:30").split(",")]
+    growth = os.environ.get("BENCH_STATE_SIZE", "100000:365:0.01")
+    machine = (f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
+               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+               f"{platform.system()} {platform.release()}.")
+    sections = [f"## {p:,} projects, {d} days\n\n" + bench(p, d, a) for p, d, a in sizes]
+    if growth:
+        p, d, a = parse_size(growth)
+        sections.append(f"## State size as history grows, {p:,} projects\n\n" + state_growth(p, d, a))
     with open(results, "w") as f:
-        f.write("# Benchmark results\n\nWritten by `bash bench/run.sh`.\n\n" + "\n\n".join(sections) + "\n")
+        f.write("# Benchmark results\n\nWritten by `bash bench/run.sh`.\n\n" + machine + "\n\n"
+                + "\n\n".join(sections) + "\n")
 
 
 main()

@@ -51,6 +51,10 @@ pub struct GenerateArgs {
     /// onboarded (for watching health metrics).
     #[arg(long, value_enum, default_value = "mixed")]
     pub profile: Profile,
+    /// Scales how often projects are active after onboarding (1.0: the default mix; 0.05: a large,
+    /// sparse fleet where most projects send a few dozen events a year).
+    #[arg(long, default_value_t = 1.0)]
+    pub activity: f64,
 }
 
 /// The mix of project lifecycles.
@@ -245,7 +249,7 @@ fn category_of(name: &str) -> &'static str {
     }
 }
 
-fn new_project(rng: &mut ChaCha8Rng, days: u32, profile: Profile) -> Project {
+fn new_project(rng: &mut ChaCha8Rng, days: u32, profile: Profile, activity: f64) -> Project {
     let roll = rng.random_range(0..1000);
     let kind = if profile == Profile::Steady {
         Kind::Steady
@@ -327,7 +331,7 @@ fn new_project(rng: &mut ChaCha8Rng, days: u32, profile: Profile) -> Project {
         environments,
         pipelines,
         runs_per_day,
-        active_day_share,
+        active_day_share: (active_day_share * activity).clamp(0.0, 1.0),
         fail_rate: rng.random_range(0.0..0.12),
         env_context: selfdesc(
             "iglu:com.meltano/environment_context/jsonschema/1-3-0",
@@ -602,7 +606,7 @@ pub fn generate(args: &GenerateArgs) -> Result<GenerateSummary, GenerateError> {
     let days = args.days.max(1);
     let ramp = args.ramp_days.unwrap_or(days).clamp(1, days);
     let projects: Vec<Project> = (0..args.projects)
-        .map(|_| new_project(&mut rng, ramp, args.profile))
+        .map(|_| new_project(&mut rng, ramp, args.profile, args.activity))
         .collect();
     let start_ms = args
         .start
@@ -800,6 +804,7 @@ mod tests {
             outage: None,
             ramp_days: None,
             profile: Profile::Mixed,
+            activity: 1.0,
         }
     }
 

@@ -13,6 +13,11 @@ use tap_kpis::config::{self, SETTINGS_SCHEMA};
 use tap_kpis::streams::STREAMS;
 use tap_kpis::sync;
 
+/// mimalloc: the run allocates millions of small, short-lived values on two threads, where it is
+/// markedly faster than the system allocator and returns memory more readily.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Capabilities declared to Meltano.
 const CAPABILITIES: [&str; 4] = ["catalog", "discover", "state", "about"];
 

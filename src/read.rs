@@ -102,6 +102,7 @@ fn read_all(
     resumes: &[Resume],
     batches: &SyncSender<Batch>,
     results: &SyncSender<Msg>,
+    spare: &Receiver<Vec<u8>>,
 ) -> (u64, Vec<Mark>) {
     let mut seq = 0;
     let mut ends = Vec::with_capacity(inputs.len());
@@ -133,7 +134,10 @@ fn read_all(
             seq,
             source,
             format,
-            data: Vec::with_capacity(BATCH_BYTES + (BATCH_BYTES >> 2)),
+            // a buffer a decoder is done with: large fresh allocations cost page faults each time
+            data: spare
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(BATCH_BYTES + (BATCH_BYTES >> 2))),
             lines: Vec::new(),
             problems: Vec::new(),
             bytes: 0,
@@ -242,7 +246,8 @@ fn read_all(
     (seq, ends)
 }
 
-fn decode_batch(b: Batch) -> Decoded {
+/// Decode a batch; its emptied buffer is handed back for reuse.
+fn decode_batch(b: Batch) -> (Decoded, Vec<u8>) {
     let mut events = Vec::new();
     let mut problems = b.problems;
     for l in &b.lines {
@@ -269,23 +274,30 @@ fn decode_batch(b: Batch) -> Decoded {
             )),
         }
     }
-    Decoded {
+    let decoded = Decoded {
         events,
         problems,
         lines: b.lines.len() as u64,
         bytes: b.bytes,
-    }
+    };
+    let mut data = b.data;
+    data.clear();
+    (decoded, data)
 }
 
-fn worker(batches: Arc<Mutex<Receiver<Batch>>>, results: SyncSender<Msg>) {
+fn worker(
+    batches: Arc<Mutex<Receiver<Batch>>>,
+    results: SyncSender<Msg>,
+    spare: SyncSender<Vec<u8>>,
+) {
     loop {
         let next = batches.lock().map(|rx| rx.recv());
         let Ok(Ok(batch)) = next else { return };
         let seq = batch.seq;
-        if results
-            .send(Msg::Decoded(seq, decode_batch(batch)))
-            .is_err()
-        {
+        let (decoded, data) = decode_batch(batch);
+        // full: the reader has enough spare buffers, this one is freed
+        let _ = spare.try_send(data);
+        if results.send(Msg::Decoded(seq, decoded)).is_err() {
             return;
         }
     }
@@ -303,20 +315,23 @@ pub fn read_parallel(
     let threads = threads.max(1);
     let (batch_tx, batch_rx) = sync_channel::<Batch>(threads * 2);
     let (result_tx, result_rx) = sync_channel::<Msg>(threads * 4);
+    let (spare_tx, spare_rx) = sync_channel::<Vec<u8>>(threads * 2);
     let batch_rx = Arc::new(Mutex::new(batch_rx));
     std::thread::scope(|scope| {
         let reader_results = result_tx.clone();
         scope.spawn(move || {
-            let (total, ends) = read_all(inputs, resumes, &batch_tx, &reader_results);
+            let (total, ends) = read_all(inputs, resumes, &batch_tx, &reader_results, &spare_rx);
             drop(batch_tx);
             let _ = reader_results.send(Msg::Done(total, ends));
         });
         for _ in 0..threads {
             let rx = batch_rx.clone();
             let tx = result_tx.clone();
-            scope.spawn(move || worker(rx, tx));
+            let spare = spare_tx.clone();
+            scope.spawn(move || worker(rx, tx, spare));
         }
         drop(result_tx);
+        drop(spare_tx);
         let mut pending: BTreeMap<u64, Decoded> = BTreeMap::new();
         let mut next = 0u64;
         let mut total: Option<u64> = None;

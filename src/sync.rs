@@ -328,7 +328,7 @@ pub fn run<W: Write>(
     let cut = late_before
         .map(|l| compact::cut_day(l).max(previous_cut.unwrap_or(i64::MIN)))
         .or(previous_cut);
-    let health = alarm::run(
+    let mut health = alarm::run(
         &config.health_rules(),
         &mut records_of,
         model.as_of,
@@ -342,79 +342,93 @@ pub fn run<W: Write>(
         },
     );
     report.recent_alarms = health.recent_alarms;
-    for def in STREAMS {
-        let Some(selection) = selections.get(def.name) else {
-            continue;
-        };
-        let schema = catalog::selected_schema(def, selection);
-        writer.schema(def.name, &schema, &selection.key_properties)?;
-        let records: Box<dyn Iterator<Item = Value>> = match def.records {
-            // the health pass cached the series it watched; other streams are produced here, once
-            Records::Kpi(f) => match cache.remove(def.name) {
-                Some(rows) => Box::new(rows.into_iter()),
-                None => f(&model),
-            },
-            Records::Health => Box::new(health.records.iter().cloned()),
-            Records::Quarantine => Box::new(problems.iter().map(|p| problem_record(p, &inputs))),
-        };
-        let full = selection.properties.len() == catalog::property_count(def);
-        let records = records.filter(|r| changes.as_ref().is_none_or(|c| c.keep(def.name, r)));
-        for r in records {
-            if full {
-                writer.record(def.name, &r)?;
-            } else {
-                writer.record(def.name, &catalog::project_record(&r, selection))?;
+    let alarms_sent = json!(std::mem::take(&mut health.alarms_sent));
+    let health_carries = std::mem::take(&mut health.carries);
+    let projects = &facts.projects;
+    let inputs_ref = &inputs;
+    let state = std::thread::scope(|scope| -> Result<Value, SyncError> {
+        // the next state is summarised and encoded on the other core while the records are written
+        let next_state = scope.spawn(move || -> Result<Value, StateError> {
+            if let Some(late_before) = late_before {
+                // copies of older events are late anyway: their ids need not be kept
+                carry.event_ids.retain(|(_, t)| *t >= late_before * DAY_MS);
             }
+            if let Some(cut) = cut {
+                carry.parts = compact::compact(std::mem::take(&mut carry.parts), cut * DAY_MS);
+            }
+            let next = TapState {
+                as_of: Some(model.as_of),
+                projects: projects
+                    .iter()
+                    .map(|p| (p.project_id.clone(), (p.source.clone(), p.first_event_ms)))
+                    .collect(),
+                inputs: inputs_ref
+                    .iter()
+                    .zip(prints)
+                    .zip(&ends)
+                    .map(|((input, fingerprint), end)| InputBookmark {
+                        name: input.name.clone(),
+                        fingerprint,
+                        offset: end.offset,
+                        lines: end.lines,
+                        format: end.format,
+                    })
+                    .collect(),
+                carry,
+                alarms_sent,
+                cut_day: cut,
+                health: health_carries,
+            };
+            next.to_value()
+        });
+        for def in STREAMS {
+            let Some(selection) = selections.get(def.name) else {
+                continue;
+            };
+            let schema = catalog::selected_schema(def, selection);
+            writer.schema(def.name, &schema, &selection.key_properties)?;
+            let records: Box<dyn Iterator<Item = Value>> = match def.records {
+                // the health pass cached the series it watched; other streams are produced here, once
+                Records::Kpi(f) => match cache.remove(def.name) {
+                    Some(rows) => Box::new(rows.into_iter()),
+                    None => f(&model),
+                },
+                Records::Health => Box::new(health.records.iter().cloned()),
+                Records::Quarantine => {
+                    Box::new(problems.iter().map(|p| problem_record(p, &inputs)))
+                }
+            };
+            let full = selection.properties.len() == catalog::property_count(def);
+            let records = records.filter(|r| changes.as_ref().is_none_or(|c| c.keep(def.name, r)));
+            for r in records {
+                if full {
+                    writer.record(def.name, &r)?;
+                } else {
+                    writer.record(def.name, &catalog::project_record(&r, selection))?;
+                }
+            }
+            writer.metric_stream_done(def.name);
+            tracing::debug!(
+                "stream {} written at {:.2}s",
+                def.name,
+                started.elapsed().as_secs_f64()
+            );
+            report
+                .records
+                .insert(def.name.to_string(), writer.count(def.name));
         }
-        writer.metric_stream_done(def.name);
-        tracing::debug!(
-            "stream {} written at {:.2}s",
-            def.name,
-            started.elapsed().as_secs_f64()
-        );
-        report
-            .records
-            .insert(def.name.to_string(), writer.count(def.name));
-    }
+        next_state
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .map_err(SyncError::from)
+    })?;
+    writer.state(&state)?;
     for p in &problems {
         *report
             .problems_by_reason
             .entry(p.reason.as_str())
             .or_default() += 1;
     }
-    if let Some(late_before) = late_before {
-        // copies of older events are late anyway: their ids need not be kept
-        carry.event_ids.retain(|(_, t)| *t >= late_before * DAY_MS);
-    }
-    if let Some(cut) = cut {
-        carry.parts = compact::compact(std::mem::take(&mut carry.parts), cut * DAY_MS);
-    }
-    let next = TapState {
-        as_of: Some(model.as_of),
-        projects: facts
-            .projects
-            .iter()
-            .map(|p| (p.project_id.clone(), (p.source.clone(), p.first_event_ms)))
-            .collect(),
-        inputs: inputs
-            .iter()
-            .zip(prints)
-            .zip(&ends)
-            .map(|((input, fingerprint), end)| InputBookmark {
-                name: input.name.clone(),
-                fingerprint,
-                offset: end.offset,
-                lines: end.lines,
-                format: end.format,
-            })
-            .collect(),
-        carry,
-        alarms_sent: json!(health.alarms_sent),
-        cut_day: cut,
-        health: health.carries,
-    };
-    let state = next.to_value()?;
-    writer.state(&state)?;
     writer.finish("succeeded")?;
     for (reason, n) in &report.problems_by_reason {
         tracing::warn!("skipped or flagged input: {reason}: {n}");

@@ -26,6 +26,7 @@ fn an_outage_week_is_low_and_nothing_else_is() {
         }),
         ramp_days: Some(30),
         profile: Profile::Steady,
+        activity: 1.0,
     };
     generate(&args).unwrap();
     let out = common::sync(json!({

@@ -72,6 +72,7 @@ fn the_page_shows_exactly_the_records_it_was_drawn_from() {
         }),
         ramp_days: Some(20),
         profile: Profile::Steady,
+        activity: 1.0,
     })
     .unwrap();
     let config = dir.join("config.json");

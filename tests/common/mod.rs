@@ -151,6 +151,7 @@ pub fn fleet(dir: &Path, projects: usize, days: u32, seed: u64) -> Vec<(String, 
         outage: None,
         ramp_days: Some(5),
         profile: Profile::Mixed,
+        activity: 1.0,
     })
     .unwrap();
     let mut files: Vec<(String, Vec<String>)> = std::fs::read_dir(dir)

@@ -12,14 +12,19 @@ STREAMS = [
 ]
 
 
-def sql_streams(files, as_of=None, threads=2):
-    """Rows of every KPI stream, by stream name."""
+def sql_streams(files, as_of=None, threads=2, memory_limit=None, spill_dir=None):
+    """Rows of every KPI stream, by stream name. `memory_limit` (e.g. "8GB") and `spill_dir` bound DuckDB
+    on inputs larger than memory."""
     text = open(os.path.join(HERE, "kpis.sql")).read()
     text = text.replace("__FILES__", "[" + ", ".join(f"'{f}'" for f in files) + "]")
     text = text.replace("__KNOWN__", "'" + os.path.join(ROOT, "src", "normalize", "known_plugin_names.txt") + "'")
     text = text.replace("__AS_OF__", f"DATE '{as_of}'" if as_of else "CAST(NULL AS DATE)")
     con = duckdb.connect()
     con.execute(f"set threads = {threads}")
+    if memory_limit:
+        con.execute(f"set memory_limit = '{memory_limit}'")
+    if spill_dir:
+        con.execute(f"set temp_directory = '{spill_dir}'")
     statement = []
     for line in text.splitlines():
         if line.strip().startswith("--"):

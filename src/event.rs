@@ -3,7 +3,8 @@
 //! It keeps only what the KPI definitions need, already typed, so that later stages never look at
 //! Snowplow encodings again.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Where an event or a bad line came from, so that every problem can be traced back to its input.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,7 +79,7 @@ pub struct Event {
     pub command: Option<String>,
     pub sub_command: Option<String>,
     /// Plugin dicts of every plugins context of this event, in order.
-    pub plugins: Vec<Map<String, Value>>,
+    pub plugins: Vec<RawDict>,
     /// True when the event carried a contexts envelope (distinguishes pre-2.0 structured events).
     pub has_contexts: bool,
     pub position: Position,
@@ -93,5 +94,25 @@ impl Event {
     /// Time used to pick the surviving copy among duplicates: derived, else sent, else created.
     pub fn dedup_ms(&self) -> Option<i64> {
         self.derived_ms.or(self.sent_ms).or(self.created_ms)
+    }
+}
+
+/// A plugin dict as the JSON object text it was sent as: decoding does not build it into a tree, the
+/// normaliser interns it by its text. Equal when the JSON values are equal.
+#[derive(Debug, Clone)]
+pub struct RawDict(pub Box<RawValue>);
+
+impl RawDict {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawDict {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+            || serde_json::from_str::<Value>(self.get()).ok()
+                == serde_json::from_str::<Value>(other.get()).ok()
     }
 }

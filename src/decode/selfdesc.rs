@@ -10,12 +10,12 @@ use base64::Engine;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use super::Reason;
 use super::iglu::{self, MELTANO, SNOWPLOW};
-use crate::event::{EnvironmentContext, EventKind, ProjectContext};
+use crate::event::{EnvironmentContext, EventKind, ProjectContext, RawDict};
 
 /// A decoding failure: the reason code and a one-line detail.
 pub type Failure = (Reason, String);
@@ -245,7 +245,8 @@ pub struct Contexts {
     pub environment: Option<EnvironmentContext>,
     pub command: Option<String>,
     pub sub_command: Option<String>,
-    pub plugins: Vec<Map<String, Value>>,
+    /// Each plugin dict as its raw JSON object text (the normaliser interns them).
+    pub plugins: Vec<RawDict>,
 }
 
 fn max_opt(slot: &mut Option<String>, value: Option<Cow<'_, str>>) {
@@ -398,28 +399,27 @@ pub fn parse_contexts(text: &str) -> Result<Contexts, Failure> {
                     None => {}
                     Some(r) if r.get() == "null" => {}
                     Some(r) => {
-                        let items: Vec<Value> = serde_json::from_str(r.get()).map_err(|_| {
-                            (
-                                Reason::InvalidField,
-                                format!(
-                                    "plugins_context.plugins: expected an array, got {}",
-                                    raw_type_name(r)
-                                ),
-                            )
-                        })?;
+                        let items: Vec<&RawValue> =
+                            serde_json::from_str(r.get()).map_err(|_| {
+                                (
+                                    Reason::InvalidField,
+                                    format!(
+                                        "plugins_context.plugins: expected an array, got {}",
+                                        raw_type_name(r)
+                                    ),
+                                )
+                            })?;
                         for p in items {
-                            match p {
-                                Value::Object(m) => out.plugins.push(m),
-                                other => {
-                                    return Err((
-                                        Reason::InvalidField,
-                                        format!(
-                                            "plugins_context.plugins: item is {}",
-                                            type_name(&other)
-                                        ),
-                                    ));
-                                }
+                            if !p.get().starts_with('{') {
+                                return Err((
+                                    Reason::InvalidField,
+                                    format!(
+                                        "plugins_context.plugins: item is {}",
+                                        raw_type_name(p)
+                                    ),
+                                ));
                             }
+                            out.plugins.push(RawDict(p.to_owned()));
                         }
                     }
                 }

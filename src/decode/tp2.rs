@@ -44,6 +44,24 @@ struct Payload<'a> {
     data: Option<&'a RawValue>,
 }
 
+/// The usual line, a capture envelope whose body is a payload object, read in one pass down to the
+/// events; any other shape takes the general path through [`LineDoc`].
+#[derive(Deserialize)]
+struct CaptureLine<'a> {
+    #[serde(borrow)]
+    body: CaptureBody<'a>,
+    #[serde(borrow, default)]
+    received_at: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct CaptureBody<'a> {
+    #[serde(borrow, default)]
+    schema: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Vec<&'a RawValue>,
+}
+
 /// The tracker fields the tap reads (every value a string on the wire).
 #[derive(Deserialize)]
 pub struct TrackerEvent<'a> {
@@ -74,6 +92,13 @@ pub fn decode_line(line: &str, position: &Position) -> LineOutput {
     let mut out = LineOutput::default();
     let text = line.trim();
     if text.is_empty() {
+        return out;
+    }
+    if let Ok(capture) = serde_json::from_str::<CaptureLine>(text)
+        && let Ok(collector_ms) = collector_time(capture.received_at)
+        && is_payload_schema(capture.body.schema)
+    {
+        decode_events(&capture.body.data, collector_ms, position, &mut out);
         return out;
     }
     let doc: LineDoc = match serde_json::from_str(text) {
@@ -206,17 +231,14 @@ fn decode_payload(
             return;
         }
     };
-    let schema = raw_str(payload.schema, "schema")
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    match iglu::parse(&schema) {
-        Some(s) if s.vendor == iglu::SNOWPLOW && s.name == "payload_data" => {}
-        _ => {
-            let msg = format!("not a payload_data body (schema {schema:?})");
-            out.line_problem(position, Reason::UnknownSchema, msg, raw);
-            return;
-        }
+    if !is_payload_schema(payload.schema) {
+        let schema = raw_str(payload.schema, "schema")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let msg = format!("not a payload_data body (schema {schema:?})");
+        out.line_problem(position, Reason::UnknownSchema, msg, raw);
+        return;
     }
     let events: Vec<&RawValue> = match payload.data.map(|d| serde_json::from_str(d.get())) {
         Some(Ok(v)) => v,
@@ -230,6 +252,21 @@ fn decode_payload(
             return;
         }
     };
+    decode_events(&events, collector_ms, position, out);
+}
+
+/// Whether a payload's schema is Snowplow's `payload_data`.
+fn is_payload_schema(schema: Option<&RawValue>) -> bool {
+    let schema = raw_str(schema, "schema").ok().flatten().unwrap_or_default();
+    iglu::parse(&schema).is_some_and(|s| s.vendor == iglu::SNOWPLOW && s.name == "payload_data")
+}
+
+fn decode_events(
+    events: &[&RawValue],
+    collector_ms: Option<i64>,
+    position: &Position,
+    out: &mut LineOutput,
+) {
     for (index, item) in events.iter().enumerate() {
         let pos = Position {
             index: index as u32,

@@ -391,7 +391,7 @@ impl ExecutionBuilder {
         let plugins = if e.plugins.is_empty() {
             u16::MAX
         } else {
-            let ids: Vec<u32> = e.plugins.iter().map(|p| table.intern(p)).collect();
+            let ids: Vec<u32> = e.plugins.iter().map(|p| table.intern(&p.0)).collect();
             intern(&mut self.plugin_lists, ids)
         };
         self.events.push(LiteEvent {

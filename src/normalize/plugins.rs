@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
 use md5::{Digest, Md5};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
@@ -50,13 +51,27 @@ impl Plugin {
 /// Interns plugins across a run: most executions use the same few plugins.
 #[derive(Debug, Default)]
 pub struct PluginTable {
+    /// By the dict's text as sent: the same Meltano sends byte-identical dicts, so this is the usual hit.
+    by_raw: HashMap<String, u32>,
+    /// By canonical text of the normalised dict: the same plugin sent in another layout.
     by_text: HashMap<String, u32>,
     infos: Vec<Arc<PluginInfo>>,
 }
 
 impl PluginTable {
-    /// Id of a raw plugin dict, interning it when new.
-    pub fn intern(&mut self, raw: &Map<String, Value>) -> u32 {
+    /// Id of a raw plugin dict (JSON object text), interning it when new.
+    pub fn intern(&mut self, raw: &RawValue) -> u32 {
+        if let Some(id) = self.by_raw.get(raw.get()) {
+            return *id;
+        }
+        let map: Map<String, Value> = serde_json::from_str(raw.get()).unwrap_or_default();
+        let id = self.intern_dict(&map);
+        self.by_raw.insert(raw.get().to_string(), id);
+        id
+    }
+
+    /// Id of a plugin dict, interning it when new.
+    pub fn intern_dict(&mut self, raw: &Map<String, Value>) -> u32 {
         let dict = normalised_dict(raw);
         let text = canonical_json(&dict);
         if let Some(id) = self.by_text.get(&text) {

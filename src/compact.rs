@@ -19,19 +19,34 @@ use crate::normalize::{ExecParts, Execution};
 
 /// Summarise the parts of executions that finished before `cut_ms`; later ones are returned as they
 /// are. Parts without a project id that finished before the cut are dropped (they can never get one).
-pub fn compact(parts: Vec<ExecParts>, cut_ms: i64) -> Vec<ExecParts> {
+///
+/// `summarised_before_ms` is the cut of the state the parts came from: a project none of whose old
+/// parts finished after it is already summarised (summarising is idempotent), and is passed through.
+pub fn compact(
+    parts: Vec<ExecParts>,
+    cut_ms: i64,
+    summarised_before_ms: Option<i64>,
+) -> Vec<ExecParts> {
     let mut out = Vec::with_capacity(parts.len());
-    let mut old: BTreeMap<String, Vec<(ExecParts, Execution)>> = BTreeMap::new();
+    let mut old: BTreeMap<String, Vec<ExecParts>> = BTreeMap::new();
     for p in parts {
         if p.finished_ms >= cut_ms {
             out.push(p);
             continue;
         }
-        if let Ok(x) = p.finish() {
-            old.entry(x.project_id.clone()).or_default().push((p, x));
+        if let Some(project) = &p.variant.project_id {
+            old.entry(project.clone()).or_default().push(p);
         }
     }
-    for (_, mut xs) in old {
+    for (_, ps) in old {
+        if summarised_before_ms.is_some_and(|before| ps.iter().all(|p| p.finished_ms < before)) {
+            out.extend(ps);
+            continue;
+        }
+        let mut xs: Vec<(ExecParts, Execution)> = ps
+            .into_iter()
+            .filter_map(|p| p.finish().ok().map(|x| (p, x)))
+            .collect();
         xs.sort_by(|a, b| {
             (a.1.started_ms, &a.1.execution_id).cmp(&(b.1.started_ms, &b.1.execution_id))
         });
@@ -176,7 +191,19 @@ mod tests {
             ));
         }
         parts.push(part("late", 20_200, "run", 0, true));
-        let out = compact(parts, (20_150) * DAY_MS);
+        let out = compact(parts.clone(), (20_150) * DAY_MS, None);
+        // summarising is idempotent: a summarised project passes through a later cut unchanged
+        let key = |p: &ExecParts| (p.execution_id.clone(), p.weight, p.presence_months.clone());
+        let mut again: Vec<_> = compact(out.clone(), 20_150 * DAY_MS, None)
+            .iter()
+            .map(key)
+            .collect();
+        let mut once: Vec<_> = out.iter().map(key).collect();
+        again.sort();
+        once.sort();
+        assert_eq!(again, once);
+        let passed = compact(out.clone(), 20_160 * DAY_MS, Some(20_150 * DAY_MS));
+        assert_eq!(passed.len(), out.len());
         let old: Vec<&ExecParts> = out.iter().filter(|p| p.execution_id != "late").collect();
         // two groups (success, failure) weighted by their sizes; the total is kept
         assert_eq!(old.iter().map(|p| p.weight).sum::<u32>(), 100);

@@ -103,7 +103,17 @@ fn encode_carry(
     let mut plugin_index: BTreeMap<String, u32> = BTreeMap::new();
     let mut plugins = Vec::new();
     let mut parts = Vec::with_capacity(carry.parts.len());
-    for p in &carry.parts {
+    // a fixed order: the same history always gives the same state, and a project's rows sit together,
+    // which compresses better
+    let mut order: Vec<&ExecParts> = carry.parts.iter().collect();
+    order.sort_unstable_by(|a, b| {
+        (&a.variant.project_id, a.started_ms, &a.execution_id).cmp(&(
+            &b.variant.project_id,
+            b.started_ms,
+            &b.execution_id,
+        ))
+    });
+    for p in order {
         let mut refs = Vec::with_capacity(p.plugins.len());
         for plugin in p.plugins.values() {
             let next = plugins.len() as u32;

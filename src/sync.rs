@@ -287,7 +287,7 @@ pub fn run<W: Write>(
     let touched = normalized.touched;
     let facts = normalized.facts;
     let as_of = config.as_of.map(calendar::day_number);
-    let model = kpi::Model::new(&facts, as_of);
+    let mut model = kpi::Model::new(&facts, as_of);
     tracing::debug!("model built at {:.2}s", started.elapsed().as_secs_f64());
     report.as_of = calendar::fmt_day(model.as_of);
     let changes = previous_as_of.map(|p| {
@@ -295,6 +295,7 @@ pub fn run<W: Write>(
         c.exact_from = exact_from.map(calendar::fmt_day);
         c
     });
+    model.execution_scope = changes.as_ref().map(|c| c.executions.clone());
     tracing::info!(
         "read {} events in {:.2}s: {} executions, {} projects, as_of {}",
         report.events,
@@ -354,8 +355,16 @@ pub fn run<W: Write>(
                 carry.event_ids.retain(|(_, t)| *t >= late_before * DAY_MS);
             }
             if let Some(cut) = cut {
-                carry.parts = compact::compact(std::mem::take(&mut carry.parts), cut * DAY_MS);
+                carry.parts = compact::compact(
+                    std::mem::take(&mut carry.parts),
+                    cut * DAY_MS,
+                    previous_cut.map(|c| c * DAY_MS),
+                );
             }
+            tracing::debug!(
+                "state summarised at {:.2}s",
+                started.elapsed().as_secs_f64()
+            );
             let next = TapState {
                 as_of: Some(model.as_of),
                 projects: projects
@@ -379,7 +388,9 @@ pub fn run<W: Write>(
                 cut_day: cut,
                 health: health_carries,
             };
-            next.to_value()
+            let value = next.to_value();
+            tracing::debug!("state encoded at {:.2}s", started.elapsed().as_secs_f64());
+            value
         });
         for def in STREAMS {
             let Some(selection) = selections.get(def.name) else {

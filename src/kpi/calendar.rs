@@ -22,14 +22,33 @@ pub fn day_number(d: NaiveDate) -> i64 {
 
 /// `YYYY-MM-DD` of a day number.
 pub fn fmt_day(day: i64) -> String {
-    date(day).format("%Y-%m-%d").to_string()
+    let d = date(day);
+    if (0..=9999).contains(&d.year()) {
+        // formatted by hand: records carry millions of dates, and chrono re-reads its format each time
+        format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
+    } else {
+        d.format("%Y-%m-%d").to_string()
+    }
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-25T03:02:35.862Z`.
 pub fn fmt_ms(ms: i64) -> String {
-    DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        .unwrap_or_default()
+    let Some(t) = DateTime::from_timestamp_millis(ms) else {
+        return String::new();
+    };
+    if (0..=9999).contains(&t.year()) {
+        let of_day = ms.rem_euclid(DAY_MS);
+        format!(
+            "{}T{:02}:{:02}:{:02}.{:03}Z",
+            fmt_day(day_of(ms)),
+            of_day / 3_600_000,
+            of_day / 60_000 % 60,
+            of_day / 1000 % 60,
+            of_day % 1000
+        )
+    } else {
+        t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    }
 }
 
 /// A month as a single ordinal: year * 12 + month0.
@@ -80,6 +99,31 @@ pub fn runtime_bin(runtime_ms: Option<i64>) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn formats_match_chrono() {
+        for ms in [
+            0i64,
+            1,
+            999,
+            86_399_999,
+            1_514_764_800_000,
+            1_764_036_155_862,
+            253_402_300_799_999,
+            -1,
+            -86_400_001,
+        ] {
+            let t = DateTime::from_timestamp_millis(ms).unwrap();
+            assert_eq!(
+                super::fmt_ms(ms),
+                t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+            );
+            assert_eq!(
+                super::fmt_day(super::day_of(ms)),
+                t.format("%Y-%m-%d").to_string()
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -28,7 +28,7 @@ fn plugin_record(p: &Plugin) -> Value {
 
 /// `cli_executions`: one record per execution started on or before as_of.
 pub fn cli_executions<'m>(model: &'m Model) -> RecordIter<'m> {
-    Box::new(model.counted.iter().map(|x| {
+    Box::new(model.scoped_executions().map(|x| {
         json!({
             "execution_id": x.execution_id,
             "project_id": x.project_id,
@@ -58,7 +58,7 @@ pub fn cli_executions<'m>(model: &'m Model) -> RecordIter<'m> {
 
 /// `pipeline_runs`: one record per pipeline run started on or before as_of.
 pub fn pipeline_runs<'m>(model: &'m Model) -> RecordIter<'m> {
-    Box::new(model.counted.iter().filter_map(|x| {
+    Box::new(model.scoped_executions().filter_map(|x| {
         let pipeline_id = x.pipeline_id.as_ref()?;
         Some(json!({
             "execution_id": x.execution_id,

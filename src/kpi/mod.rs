@@ -9,7 +9,7 @@ pub mod calendar;
 pub mod facts;
 pub mod usage;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
@@ -72,6 +72,9 @@ pub struct Model<'a> {
     pub projects: Vec<ProjectActivity<'a>>,
     /// First day of the day series (earliest first event of those projects).
     pub first_day: Option<i64>,
+    /// When set, the per-execution streams yield only these executions (an incremental run re-emits
+    /// only what new events touched, and need not build the rest).
+    pub execution_scope: Option<HashSet<String>>,
 }
 
 impl<'a> Model<'a> {
@@ -130,7 +133,17 @@ impl<'a> Model<'a> {
             counted,
             projects,
             first_day,
+            execution_scope: None,
         }
+    }
+
+    /// Counted executions within the execution scope, in time order.
+    pub fn scoped_executions(&self) -> impl Iterator<Item = &&'a Execution> {
+        self.counted.iter().filter(|x| {
+            self.execution_scope
+                .as_ref()
+                .is_none_or(|s| s.contains(&x.execution_id))
+        })
     }
 }
 

@@ -9,7 +9,9 @@ pub mod calendar;
 pub mod facts;
 pub mod usage;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use serde_json::Value;
 
@@ -87,8 +89,8 @@ impl<'a> Model<'a> {
             .iter()
             .filter(|x| x.started_ms < end_ms)
             .collect();
-        let mut qualifying: HashMap<&str, Vec<i64>> = HashMap::new();
-        let mut by_project: HashMap<&str, Vec<&Execution>> = HashMap::new();
+        let mut qualifying: HashMap<&str, Vec<i64>> = HashMap::default();
+        let mut by_project: HashMap<&str, Vec<&Execution>> = HashMap::default();
         let first_days: HashMap<&str, (i64, bool)> = facts
             .projects
             .iter()

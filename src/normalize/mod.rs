@@ -4,7 +4,10 @@
 
 pub mod plugins;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Hash maps keyed by ids from the input: a fast hash with a per-run random seed.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use crate::decode::{Problem, Reason, excerpt};
 

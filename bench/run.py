@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 TAP = os.path.join(ROOT, "target", "release", "tap-kpis")
@@ -28,16 +27,30 @@ FLOOR = os.path.join(ROOT, "target", "release", "parse-floor")
 PY = sys.executable
 
 
+# A small process runs each measured command: a child forked straight from this (large) process would
+# report this process's resident memory as its own peak.
+RUNNER = r"""
+import json, os, sys, time
+start = time.monotonic()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+code = os.waitstatus_to_exitcode(status)
+sys.stderr.write("\nBENCH-USAGE " + json.dumps([time.monotonic() - start, usage.ru_maxrss, code]) + "\n")
+sys.exit(code)
+"""
+
+
 def measure(cmd, stdout=subprocess.DEVNULL):
     """Wall seconds, peak RSS (MiB) and stderr of one command."""
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE)
-    err = proc.stderr.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - start
-    if os.waitstatus_to_exitcode(status) != 0:
+    proc = subprocess.run([PY, "-c", RUNNER, *cmd], stdout=stdout, stderr=subprocess.PIPE)
+    err = proc.stderr.decode(errors="replace")
+    head, _, tail = err.rpartition("\nBENCH-USAGE ")
+    if proc.returncode != 0 or not tail:
         raise SystemExit(f"{cmd[0]} failed: {err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024, err
+    wall, maxrss_kib, _ = json.loads(tail)
+    return wall, maxrss_kib / 1024, head
 
 
 def events_read(err):

@@ -52,10 +52,22 @@ impl<W: Write> SingerWriter<W> {
     }
 
     /// STATE message; flushes so that everything before it is out.
-    pub fn state(&mut self, value: &Value) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, &json!({"type": "STATE", "value": value}))?;
+    /// Returns the size of the message line in bytes (Meltano refuses lines longer than half its
+    /// `elt.buffer_size`).
+    pub fn state(&mut self, value: &Value) -> io::Result<usize> {
+        #[derive(serde::Serialize)]
+        struct State<'a> {
+            r#type: &'static str,
+            value: &'a Value,
+        }
+        let line = serde_json::to_vec(&State {
+            r#type: "STATE",
+            value,
+        })?;
+        self.out.write_all(&line)?;
         self.out.write_all(b"\n")?;
-        self.out.flush()
+        self.out.flush()?;
+        Ok(line.len() + 1)
     }
 
     /// Records written to a stream so far.

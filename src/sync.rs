@@ -37,6 +37,9 @@ pub enum SyncError {
     State(#[from] StateError),
 }
 
+/// A STATE line larger than this gets a warning: half of what Meltano accepts by default.
+pub const STATE_WARN_BYTES: usize = 25 << 20;
+
 /// What a sync did, for the end-of-run report and the tests.
 #[derive(Debug, Default)]
 pub struct SyncReport {
@@ -433,7 +436,14 @@ pub fn run<W: Write>(
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             .map_err(SyncError::from)
     })?;
-    writer.state(&state)?;
+    let state_bytes = writer.state(&state)?;
+    if state_bytes > STATE_WARN_BYTES {
+        tracing::warn!(
+            "the STATE message is {:.1} MiB: Meltano refuses lines longer than half its elt.buffer_size \
+             (default 100 MiB, so 50 MiB); raise elt.buffer_size before the state outgrows it",
+            state_bytes as f64 / 1_048_576.0
+        );
+    }
     for p in &problems {
         *report
             .problems_by_reason

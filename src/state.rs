@@ -46,6 +46,9 @@ pub struct InputBookmark {
     pub lines: u64,
     #[serde(default)]
     pub format: Option<Format>,
+    /// For a URL: the server's `ETag` / `Last-Modified` of what was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::source::Validators>,
 }
 
 /// Everything one run hands the next.

@@ -134,9 +134,25 @@ fn plan_inputs(
             path: input.name.clone(),
             source: e,
         };
+        let bookmark = bookmarks.iter().find(|b| b.name == input.name);
+        if input.not_modified
+            && let Some(b) = bookmark
+        {
+            // the server says the content is what the bookmark read: nothing new
+            resumes.push(Resume {
+                at: Mark {
+                    offset: b.offset,
+                    lines: b.lines,
+                    format: b.format,
+                },
+                skip: true,
+            });
+            prints.push(b.fingerprint.clone());
+            continue;
+        }
         let now = source::fingerprint(&input.path).map_err(io)?;
         let mut resume = Resume::default();
-        if let Some(b) = bookmarks.iter().find(|b| b.name == input.name) {
+        if let Some(b) = bookmark {
             let was = &b.fingerprint;
             if now.continues(was, &input.path).map_err(io)? {
                 resume = Resume {
@@ -201,8 +217,14 @@ pub fn run<W: Write>(
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let mut report = SyncReport::default();
-    let inputs = source::resolve(&config.sources, &config.http_options())?;
     let bookmarks = state.and_then(TapState::bookmarks_of);
+    let inputs = source::resolve_since(&config.sources, &config.http_options(), |url| {
+        bookmarks
+            .iter()
+            .flatten()
+            .find(|b| b.name == url)
+            .and_then(|b| b.http.clone())
+    })?;
     let (resumes, prints) = plan_inputs(&inputs, bookmarks.as_deref().unwrap_or(&[]))?;
     report.unchanged_inputs = resumes.iter().filter(|r| r.skip).count();
     let same_inputs = bookmarks.as_ref().is_some_and(|b| {
@@ -384,6 +406,7 @@ pub fn run<W: Write>(
                         offset: end.offset,
                         lines: end.lines,
                         format: end.format,
+                        http: input.validators.clone(),
                     })
                     .collect(),
                 carry,

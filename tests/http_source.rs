@@ -201,3 +201,103 @@ fn http_errors_name_the_url_and_never_the_token() {
     assert!(ok.status.success());
     assert!(!String::from_utf8(ok.stderr).unwrap().contains("s3cret"));
 }
+
+/// A resource whose content and ETag can be replaced, answering `If-None-Match` with 304.
+struct Feed {
+    url: String,
+    content: Arc<Mutex<(Vec<u8>, String)>>,
+    /// (requests, conditional requests, 304 answers)
+    counts: Arc<Mutex<(u32, u32, u32)>>,
+}
+
+fn serve_feed(body: Vec<u8>, etag: &str) -> Feed {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/feed.ndjson", listener.local_addr().unwrap());
+    let content = Arc::new(Mutex::new((body, etag.to_string())));
+    let counts: Arc<Mutex<(u32, u32, u32)>> = Arc::default();
+    let (c, n) = (content.clone(), counts.clone());
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut if_none_match = None;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':')
+                    && k.trim().eq_ignore_ascii_case("if-none-match")
+                {
+                    if_none_match = Some(v.trim().to_string());
+                }
+            }
+            let (body, etag) = c.lock().unwrap().clone();
+            let mut counts = n.lock().unwrap();
+            counts.0 += 1;
+            counts.1 += u32::from(if_none_match.is_some());
+            if if_none_match.as_deref() == Some(etag.as_str()) {
+                counts.2 += 1;
+                let hdr = [("ETag".to_string(), etag)];
+                respond(&mut stream, "304 Not Modified", &hdr, b"", 0, false);
+            } else {
+                let hdr = [
+                    ("Content-Length".to_string(), body.len().to_string()),
+                    ("ETag".to_string(), etag),
+                ];
+                respond(&mut stream, "200 OK", &hdr, &body, usize::MAX, false);
+            }
+        }
+    });
+    Feed {
+        url,
+        content,
+        counts,
+    }
+}
+
+#[test]
+fn http_sources_are_requested_conditionally_and_resume_where_they_stopped() {
+    let text = std::fs::read_to_string(shared("data/meltano-real/captures.ndjson")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let half = lines.len() / 2;
+    let first: String = lines[..half].iter().map(|l| format!("{l}\n")).collect();
+    let all: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let feed = serve_feed(first.into_bytes(), "\"v1\"");
+    let dir = common::temp_dir("http-conditional");
+    let config = json!({"sources": [feed.url.clone()]});
+    let run = |state: Option<&serde_json::Value>| {
+        let out = common::tap_command(&dir, &config, state).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        common::parse(&out.stdout)
+    };
+    let mut tables = common::Tables::new();
+    let one = run(None);
+    common::upsert(&mut tables, &one);
+    let state = one.states.last().unwrap().clone();
+    assert_eq!(state["tap_kpis"]["inputs"][0]["http"]["etag"], "\"v1\"");
+
+    // unchanged: the server answers 304, nothing is downloaded or emitted, the state stands
+    let two = run(Some(&state));
+    assert!(two.records.is_empty(), "{:?}", two.records.keys());
+    assert_eq!(two.states, vec![state.clone()]);
+    assert_eq!(*feed.counts.lock().unwrap(), (2, 1, 1));
+
+    // appended: downloaded again, read from the bookmark on
+    *feed.content.lock().unwrap() = (all.clone().into_bytes(), "\"v2\"".to_string());
+    let three = run(Some(&state));
+    assert_eq!(*feed.counts.lock().unwrap(), (3, 2, 1));
+    let state = three.states.last().unwrap().clone();
+    assert_eq!(state["tap_kpis"]["inputs"][0]["http"]["etag"], "\"v2\"");
+    common::upsert(&mut tables, &three);
+    let whole = common::temp_dir("http-conditional-whole").join("all.ndjson");
+    std::fs::write(&whole, &all).unwrap();
+    let mut full = common::Tables::new();
+    common::upsert(&mut full, &sync_paths(&[whole]));
+    common::assert_same(&common::kpi_tables(full), &common::kpi_tables(tables));
+}

@@ -1,5 +1,7 @@
 //! HTTP(S) sources: a URL is downloaded to a temporary file, with timeouts, retries with backoff on
 //! server errors and broken connections, and resumption by `Range` requests, then read like a file.
+//! The `ETag` and `Last-Modified` a server sends are kept in the state and sent back next run
+//! (`If-None-Match`, `If-Modified-Since`): an unchanged resource answers 304 and is not downloaded.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -8,7 +10,11 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
-use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, RANGE};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_RANGE, ETAG, HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+    RANGE,
+};
+use serde::{Deserialize, Serialize};
 
 use super::SourceError;
 
@@ -43,8 +49,58 @@ fn http_error(url: &str, detail: impl std::fmt::Display) -> SourceError {
     }
 }
 
+/// What a server said identifies the content it sent (its `ETag` and `Last-Modified` headers).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validators {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+}
+
+impl Validators {
+    fn of(headers: &HeaderMap) -> Validators {
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Validators {
+            etag: text(ETAG),
+            last_modified: text(LAST_MODIFIED),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+}
+
+/// The outcome of a download.
+#[derive(Debug)]
+pub enum Download {
+    /// The content, in a temporary file, and what identifies it.
+    Fetched(PathBuf, Validators),
+    /// The server says the content is the one `known` identified (HTTP 304).
+    NotModified,
+}
+
 /// Download `url` into a new temporary file and return its path.
 pub fn download(url: &str, opts: &HttpOptions) -> Result<PathBuf, SourceError> {
+    match download_if_changed(url, opts, None)? {
+        Download::Fetched(path, _) => Ok(path),
+        // no validators were sent, so the server has no reason to answer 304
+        Download::NotModified => Err(http_error(url, "HTTP 304 to an unconditional request")),
+    }
+}
+
+/// Download `url` unless the server says it is still what `known` identifies.
+pub fn download_if_changed(
+    url: &str,
+    opts: &HttpOptions,
+    known: Option<&Validators>,
+) -> Result<Download, SourceError> {
     let client = Client::builder()
         .timeout(opts.timeout)
         .connect_timeout(opts.timeout)
@@ -61,11 +117,26 @@ pub fn download(url: &str, opts: &HttpOptions) -> Result<PathBuf, SourceError> {
     })?;
     let mut received: u64 = 0;
     let mut attempt = 0;
+    let mut validators = Validators::default();
+    let known = known.filter(|k| !k.is_empty());
     loop {
-        match fetch_from(&client, url, opts, received, &mut file) {
+        match fetch_from(
+            &client,
+            url,
+            opts,
+            received,
+            known,
+            &mut file,
+            &mut validators,
+        ) {
             Ok(Fetch::Done(total)) => {
                 tracing::info!("downloaded {url}: {total} bytes");
-                return Ok(path);
+                return Ok(Download::Fetched(path, validators));
+            }
+            Ok(Fetch::NotModified) => {
+                let _ = std::fs::remove_file(&path);
+                tracing::info!("{url}: not modified since the last run");
+                return Ok(Download::NotModified);
             }
             Ok(Fetch::Restart) => {
                 file.set_len(0).and_then(|_| file.sync_all()).ok();
@@ -105,6 +176,8 @@ pub fn download(url: &str, opts: &HttpOptions) -> Result<PathBuf, SourceError> {
 enum Fetch {
     /// Everything received; total bytes.
     Done(u64),
+    /// HTTP 304 to a conditional request.
+    NotModified,
     /// The server ignored the range: start again from byte 0.
     Restart,
     /// Some bytes arrived, the rest must be asked for.
@@ -117,12 +190,16 @@ enum Failure {
     Retry(String, u64),
 }
 
+/// One request for `url` from byte `from`; a first request carries the `known` validators, and a full
+/// response sets `validators`.
 fn fetch_from(
     client: &Client,
     url: &str,
     opts: &HttpOptions,
     from: u64,
+    known: Option<&Validators>,
     file: &mut File,
+    validators: &mut Validators,
 ) -> Result<Fetch, Failure> {
     let mut req = client.get(url);
     if let Some(token) = &opts.bearer_token {
@@ -130,11 +207,21 @@ fn fetch_from(
     }
     if from > 0 {
         req = req.header(RANGE, format!("bytes={from}-"));
+    } else if let Some(k) = known {
+        if let Some(etag) = &k.etag {
+            req = req.header(IF_NONE_MATCH, etag);
+        }
+        if let Some(date) = &k.last_modified {
+            req = req.header(IF_MODIFIED_SINCE, date);
+        }
     }
     let mut resp = req
         .send()
         .map_err(|e| Failure::Retry(format!("request failed: {}", without_url(&e)), from))?;
     let status = resp.status();
+    if status == StatusCode::NOT_MODIFIED && from == 0 && known.is_some() {
+        return Ok(Fetch::NotModified);
+    }
     if status == StatusCode::RANGE_NOT_SATISFIABLE && from > 0 {
         return Ok(Fetch::Done(from));
     }
@@ -150,6 +237,9 @@ fn fetch_from(
     let resumed = status == StatusCode::PARTIAL_CONTENT;
     if from > 0 && !resumed {
         return Ok(Fetch::Restart);
+    }
+    if !resumed {
+        *validators = Validators::of(resp.headers());
     }
     if resumed
         && !resp.headers().get(CONTENT_RANGE).is_some_and(|v| {

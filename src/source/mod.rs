@@ -11,7 +11,7 @@ use crate::config::{SourceFormat, SourceSpec};
 
 pub mod http;
 
-pub use http::HttpOptions;
+pub use http::{HttpOptions, Validators};
 
 /// Errors that make a source unreadable as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,11 @@ pub struct Input {
     pub format: SourceFormat,
     /// Set when `path` is a downloaded copy to delete after reading.
     pub temporary: bool,
+    /// For a URL: what identifies the content downloaded (sent back next run).
+    pub validators: Option<Validators>,
+    /// For a URL: the server said the content is unchanged since the last run; nothing was
+    /// downloaded and `path` is empty.
+    pub not_modified: bool,
 }
 
 impl Drop for Input {
@@ -72,16 +77,31 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
 /// Resolve every configured source into files, in configuration order, each directory or glob sorted;
 /// URLs are downloaded.
 pub fn resolve(specs: &[SourceSpec], http: &HttpOptions) -> Result<Vec<Input>, SourceError> {
+    resolve_since(specs, http, |_| None)
+}
+
+/// [`resolve`], downloading a URL only if the server says it changed since `known(url)` identified it.
+pub fn resolve_since(
+    specs: &[SourceSpec],
+    http: &HttpOptions,
+    known: impl Fn(&str) -> Option<Validators>,
+) -> Result<Vec<Input>, SourceError> {
     let mut inputs = Vec::new();
     for spec in specs {
         let p = spec.path();
         if p.starts_with("http://") || p.starts_with("https://") {
-            let path = http::download(p, http)?;
+            let (path, validators, not_modified) =
+                match http::download_if_changed(p, http, known(p).as_ref())? {
+                    http::Download::Fetched(path, v) => (path, Some(v), false),
+                    http::Download::NotModified => (PathBuf::new(), known(p), true),
+                };
             inputs.push(Input {
                 name: p.to_string(),
                 path,
                 format: spec.format(),
-                temporary: true,
+                temporary: !not_modified,
+                validators,
+                not_modified,
             });
             continue;
         }
@@ -129,6 +149,8 @@ pub fn resolve(specs: &[SourceSpec], http: &HttpOptions) -> Result<Vec<Input>, S
             path,
             format: spec.format(),
             temporary: false,
+            validators: None,
+            not_modified: false,
         }));
     }
     Ok(inputs)

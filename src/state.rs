@@ -99,13 +99,65 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
+/// A row of the ledger as [`PartsRow`] reads it back, borrowed from the parts it is written from.
+#[derive(Serialize)]
+struct PartsRowRef<'a>(
+    &'a str,
+    &'a Variant,
+    i64,
+    i64,
+    Option<i64>,
+    Vec<&'a str>,
+    Vec<(u32, Option<i64>)>,
+    u32,
+    u32,
+    Vec<i64>,
+);
+
+/// The parts, serialised one row at a time (the ledger is never held as rows or as JSON text).
+struct Rows<'a> {
+    parts: &'a [&'a ExecParts],
+    plugin_index: &'a BTreeMap<&'a str, u32>,
+}
+
+impl Serialize for Rows<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.parts.iter().map(|p| {
+            PartsRowRef(
+                &p.execution_id,
+                &p.variant,
+                p.started_ms,
+                p.finished_ms - p.started_ms,
+                p.exit_code,
+                p.ip_hashes.iter().map(String::as_str).collect(),
+                p.plugins
+                    .values()
+                    .map(|plugin| (self.plugin_index[plugin.key()], plugin.first_seen_ms))
+                    .collect(),
+                p.event_count,
+                p.weight,
+                p.presence_months.iter().copied().collect(),
+            )
+        }))
+    }
+}
+
+/// [`Ledger`] as written: borrowed from the carry.
+#[derive(Serialize)]
+struct LedgerRef<'a> {
+    plugins: Vec<&'a BTreeMap<String, Value>>,
+    parts: Rows<'a>,
+    opt_outs: &'a BTreeMap<String, i64>,
+    structured: &'a BTreeMap<String, (i64, i64)>,
+    ids: String,
+    newest: Option<i64>,
+    projects: &'a BTreeMap<String, (String, i64)>,
+}
+
 fn encode_carry(
     carry: &Carry,
     projects: &BTreeMap<String, (String, i64)>,
 ) -> Result<String, StateError> {
-    let mut plugin_index: BTreeMap<String, u32> = BTreeMap::new();
-    let mut plugins = Vec::new();
-    let mut parts = Vec::with_capacity(carry.parts.len());
     // a fixed order: the same history always gives the same state, and a project's rows sit together,
     // which compresses better
     let mut order: Vec<&ExecParts> = carry.parts.iter().collect();
@@ -116,28 +168,14 @@ fn encode_carry(
             &b.execution_id,
         ))
     });
-    for p in order {
-        let mut refs = Vec::with_capacity(p.plugins.len());
-        for plugin in p.plugins.values() {
-            let next = plugins.len() as u32;
-            let id = *plugin_index.entry(plugin.key().to_string()).or_insert(next);
-            if id == next {
-                plugins.push(plugin.info.dict.clone());
-            }
-            refs.push((id, plugin.first_seen_ms));
+    // plugins are numbered in order of first use
+    let mut plugin_index: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut plugins = Vec::new();
+    for plugin in order.iter().flat_map(|p| p.plugins.values()) {
+        if !plugin_index.contains_key(plugin.key()) {
+            plugin_index.insert(plugin.key(), plugins.len() as u32);
+            plugins.push(&plugin.info.dict);
         }
-        parts.push(PartsRow(
-            p.execution_id.clone(),
-            p.variant.clone(),
-            p.started_ms,
-            p.finished_ms - p.started_ms,
-            p.exit_code,
-            p.ip_hashes.iter().cloned().collect(),
-            refs,
-            p.event_count,
-            p.weight,
-            p.presence_months.iter().copied().collect(),
-        ));
     }
     let mut ids = Vec::with_capacity(carry.event_ids.len() * 24);
     let mut sorted = carry.event_ids.clone();
@@ -146,21 +184,27 @@ fn encode_carry(
         ids.extend_from_slice(&key.to_be_bytes());
         ids.extend_from_slice(&time.to_be_bytes());
     }
-    let ledger = Ledger {
+    let ledger = LedgerRef {
         plugins,
-        parts,
-        opt_outs: carry.opt_outs.clone(),
-        structured: carry.structured.clone(),
+        parts: Rows {
+            parts: &order,
+            plugin_index: &plugin_index,
+        },
+        opt_outs: &carry.opt_outs,
+        structured: &carry.structured,
         ids: b64().encode(ids),
         newest: carry.newest_event_ms,
-        projects: projects.clone(),
+        projects,
     };
-    let json = serde_json::to_vec(&ledger).map_err(|e| StateError::Damaged(e.to_string()))?;
+    let damaged = |e: &dyn std::fmt::Display| StateError::Damaged(e.to_string());
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-    gz.write_all(&json)
-        .and_then(|_| gz.finish())
+    let mut json = std::io::BufWriter::new(&mut gz);
+    serde_json::to_writer(&mut json, &ledger).map_err(|e| damaged(&e))?;
+    json.flush().map_err(|e| damaged(&e))?;
+    drop(json);
+    gz.finish()
         .map(|bytes| b64().encode(bytes))
-        .map_err(|e| StateError::Damaged(e.to_string()))
+        .map_err(|e| damaged(&e))
 }
 
 type Projects = BTreeMap<String, (String, i64)>;

@@ -6,13 +6,16 @@
 //! monthly rows are re-emitted from the first day of the month before the earliest touched day (or of
 //! the previous as_of, which brings new days and newly complete months). Rows keyed by execution,
 //! project or pipeline are re-emitted for the touched ones; a project whose source or first event
-//! changed is re-emitted whole, and then every global row too, since its whole history moved.
+//! changed is re-emitted whole, and then every global row too, since its whole history moved. A
+//! project's daily rows depend on its own executions and on whether their month is complete, so from
+//! that month on they are re-emitted for touched projects, for days after the previous as_of, and for
+//! months that as_of has just completed.
 
 use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
 
-use crate::kpi::calendar::{day_of, fmt_day, month_first_day, month_of};
+use crate::kpi::calendar::{day_of, fmt_day, month_first_day, month_last_day, month_of};
 use crate::normalize::{Facts, Touched};
 
 /// The row filter of one incremental run.
@@ -31,6 +34,9 @@ pub struct Changes {
     /// Period rows before this day (`YYYY-MM-DD`) come from summarised history and are never
     /// re-emitted (they are final).
     pub exact_from: Option<String>,
+    /// Days (`YYYY-MM-DD`, inclusive) of the months complete at as_of but not at the previous as_of:
+    /// their daily rows gained month flags.
+    pub completed: Option<(String, String)>,
 }
 
 impl Changes {
@@ -40,15 +46,28 @@ impl Changes {
         facts: &Facts,
         touched: &Touched,
         previous_as_of: i64,
+        as_of: i64,
         previous_projects: &BTreeMap<String, (String, i64)>,
     ) -> Changes {
         let earliest = touched.earliest_ms.map(day_of).unwrap_or(previous_as_of);
         let from_day = month_first_day(month_of(earliest.min(previous_as_of) - 1));
+        // the last month complete on a day
+        let complete_until = |day: i64| {
+            let m = month_of(day);
+            if month_last_day(m) <= day { m } else { m - 1 }
+        };
+        let (was, now) = (complete_until(previous_as_of), complete_until(as_of));
         let mut changes = Changes {
             from: fmt_day(from_day),
             previous_as_of: fmt_day(previous_as_of),
             executions: touched.executions.clone(),
             projects: touched.projects.clone(),
+            completed: (now > was).then(|| {
+                (
+                    fmt_day(month_first_day(was + 1)),
+                    fmt_day(month_last_day(now)),
+                )
+            }),
             ..Default::default()
         };
         for p in &facts.projects {
@@ -97,7 +116,16 @@ impl Changes {
                     || s("last_active_date") >= self.previous_as_of.as_str()
             }
             "daily_active_projects" => {
-                s("date") >= self.from.as_str() || self.rewritten.contains(s("project_id"))
+                let date = s("date");
+                let completed = self
+                    .completed
+                    .as_ref()
+                    .is_some_and(|(first, last)| (first.as_str()..=last.as_str()).contains(&date));
+                self.rewritten.contains(s("project_id"))
+                    || (date >= self.from.as_str()
+                        && (self.projects.contains(s("project_id"))
+                            || date > self.previous_as_of.as_str()
+                            || completed))
             }
             "project_monthly_segments" => {
                 s("month") >= self.from.as_str() || self.rewritten.contains(s("project_id"))

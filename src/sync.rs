@@ -316,7 +316,7 @@ pub fn run<W: Write>(
     tracing::debug!("model built at {:.2}s", started.elapsed().as_secs_f64());
     report.as_of = calendar::fmt_day(model.as_of);
     let changes = previous_as_of.map(|p| {
-        let mut c = Changes::new(&facts, &touched, p, &previous_projects);
+        let mut c = Changes::new(&facts, &touched, p, model.as_of, &previous_projects);
         c.exact_from = exact_from.map(calendar::fmt_day);
         c
     });

@@ -146,13 +146,7 @@ def bench(projects, days, activity):
         # (d) incremental: the state of the first ~99% of the files, then the rest arrives
         src = os.path.join(work, "src")
         os.makedirs(src)
-        sizes = [os.path.getsize(f) for f in files]
-        total, acc, split = sum(sizes), 0, len(files)
-        for i in range(len(files) - 1, 0, -1):
-            acc += sizes[i]
-            if acc >= total * 0.01:
-                split = i
-                break
+        split = last_percent(files)
         fill(src, files[:split])
         _, _, _, state, _ = tap_run(work, [src])
         fill(src, files)
@@ -160,6 +154,16 @@ def bench(projects, days, activity):
         new_events = events_read(inc_err)
         idle_wall, idle_rss, _, _, idle_records = tap_run(work, [src], state_after)
         state_bytes, state_projects, _ = state_facts(state_after)
+        # the same inside a month (no month completes): the fleet up to the last 20th of a month
+        upto = max((i + 1 for i, f in enumerate(files) if os.path.basename(f)[18:20] == "20"), default=0)
+        month_run = None
+        if upto > 1:
+            split = last_percent(files[:upto])
+            fill(src, files[:split])
+            _, _, _, state, _ = tap_run(work, [src])
+            fill(src, files[:upto])
+            wall, rss, err, _, records = tap_run(work, [src], state)
+            month_run = (wall, rss, events_read(err), records, os.path.basename(files[upto - 1])[10:20])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -175,17 +179,33 @@ def bench(projects, days, activity):
         f" {floor_events / floor_wall:,.0f} |",
         f"| (d) incremental run, {new_events:,} new events ({100 * new_events / events:.1f}%) on the state of the"
         f" rest ({inc_records:,} records) | {inc_wall:.2f} | {inc_rss:.0f} | {new_events / inc_wall:,.0f} |",
+        *([f"| (d) the same inside a month, {month_run[2]:,} new events up to {month_run[4]} ({month_run[3]:,} "
+           f"records) | {month_run[0]:.2f} | {month_run[1]:.0f} | {month_run[2] / month_run[0]:,.0f} |"]
+          if month_run else []),
         f"| run with no new input ({idle_records} records; state of {state_projects:,} projects, "
         f"{state_bytes / 1e6:.1f} MB) | {idle_wall:.2f} | {idle_rss:.0f} | |",
         "",
         f"DuckDB / tap-kpis full refresh wall time: **{db_wall / tap_wall:.1f}x**; peak memory ratio "
         f"{db_rss / tap_rss:.1f}x.",
         f"Full refresh / one-thread parse floor wall time: **{tap_wall / floor_wall:.2f}x**.",
-        f"Incremental run ({100 * new_events / events:.1f}% new events) / full refresh wall time: "
-        f"**{100 * inc_wall / tap_wall:.0f}%**.",
+        f"Incremental run ({100 * new_events / events:.1f}% new events, the last files) / full refresh wall "
+        f"time: **{100 * inc_wall / tap_wall:.0f}%**"
+        + (f"; the same ending on a month's 20th (no month completes): **{100 * month_run[0] / tap_wall:.0f}%**."
+           if month_run else "."),
     ])
     print(text, flush=True)
     return text
+
+
+def last_percent(files):
+    """Index from which the last files hold about 1% of the bytes (at least one file)."""
+    sizes = [os.path.getsize(f) for f in files]
+    total, acc = sum(sizes), 0
+    for i in range(len(files) - 1, 0, -1):
+        acc += sizes[i]
+        if acc >= total * 0.01:
+            return i
+    return len(files)
 
 
 def state_growth(projects, days, activity):

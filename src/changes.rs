@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
 
-use crate::kpi::calendar::{day_of, fmt_day, month_first_day, month_last_day, month_of};
+use crate::kpi::calendar::{
+    day_of, fmt_day, is_complete, month_first_day, month_last_day, month_of,
+};
 use crate::normalize::{Facts, Touched};
 
 /// The row filter of one incremental run.
@@ -54,7 +56,7 @@ impl Changes {
         // the last month complete on a day
         let complete_until = |day: i64| {
             let m = month_of(day);
-            if month_last_day(m) <= day { m } else { m - 1 }
+            if is_complete(m, day) { m } else { m - 1 }
         };
         let (was, now) = (complete_until(previous_as_of), complete_until(as_of));
         let mut changes = Changes {

@@ -51,6 +51,17 @@ pub struct InputBookmark {
     pub http: Option<crate::source::Validators>,
 }
 
+impl InputBookmark {
+    /// Where the next run resumes this input.
+    pub fn mark(&self) -> crate::read::Mark {
+        crate::read::Mark {
+            offset: self.offset,
+            lines: self.lines,
+            format: self.format,
+        }
+    }
+}
+
 /// Everything one run hands the next.
 #[derive(Debug, Clone, Default)]
 pub struct TapState {

@@ -140,11 +140,7 @@ fn plan_inputs(
         {
             // the server says the content is what the bookmark read: nothing new
             resumes.push(Resume {
-                at: Mark {
-                    offset: b.offset,
-                    lines: b.lines,
-                    format: b.format,
-                },
+                at: b.mark(),
                 skip: true,
             });
             prints.push(b.fingerprint.clone());
@@ -156,11 +152,7 @@ fn plan_inputs(
             let was = &b.fingerprint;
             if now.continues(was, &input.path).map_err(io)? {
                 resume = Resume {
-                    at: Mark {
-                        offset: b.offset,
-                        lines: b.lines,
-                        format: b.format,
-                    },
+                    at: b.mark(),
                     skip: now.size == was.size && now.mtime_ms == was.mtime_ms,
                 };
             } else {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_json::{Value, json};
 
 use super::calendar::{
-    Month, day_of, fmt_day, fmt_month, month_first_day, month_last_day, month_of,
+    Month, day_of, fmt_day, fmt_month, is_complete, month_first_day, month_last_day, month_of,
 };
 use super::{
     ACTIVE_WINDOW_DAYS, Model, ProjectActivity, RecordIter, ratio, usage, windows_to_intervals,
@@ -51,10 +51,6 @@ fn active_months(pa: &ProjectActivity, as_of: i64) -> BTreeSet<Month> {
         months.extend(month_of(s)..=month_of(e.min(as_of)));
     }
     months
-}
-
-fn is_complete(m: Month, as_of: i64) -> bool {
-    month_last_day(m) <= as_of
 }
 
 /// `daily_active_projects`: one record per (project, active day ≤ as_of).

@@ -72,6 +72,11 @@ pub fn month_last_day(m: Month) -> i64 {
     month_first_day(m + 1) - 1
 }
 
+/// Whether month `m` is complete on day `as_of` (its last day is on or before it).
+pub fn is_complete(m: Month, as_of: i64) -> bool {
+    month_last_day(m) <= as_of
+}
+
 /// `YYYY-MM-01` of a month.
 pub fn fmt_month(m: Month) -> String {
     fmt_day(month_first_day(m))

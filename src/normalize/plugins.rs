@@ -71,7 +71,7 @@ impl PluginTable {
     }
 
     /// Id of a plugin dict, interning it when new.
-    pub fn intern_dict(&mut self, raw: &Map<String, Value>) -> u32 {
+    fn intern_dict(&mut self, raw: &Map<String, Value>) -> u32 {
         let dict = normalised_dict(raw);
         let text = canonical_json(&dict);
         if let Some(id) = self.by_text.get(&text) {

@@ -86,16 +86,8 @@ pub enum Download {
     NotModified,
 }
 
-/// Download `url` into a new temporary file and return its path.
-pub fn download(url: &str, opts: &HttpOptions) -> Result<PathBuf, SourceError> {
-    match download_if_changed(url, opts, None)? {
-        Download::Fetched(path, _) => Ok(path),
-        // no validators were sent, so the server has no reason to answer 304
-        Download::NotModified => Err(http_error(url, "HTTP 304 to an unconditional request")),
-    }
-}
-
-/// Download `url` unless the server says it is still what `known` identifies.
+/// Download `url` into a new temporary file, unless the server says it is still what `known`
+/// identifies.
 pub fn download_if_changed(
     url: &str,
     opts: &HttpOptions,

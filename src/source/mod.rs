@@ -90,10 +90,11 @@ pub fn resolve_since(
     for spec in specs {
         let p = spec.path();
         if p.starts_with("http://") || p.starts_with("https://") {
+            let known = known(p);
             let (path, validators, not_modified) =
-                match http::download_if_changed(p, http, known(p).as_ref())? {
+                match http::download_if_changed(p, http, known.as_ref())? {
                     http::Download::Fetched(path, v) => (path, Some(v), false),
-                    http::Download::NotModified => (PathBuf::new(), known(p), true),
+                    http::Download::NotModified => (PathBuf::new(), known, true),
                 };
             inputs.push(Input {
                 name: p.to_string(),

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::kpi::calendar::{
     day_of, fmt_day, is_complete, month_first_day, month_last_day, month_of,
 };
-use crate::normalize::{Facts, Touched};
+use crate::normalize::{Facts, Text, Touched};
 
 /// The row filter of one incremental run.
 #[derive(Debug, Default)]
@@ -27,7 +27,7 @@ pub struct Changes {
     pub from: String,
     /// The previous run's as_of, `YYYY-MM-DD`.
     pub previous_as_of: String,
-    pub executions: HashSet<String>,
+    pub executions: HashSet<Text>,
     pub projects: HashSet<String>,
     /// Cohort months (`YYYY-MM-01`) of touched projects.
     pub cohorts: HashSet<String>,

@@ -11,80 +11,79 @@
 //! the other extremes are kept with weight 0; the months are kept as a list. Every kept execution is a
 //! real one, so nothing it implies (an active window, a first event) is invented.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::kpi::MIN_AGE_DAYS;
 use crate::kpi::calendar::{DAY_MS, day_of, month_of};
 use crate::normalize::{ExecParts, Execution};
 
-/// Summarise the parts of executions that finished before `cut_ms`; later ones are returned as they
-/// are. Parts without a project id that finished before the cut are dropped (they can never get one).
+/// Summarise the executions that finished before `cut_ms`; later ones are kept as they are. Parts
+/// without a project id that finished before the cut are dropped (they can never get one).
 ///
-/// `summarised_before_ms` is the cut of the state the parts came from: a project none of whose old
-/// parts finished after it is already summarised (summarising is idempotent), and is passed through.
+/// `summarised_before_ms` is the cut of the state the executions came from: a project none of whose
+/// old executions finished after it is already summarised (summarising is idempotent), and is passed
+/// through.
 pub fn compact(
-    parts: Vec<ExecParts>,
+    executions: &[Execution],
+    orphans: Vec<ExecParts>,
     cut_ms: i64,
     summarised_before_ms: Option<i64>,
-) -> Vec<ExecParts> {
-    let mut out = Vec::with_capacity(parts.len());
-    let mut old: BTreeMap<String, Vec<ExecParts>> = BTreeMap::new();
-    for p in parts {
-        if p.finished_ms >= cut_ms {
-            out.push(p);
-            continue;
-        }
-        if let Some(project) = &p.variant.project_id {
-            old.entry(project.clone()).or_default().push(p);
+) -> (Vec<Cow<'_, Execution>>, Vec<ExecParts>) {
+    let orphans = orphans
+        .into_iter()
+        .filter(|p| p.finished_ms >= cut_ms)
+        .collect();
+    let mut out = Vec::with_capacity(executions.len());
+    let mut old: BTreeMap<&str, Vec<&Execution>> = BTreeMap::new();
+    for x in executions {
+        if x.finished_ms >= cut_ms {
+            out.push(Cow::Borrowed(x));
+        } else {
+            old.entry(&x.project_id).or_default().push(x);
         }
     }
-    for (_, ps) in old {
-        if summarised_before_ms.is_some_and(|before| ps.iter().all(|p| p.finished_ms < before)) {
-            out.extend(ps);
+    for (_, mut xs) in old {
+        if summarised_before_ms.is_some_and(|before| xs.iter().all(|x| x.finished_ms < before)) {
+            out.extend(xs.into_iter().map(Cow::Borrowed));
             continue;
         }
-        let mut xs: Vec<(ExecParts, Execution)> = ps
-            .into_iter()
-            .filter_map(|p| p.finish().ok().map(|x| (p, x)))
-            .collect();
-        xs.sort_by(|a, b| {
-            (a.1.started_ms, &a.1.execution_id).cmp(&(b.1.started_ms, &b.1.execution_id))
-        });
-        out.extend(summarise_project(xs));
+        xs.sort_by(|a, b| (a.started_ms, &a.execution_id).cmp(&(b.started_ms, &b.execution_id)));
+        out.extend(summarise_project(&xs).into_iter().map(Cow::Owned));
     }
-    out
+    (out, orphans)
 }
 
-type GroupKey = (
-    Option<String>,
+type GroupKey<'a> = (
+    Option<&'a str>,
     bool,
-    Option<String>,
+    Option<&'a str>,
     Option<bool>,
-    Option<String>,
+    Option<&'a str>,
 );
 
-fn summarise_project(xs: Vec<(ExecParts, Execution)>) -> Vec<ExecParts> {
-    // index of the kept part -> its weight
+fn summarise_project(xs: &[&Execution]) -> Vec<Execution> {
+    // index of the kept execution -> its weight
     let mut kept: BTreeMap<usize, u32> = BTreeMap::new();
     let mut groups: BTreeMap<GroupKey, usize> = BTreeMap::new();
     let mut months: BTreeSet<i64> = BTreeSet::new();
     let mut ips: BTreeSet<String> = BTreeSet::new();
     let mut last_run: BTreeMap<&str, usize> = BTreeMap::new();
-    let first_day = xs.first().map_or(0, |x| day_of(x.1.started_ms));
+    let first_day = xs.first().map_or(0, |x| day_of(x.started_ms));
     let mut first_qualifying: Option<usize> = None;
     let mut last_candidate: Option<usize> = None;
-    for (i, (p, x)) in xs.iter().enumerate() {
+    for (i, x) in xs.iter().enumerate() {
         let key = (
-            x.command.clone(),
+            x.command.as_deref(),
             x.is_success(),
-            x.pipeline_id.clone(),
+            x.pipeline_id.as_deref(),
             x.is_ci,
-            x.project_id_source.clone(),
+            x.project_id_source.as_deref(),
         );
         let rep = *groups.entry(key).or_insert(i);
         *kept.entry(rep).or_insert(0) += x.weight;
         months.insert(month_of(day_of(x.started_ms)));
-        months.extend(p.presence_months.iter().copied());
+        months.extend(x.presence_months.iter().copied());
         ips.extend(x.ip_hashes.iter().cloned());
         if let Some(id) = &x.pipeline_id {
             last_run.insert(id, i);
@@ -105,19 +104,19 @@ fn summarise_project(xs: Vec<(ExecParts, Execution)>) -> Vec<ExecParts> {
     for i in extremes.into_iter().flatten().chain(last_run.into_values()) {
         kept.entry(i).or_insert(0);
     }
-    let mut out: Vec<ExecParts> = Vec::with_capacity(kept.len());
+    let mut out: Vec<Execution> = Vec::with_capacity(kept.len());
     for (n, (i, weight)) in kept.into_iter().enumerate() {
-        let mut p = xs[i].0.clone();
-        p.weight = weight;
-        p.presence_months.clear();
+        let mut x = xs[i].clone();
+        x.weight = weight;
+        x.presence_months.clear();
         if n == 0 {
             // the earliest kept execution carries the project's months and IP hashes
-            p.presence_months = months.clone();
-            p.ip_hashes = ips.clone();
+            x.presence_months = months.iter().copied().collect();
+            x.ip_hashes = ips.clone();
         } else {
-            p.ip_hashes.clear();
+            x.ip_hashes.clear();
         }
-        out.push(p);
+        out.push(x);
     }
     out
 }
@@ -146,15 +145,14 @@ mod tests {
     use crate::normalize::{Variant, plugins};
     use std::collections::BTreeSet;
 
-    fn part(id: &str, day: i64, command: &str, exit: i64, plugin: bool) -> ExecParts {
-        let mut plugins_map = BTreeMap::new();
+    fn execution(id: &str, day: i64, command: &str, exit: i64, plugin: bool) -> Execution {
+        let mut plugins = Vec::new();
         if plugin {
-            let p = plugins::plugin_from_dict(
+            plugins.push(plugins::plugin_from_dict(
                 serde_json::json!({"category": "extractors", "name_hash": "h"})
                     .as_object()
                     .unwrap(),
-            );
-            plugins_map.insert(p.key().to_string(), p);
+            ));
         }
         let start = day * DAY_MS + 1000;
         ExecParts {
@@ -170,19 +168,25 @@ mod tests {
             finished_ms: start + 10,
             exit_code: Some(exit),
             ip_hashes: BTreeSet::new(),
-            plugins: plugins_map,
+            plugins,
             event_count: 3,
             position: Default::default(),
             weight: 1,
             presence_months: BTreeSet::new(),
         }
+        .into_execution()
+        .unwrap()
+    }
+
+    fn owned(xs: Vec<Cow<Execution>>) -> Vec<Execution> {
+        xs.into_iter().map(Cow::into_owned).collect()
     }
 
     #[test]
     fn groups_keep_counts_extremes_and_months() {
-        let mut parts = Vec::new();
+        let mut xs = Vec::new();
         for d in 0..100 {
-            parts.push(part(
+            xs.push(execution(
                 &format!("r{d:03}"),
                 20_000 + d,
                 "run",
@@ -190,39 +194,65 @@ mod tests {
                 true,
             ));
         }
-        parts.push(part("late", 20_200, "run", 0, true));
-        let out = compact(parts.clone(), (20_150) * DAY_MS, None);
+        xs.push(execution("late", 20_200, "run", 0, true));
+        let out = owned(compact(&xs, Vec::new(), 20_150 * DAY_MS, None).0);
         // summarising is idempotent: a summarised project passes through a later cut unchanged
-        let key = |p: &ExecParts| (p.execution_id.clone(), p.weight, p.presence_months.clone());
-        let mut again: Vec<_> = compact(out.clone(), 20_150 * DAY_MS, None)
+        let key = |x: &Execution| (x.execution_id.clone(), x.weight, x.presence_months.clone());
+        let mut again: Vec<_> = compact(&out, Vec::new(), 20_150 * DAY_MS, None)
+            .0
             .iter()
-            .map(key)
+            .map(|x| key(x))
             .collect();
         let mut once: Vec<_> = out.iter().map(key).collect();
         again.sort();
         once.sort();
         assert_eq!(again, once);
-        let passed = compact(out.clone(), 20_160 * DAY_MS, Some(20_150 * DAY_MS));
+        let passed = compact(&out, Vec::new(), 20_160 * DAY_MS, Some(20_150 * DAY_MS)).0;
         assert_eq!(passed.len(), out.len());
-        let old: Vec<&ExecParts> = out.iter().filter(|p| p.execution_id != "late").collect();
+        let old: Vec<&Execution> = out.iter().filter(|x| &*x.execution_id != "late").collect();
         // two groups (success, failure) weighted by their sizes; the total is kept
-        assert_eq!(old.iter().map(|p| p.weight).sum::<u32>(), 100);
+        assert_eq!(old.iter().map(|x| x.weight).sum::<u32>(), 100);
         // the first week's candidates, the first of age, the last run and the group heads are kept
         assert!(old.len() < 15, "{}", old.len());
         assert!(
-            old.iter().any(|p| p.execution_id == "r099"),
+            old.iter().any(|x| &*x.execution_id == "r099"),
             "last execution kept"
         );
         assert!(
-            old.iter().any(|p| p.execution_id == "r008"),
+            old.iter().any(|x| &*x.execution_id == "r008"),
             "first qualifying day kept"
         );
         let months: BTreeSet<i64> = old
             .iter()
-            .flat_map(|p| p.presence_months.iter().copied())
+            .flat_map(|x| x.presence_months.iter().copied())
             .collect();
         assert_eq!(months.len(), 4, "every month with activity");
         // the execution after the cut is untouched
-        assert_eq!(out.iter().filter(|p| p.execution_id == "late").count(), 1);
+        assert_eq!(out.iter().filter(|x| &*x.execution_id == "late").count(), 1);
+    }
+
+    #[test]
+    fn orphans_before_the_cut_are_dropped() {
+        let orphan = |id: &str, day: i64| {
+            let mut x = execution(id, day, "run", 0, false);
+            x.project_id = "".into();
+            ExecParts {
+                execution_id: x.execution_id,
+                variant: Variant::default(),
+                started_ms: x.started_ms,
+                finished_ms: x.finished_ms,
+                exit_code: None,
+                ip_hashes: BTreeSet::new(),
+                plugins: Vec::new(),
+                event_count: 1,
+                position: Default::default(),
+                weight: 1,
+                presence_months: BTreeSet::new(),
+            }
+        };
+        let orphans = vec![orphan("old", 20_000), orphan("new", 20_200)];
+        let (_, kept) = compact(&[], orphans, 20_150 * DAY_MS, None);
+        let ids: Vec<&str> = kept.iter().map(|p| &*p.execution_id).collect();
+        assert_eq!(ids, ["new"]);
     }
 }

@@ -17,17 +17,20 @@ use serde_json::{Value, json};
 
 use crate::decode::Format;
 use crate::normalize::plugins::{PluginInfo, info_from_normalised};
-use crate::normalize::{Carry, ExecParts, Plugin, Variant};
+use crate::normalize::{Carry, ExecParts, Execution, Interner, Plugin, Text, Variant};
 use crate::source::Fingerprint;
 
 /// Version of the state layout; a state of any other version is refused.
-pub const STATE_VERSION: u64 = 2;
+pub const STATE_VERSION: u64 = 3;
+
+/// State versions this tap resumes from: version 2 wrote every row's strings out in full.
+const READS: [u64; 2] = [2, STATE_VERSION];
 
 /// Errors reading a state.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(
-        "state version {found} is not supported by this tap-kpis (it reads version {STATE_VERSION}); run once with --full-refresh (no state) to rebuild it"
+        "state version {found} is not supported by this tap-kpis (it reads versions 1 to {STATE_VERSION}); run once with --full-refresh (no state) to rebuild it"
     )]
     Version { found: String },
     #[error("state is damaged: {0}; run once with --full-refresh (no state) to rebuild it")]
@@ -80,8 +83,9 @@ pub struct TapState {
     pub health: BTreeMap<String, crate::health::RuleCarry>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct PartsRow(
+/// A version-2 ledger row: the variant written out in full on every row.
+#[derive(Deserialize)]
+struct PartsRowV2(
     String,
     Variant,
     i64,
@@ -94,14 +98,92 @@ struct PartsRow(
     Vec<i64>,
 );
 
-#[derive(Serialize, Deserialize)]
-struct Ledger {
+/// A ledger row: execution id, the variant's strings as indexes into the ledger's `texts` (0: none)
+/// in [`VARIANT_TEXTS`] order, is_ci, start, runtime, exit code, IP hashes, plugins (index into
+/// `plugins`, first seen), event count, weight, presence months.
+#[derive(Deserialize)]
+struct PartsRow<'a>(
+    #[serde(borrow)] std::borrow::Cow<'a, str>,
+    [u32; VARIANT_TEXTS],
+    Option<bool>,
+    i64,
+    i64,
+    Option<i64>,
+    Vec<String>,
+    Vec<(u32, Option<i64>)>,
+    u32,
+    u32,
+    Vec<i64>,
+);
+
+/// The strings of a variant a row refers to: project id, source, environment hash, Meltano and
+/// Python versions, command, sub-command, structured-event command.
+const VARIANT_TEXTS: usize = 8;
+
+fn variant_texts(v: &Variant) -> [Option<&Text>; VARIANT_TEXTS] {
+    [
+        v.project_id.as_ref(),
+        v.source.as_ref(),
+        v.environment_hash.as_ref(),
+        v.meltano_version.as_ref(),
+        v.python_version.as_ref(),
+        v.command.as_ref(),
+        v.sub_command.as_ref(),
+        v.se_command.as_ref(),
+    ]
+}
+
+fn variant_from_texts(
+    refs: [u32; VARIANT_TEXTS],
+    is_ci: Option<bool>,
+    texts: &[Text],
+) -> Result<Variant, StateError> {
+    let mut t = [const { None }; VARIANT_TEXTS];
+    for (slot, r) in t.iter_mut().zip(refs) {
+        if r > 0 {
+            *slot = Some(
+                texts
+                    .get(r as usize - 1)
+                    .cloned()
+                    .ok_or_else(|| StateError::Damaged(format!("text {r} is not in the state")))?,
+            );
+        }
+    }
+    let [
+        project_id,
+        source,
+        environment_hash,
+        meltano_version,
+        python_version,
+        command,
+        sub_command,
+        se_command,
+    ] = t;
+    Ok(Variant {
+        project_id,
+        source,
+        environment_hash,
+        meltano_version,
+        python_version,
+        is_ci,
+        command,
+        sub_command,
+        se_command,
+        ip_hash: None,
+    })
+}
+
+#[derive(Deserialize)]
+struct Ledger<'a, R> {
+    #[serde(default)]
+    texts: Vec<String>,
     plugins: Vec<BTreeMap<String, Value>>,
-    parts: Vec<PartsRow>,
+    parts: Vec<R>,
     opt_outs: BTreeMap<String, i64>,
     structured: BTreeMap<String, (i64, i64)>,
     /// 24 bytes per event: id (16, big-endian) and event time (8, big-endian).
-    ids: String,
+    #[serde(borrow)]
+    ids: std::borrow::Cow<'a, str>,
     newest: Option<i64>,
     projects: BTreeMap<String, (String, i64)>,
 }
@@ -110,11 +192,39 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
-/// A row of the ledger as [`PartsRow`] reads it back, borrowed from the parts it is written from.
+/// One execution as the ledger writes it: a folded part, or a finished execution (which holds
+/// everything its parts did).
+#[derive(Clone, Copy)]
+pub enum LedgerEntry<'a> {
+    Part(&'a ExecParts),
+    Execution(&'a Execution),
+}
+
+impl LedgerEntry<'_> {
+    fn sort_key(&self) -> (Option<&str>, i64, &str) {
+        match self {
+            LedgerEntry::Part(p) => (
+                p.variant.project_id.as_deref(),
+                p.started_ms,
+                &p.execution_id,
+            ),
+            LedgerEntry::Execution(x) => (Some(&x.project_id), x.started_ms, &x.execution_id),
+        }
+    }
+    fn plugins(&self) -> &[Plugin] {
+        match self {
+            LedgerEntry::Part(p) => &p.plugins,
+            LedgerEntry::Execution(x) => &x.plugins,
+        }
+    }
+}
+
 #[derive(Serialize)]
+#[allow(clippy::type_complexity)]
 struct PartsRowRef<'a>(
     &'a str,
-    &'a Variant,
+    [u32; VARIANT_TEXTS],
+    Option<bool>,
     i64,
     i64,
     Option<i64>,
@@ -125,37 +235,65 @@ struct PartsRowRef<'a>(
     Vec<i64>,
 );
 
-/// The parts, serialised one row at a time (the ledger is never held as rows or as JSON text).
 struct Rows<'a> {
-    parts: &'a [&'a ExecParts],
+    entries: &'a [LedgerEntry<'a>],
     plugin_index: &'a BTreeMap<&'a str, u32>,
+    text_index: &'a indexmap::IndexSet<&'a str>,
+}
+
+impl Rows<'_> {
+    fn text_refs(&self, v: &Variant) -> [u32; VARIANT_TEXTS] {
+        variant_texts(v).map(|t| {
+            t.and_then(|t| self.text_index.get_index_of(&**t))
+                .map_or(0, |i| i as u32 + 1)
+        })
+    }
+    fn plugin_refs(&self, plugins: &[Plugin]) -> Vec<(u32, Option<i64>)> {
+        let mut refs: Vec<(u32, Option<i64>)> = plugins
+            .iter()
+            .map(|p| (self.plugin_index[p.key()], p.first_seen_ms))
+            .collect();
+        refs.sort_unstable();
+        refs
+    }
 }
 
 impl Serialize for Rows<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.parts.iter().map(|p| {
-            PartsRowRef(
+        serializer.collect_seq(self.entries.iter().map(|e| match e {
+            LedgerEntry::Part(p) => PartsRowRef(
                 &p.execution_id,
-                &p.variant,
+                self.text_refs(&p.variant),
+                p.variant.is_ci,
                 p.started_ms,
                 p.finished_ms - p.started_ms,
                 p.exit_code,
                 p.ip_hashes.iter().map(String::as_str).collect(),
-                p.plugins
-                    .values()
-                    .map(|plugin| (self.plugin_index[plugin.key()], plugin.first_seen_ms))
-                    .collect(),
+                self.plugin_refs(&p.plugins),
                 p.event_count,
                 p.weight,
                 p.presence_months.iter().copied().collect(),
-            )
+            ),
+            LedgerEntry::Execution(x) => PartsRowRef(
+                &x.execution_id,
+                self.text_refs(&x.variant()),
+                x.is_ci,
+                x.started_ms,
+                x.finished_ms - x.started_ms,
+                x.exit_code,
+                x.ip_hashes.iter().map(String::as_str).collect(),
+                self.plugin_refs(&x.plugins),
+                x.event_count,
+                x.weight,
+                x.presence_months.clone(),
+            ),
         }))
     }
 }
 
-/// [`Ledger`] as written: borrowed from the carry.
 #[derive(Serialize)]
 struct LedgerRef<'a> {
+    texts: Vec<&'a str>,
     plugins: Vec<&'a BTreeMap<String, Value>>,
     parts: Rows<'a>,
     opt_outs: &'a BTreeMap<String, i64>,
@@ -167,25 +305,41 @@ struct LedgerRef<'a> {
 
 fn encode_carry(
     carry: &Carry,
+    executions: &[LedgerEntry],
     projects: &BTreeMap<String, (String, i64)>,
 ) -> Result<String, StateError> {
-    // a fixed order: the same history always gives the same state, and a project's rows sit together,
-    // which compresses better
-    let mut order: Vec<&ExecParts> = carry.parts.iter().collect();
-    order.sort_unstable_by(|a, b| {
-        (&a.variant.project_id, a.started_ms, &a.execution_id).cmp(&(
-            &b.variant.project_id,
-            b.started_ms,
-            &b.execution_id,
-        ))
-    });
-    // plugins are numbered in order of first use
+    let mut order: Vec<LedgerEntry> = carry
+        .parts
+        .iter()
+        .map(LedgerEntry::Part)
+        .chain(executions.iter().copied())
+        .collect();
+    order.sort_unstable_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     let mut plugin_index: BTreeMap<&str, u32> = BTreeMap::new();
     let mut plugins = Vec::new();
-    for plugin in order.iter().flat_map(|p| p.plugins.values()) {
-        if !plugin_index.contains_key(plugin.key()) {
-            plugin_index.insert(plugin.key(), plugins.len() as u32);
-            plugins.push(&plugin.info.dict);
+    let mut text_index: indexmap::IndexSet<&str> = indexmap::IndexSet::new();
+    for entry in &order {
+        for plugin in entry.plugins() {
+            if !plugin_index.contains_key(plugin.key()) {
+                plugin_index.insert(plugin.key(), plugins.len() as u32);
+                plugins.push(&plugin.info.dict);
+            }
+        }
+        let texts = match entry {
+            LedgerEntry::Part(p) => variant_texts(&p.variant),
+            LedgerEntry::Execution(x) => [
+                Some(&x.project_id),
+                x.project_id_source.as_ref(),
+                x.environment_hash.as_ref(),
+                x.meltano_version.as_ref(),
+                x.python_version.as_ref(),
+                x.cli_command.as_ref(),
+                x.sub_command.as_ref(),
+                x.se_command.as_ref(),
+            ],
+        };
+        for t in texts.into_iter().flatten() {
+            text_index.insert(t);
         }
     }
     let mut ids = Vec::with_capacity(carry.event_ids.len() * 24);
@@ -196,10 +350,12 @@ fn encode_carry(
         ids.extend_from_slice(&time.to_be_bytes());
     }
     let ledger = LedgerRef {
+        texts: text_index.iter().copied().collect(),
         plugins,
         parts: Rows {
-            parts: &order,
+            entries: &order,
             plugin_index: &plugin_index,
+            text_index: &text_index,
         },
         opt_outs: &carry.opt_outs,
         structured: &carry.structured,
@@ -220,7 +376,21 @@ fn encode_carry(
 
 type Projects = BTreeMap<String, (String, i64)>;
 
-fn decode_carry(text: &str) -> Result<(Carry, Projects), StateError> {
+/// The parts of one ledger row, whatever the layout of its version.
+struct RowParts {
+    execution_id: Text,
+    variant: Variant,
+    started: i64,
+    runtime: i64,
+    exit_code: Option<i64>,
+    ips: Vec<String>,
+    refs: Vec<(u32, Option<i64>)>,
+    events: u32,
+    weight: u32,
+    months: Vec<i64>,
+}
+
+fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateError> {
     let damaged =
         |what: &str, e: &dyn std::fmt::Display| StateError::Damaged(format!("{what}: {e}"));
     let gz = b64()
@@ -230,56 +400,139 @@ fn decode_carry(text: &str) -> Result<(Carry, Projects), StateError> {
     flate2::read::GzDecoder::new(gz.as_slice())
         .read_to_end(&mut json)
         .map_err(|e| damaged("ledger is not gzip", &e))?;
-    let ledger: Ledger = serde_json::from_slice(&json).map_err(|e| damaged("ledger layout", &e))?;
+    drop(gz);
+    let mut texts = Interner::default();
+    if version == 2 {
+        let mut ledger: Ledger<PartsRowV2> =
+            serde_json::from_slice(&json).map_err(|e| damaged("ledger layout", &e))?;
+        let rows = std::mem::take(&mut ledger.parts).into_iter().map(|r| {
+            let PartsRowV2(
+                id,
+                mut variant,
+                started,
+                runtime,
+                exit_code,
+                ips,
+                refs,
+                events,
+                weight,
+                months,
+            ) = r;
+            variant.share_texts(&mut texts);
+            Ok(RowParts {
+                execution_id: Text::from(id),
+                variant,
+                started,
+                runtime,
+                exit_code,
+                ips,
+                refs,
+                events,
+                weight,
+                months,
+            })
+        });
+        let rows: Result<Vec<RowParts>, StateError> = rows.collect();
+        return carry_from(Head::of(ledger), rows?, texts);
+    }
+    let ledger: Ledger<PartsRow> =
+        serde_json::from_slice(&json).map_err(|e| damaged("ledger layout", &e))?;
+    let table: Vec<Text> = ledger.texts.iter().map(|t| texts.get(t)).collect();
+    let mut rows = Vec::with_capacity(ledger.parts.len());
+    for PartsRow(
+        id,
+        refs,
+        is_ci,
+        started,
+        runtime,
+        exit_code,
+        ips,
+        plugins,
+        events,
+        weight,
+        months,
+    ) in &ledger.parts
+    {
+        rows.push(RowParts {
+            execution_id: Text::from(&**id),
+            variant: variant_from_texts(*refs, *is_ci, &table)?,
+            started: *started,
+            runtime: *runtime,
+            exit_code: *exit_code,
+            ips: ips.clone(),
+            refs: plugins.clone(),
+            events: *events,
+            weight: *weight,
+            months: months.clone(),
+        });
+    }
+    carry_from(Head::of(ledger), rows, texts)
+}
+
+/// Everything in a ledger but its rows.
+struct Head<'a> {
+    plugins: Vec<BTreeMap<String, Value>>,
+    opt_outs: BTreeMap<String, i64>,
+    structured: BTreeMap<String, (i64, i64)>,
+    ids: std::borrow::Cow<'a, str>,
+    newest: Option<i64>,
+    projects: BTreeMap<String, (String, i64)>,
+}
+
+impl<'a> Head<'a> {
+    fn of<R>(l: Ledger<'a, R>) -> Head<'a> {
+        Head {
+            plugins: l.plugins,
+            opt_outs: l.opt_outs,
+            structured: l.structured,
+            ids: l.ids,
+            newest: l.newest,
+            projects: l.projects,
+        }
+    }
+}
+
+fn carry_from(
+    ledger: Head,
+    rows: Vec<RowParts>,
+    texts: Interner,
+) -> Result<(Carry, Projects), StateError> {
     let infos: Vec<Arc<PluginInfo>> = ledger
         .plugins
         .into_iter()
         .map(info_from_normalised)
         .collect();
-    let mut parts = Vec::with_capacity(ledger.parts.len());
-    for PartsRow(
-        execution_id,
-        variant,
-        started,
-        runtime,
-        exit_code,
-        ips,
-        refs,
-        events,
-        weight,
-        months,
-    ) in ledger.parts
-    {
-        let mut plugins = BTreeMap::new();
-        for (id, first_seen_ms) in refs {
+    let mut parts = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut plugins = Vec::with_capacity(r.refs.len());
+        for (id, first_seen_ms) in r.refs {
             let info = infos
                 .get(id as usize)
                 .ok_or_else(|| StateError::Damaged(format!("plugin {id} is not in the state")))?;
-            plugins.insert(
-                info.key.clone(),
-                Plugin {
-                    info: info.clone(),
-                    first_seen_ms,
-                },
-            );
+            plugins.push(Plugin {
+                info: info.clone(),
+                first_seen_ms,
+            });
         }
+        plugins.sort_by(|a, b| a.key().cmp(b.key()));
+        plugins.dedup_by(|a, b| a.key() == b.key());
         parts.push(ExecParts {
-            execution_id,
-            variant,
-            started_ms: started,
-            finished_ms: started + runtime,
-            exit_code,
-            ip_hashes: ips.into_iter().collect(),
+            execution_id: r.execution_id,
+            variant: r.variant,
+            started_ms: r.started,
+            finished_ms: r.started + r.runtime,
+            exit_code: r.exit_code,
+            ip_hashes: r.ips.into_iter().collect(),
             plugins,
-            event_count: events,
+            event_count: r.events,
             position: Default::default(),
-            weight,
-            presence_months: months.into_iter().collect(),
+            weight: r.weight,
+            presence_months: r.months.into_iter().collect(),
         });
     }
     let ids = b64()
-        .decode(&ledger.ids)
-        .map_err(|e| damaged("event ids", &e))?;
+        .decode(&*ledger.ids)
+        .map_err(|e| StateError::Damaged(format!("event ids: {e}")))?;
     if ids.len() % 24 != 0 {
         return Err(StateError::Damaged("event ids are cut short".into()));
     }
@@ -300,6 +553,7 @@ fn decode_carry(text: &str) -> Result<(Carry, Projects), StateError> {
             structured: ledger.structured,
             event_ids,
             newest_event_ms: ledger.newest,
+            texts,
         },
         ledger.projects,
     ))
@@ -310,7 +564,11 @@ impl TapState {
     /// anything is new before paying for the rest.
     pub fn bookmarks_of(state: &Value) -> Option<Vec<InputBookmark>> {
         let tap = state.get("tap_kpis")?;
-        if tap.get("version").and_then(Value::as_u64) != Some(STATE_VERSION) {
+        if !tap
+            .get("version")
+            .and_then(Value::as_u64)
+            .is_some_and(|v| READS.contains(&v))
+        {
             return None;
         }
         serde_json::from_value(tap.get("inputs")?.clone()).ok()
@@ -323,21 +581,21 @@ impl TapState {
             return Ok(None);
         };
         let alarms_sent = tap.get("alarms_sent").cloned().unwrap_or(Value::Null);
-        match tap.get("version").and_then(Value::as_u64) {
+        let version = match tap.get("version").and_then(Value::as_u64) {
             // before incremental runs: nothing to resume from (alarms sent are read from the raw state)
             Some(1) => return Ok(None),
-            Some(STATE_VERSION) => {}
+            Some(v) if READS.contains(&v) => v,
             other => {
                 return Err(StateError::Version {
                     found: other.map_or_else(|| tap["version"].to_string(), |v| v.to_string()),
                 });
             }
-        }
+        };
         let inputs: Vec<InputBookmark> =
             serde_json::from_value(tap.get("inputs").cloned().unwrap_or(Value::Array(vec![])))
                 .map_err(|e| StateError::Damaged(format!("inputs: {e}")))?;
         let (carry, projects) = match tap.get("ledger").and_then(Value::as_str) {
-            Some(text) => decode_carry(text)?,
+            Some(text) => decode_carry(text, version)?,
             None => return Err(StateError::Damaged("no ledger".into())),
         };
         let as_of = tap
@@ -362,16 +620,16 @@ impl TapState {
         }))
     }
 
-    /// The Singer state value.
-    pub fn to_value(&self) -> Result<Value, StateError> {
+    /// The Singer state value; the ledger holds the carry's parts and `executions`.
+    pub fn to_value(&self, executions: &[LedgerEntry]) -> Result<Value, StateError> {
         Ok(json!({
             "bookmarks": {},
             "tap_kpis": {
                 "version": STATE_VERSION,
                 "as_of": self.as_of.map(crate::kpi::calendar::fmt_day),
                 "inputs": self.inputs,
-                "executions": self.carry.parts.len(),
-                "ledger": encode_carry(&self.carry, &self.projects)?,
+                "executions": self.carry.parts.len() + executions.len(),
+                "ledger": encode_carry(&self.carry, executions, &self.projects)?,
                 "cut_day": self.cut_day,
                 "health": serde_json::to_string(&self.health)
                     .map_err(|e| StateError::Damaged(e.to_string()))?,
@@ -385,7 +643,7 @@ impl TapState {
 mod tests {
     use super::*;
 
-    fn carry() -> Carry {
+    fn part(id: &str, project: Option<&str>) -> ExecParts {
         let info = info_from_normalised(
             [
                 ("name_hash".to_string(), json!("abc")),
@@ -394,38 +652,85 @@ mod tests {
             .into_iter()
             .collect(),
         );
-        let mut plugins = BTreeMap::new();
-        plugins.insert(
-            info.key.clone(),
-            Plugin {
+        ExecParts {
+            execution_id: id.into(),
+            variant: Variant {
+                project_id: project.map(Text::from),
+                command: Some("run".into()),
+                se_command: Some("elt".into()),
+                is_ci: Some(false),
+                ..Default::default()
+            },
+            started_ms: 1_700_000_000_000,
+            finished_ms: 1_700_000_009_000,
+            exit_code: Some(0),
+            ip_hashes: ["h".to_string()].into_iter().collect(),
+            plugins: vec![Plugin {
                 info,
                 first_seen_ms: Some(1_700_000_000_500),
-            },
-        );
-        Carry {
-            parts: vec![ExecParts {
-                execution_id: "x1".into(),
-                variant: Variant {
-                    project_id: Some("p1".into()),
-                    command: Some("run".into()),
-                    is_ci: Some(false),
-                    ..Default::default()
-                },
-                started_ms: 1_700_000_000_000,
-                finished_ms: 1_700_000_009_000,
-                exit_code: Some(0),
-                ip_hashes: ["h".to_string()].into_iter().collect(),
-                plugins,
-                event_count: 4,
-                position: Default::default(),
-                weight: 3,
-                presence_months: [24_300, 24_301].into_iter().collect(),
             }],
+            event_count: 4,
+            position: Default::default(),
+            weight: 3,
+            presence_months: [24_300, 24_301].into_iter().collect(),
+        }
+    }
+
+    fn carry() -> Carry {
+        Carry {
+            parts: vec![part("x0", None)],
             opt_outs: [("p1".to_string(), 5)].into_iter().collect(),
             structured: [("p2".to_string(), (1, 9))].into_iter().collect(),
             event_ids: vec![(u128::MAX - 3, -7), (42, 1_700_000_000_000)],
             newest_event_ms: Some(1_700_000_009_000),
+            texts: Interner::default(),
         }
+    }
+
+    fn ledger_text(ledger: &Value) -> String {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
+        gz.write_all(ledger.to_string().as_bytes()).unwrap();
+        b64().encode(gz.finish().unwrap())
+    }
+
+    #[test]
+    fn a_version_2_state_is_read() {
+        let ledger = json!({
+            "plugins": [],
+            "parts": [["x1", {"p": "p1", "s": "explicit", "c": "run"}, 100, 5, 0, [], [], 2, 1, []]],
+            "opt_outs": {},
+            "structured": {},
+            "ids": "",
+            "newest": 105,
+            "projects": {"p1": ["explicit", 100]}
+        });
+        let state =
+            json!({"tap_kpis": {"version": 2, "inputs": [], "ledger": ledger_text(&ledger)}});
+        assert_eq!(TapState::bookmarks_of(&state), Some(vec![]));
+        let back = TapState::from_value(&state).unwrap().unwrap();
+        let p = &back.carry.parts[0];
+        assert_eq!(&*p.execution_id, "x1");
+        assert_eq!(p.variant.project_id.as_deref(), Some("p1"));
+        assert_eq!(p.variant.source.as_deref(), Some("explicit"));
+        assert_eq!((p.started_ms, p.finished_ms, p.event_count), (100, 105, 2));
+    }
+
+    #[test]
+    fn a_row_referring_to_a_missing_text_is_damage() {
+        let ledger = json!({
+            "texts": ["p1"],
+            "plugins": [],
+            "parts": [["x1", [1, 7, 0, 0, 0, 0, 0, 0], null, 100, 5, 0, [], [], 2, 1, []]],
+            "opt_outs": {},
+            "structured": {},
+            "ids": "",
+            "newest": 105,
+            "projects": {}
+        });
+        let state =
+            json!({"tap_kpis": {"version": 3, "inputs": [], "ledger": ledger_text(&ledger)}});
+        let e = TapState::from_value(&state).unwrap_err();
+        assert!(e.to_string().contains("text 7"), "{e}");
     }
 
     #[test]
@@ -449,7 +754,11 @@ mod tests {
             .into_iter()
             .collect(),
         };
-        let value = state.to_value().unwrap();
+        // an execution is written as the parts it was folded from
+        let execution = part("x1", Some("p1")).into_execution().unwrap();
+        let value = state
+            .to_value(&[LedgerEntry::Execution(&execution)])
+            .unwrap();
         fn no_floats(v: &Value) -> bool {
             match v {
                 Value::Number(n) => n.is_i64() || n.is_u64(),
@@ -465,7 +774,10 @@ mod tests {
         assert_eq!(back.projects, state.projects);
         assert_eq!(back.cut_day, state.cut_day);
         assert_eq!(back.health, state.health);
-        assert_eq!(back.carry.parts, state.carry.parts);
+        assert_eq!(
+            back.carry.parts,
+            vec![part("x0", None), part("x1", Some("p1"))]
+        );
         assert_eq!(back.carry.opt_outs, state.carry.opt_outs);
         assert_eq!(back.carry.structured, state.carry.structured);
         let mut ids = state.carry.event_ids.clone();

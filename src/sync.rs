@@ -1,6 +1,7 @@
 //! A sync, end to end: sources are read and decoded, events normalised, the KPI engine run, and every
 //! selected stream written as Singer messages, ending with STATE.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use crate::normalize::{self, NormalizeStats};
 use crate::read::{self, Mark, Resume};
 use crate::singer::SingerWriter;
 use crate::source::{self, Input, SourceError};
-use crate::state::{InputBookmark, StateError, TapState};
+use crate::state::{InputBookmark, LedgerEntry, StateError, TapState};
 use crate::streams::{Records, STREAMS};
 
 /// Errors that stop a sync.
@@ -281,9 +282,17 @@ pub fn run<W: Write>(
         }
     );
     let (mut problems, ends) = read_inputs(&inputs, &resumes, &mut normalizer, &mut report)?;
-    tracing::debug!("read done at {:.2}s", started.elapsed().as_secs_f64());
+    tracing::debug!(
+        "read done at {:.2}s ({})",
+        started.elapsed().as_secs_f64(),
+        rss()
+    );
     let normalized = normalizer.finish();
-    tracing::debug!("normalised at {:.2}s", started.elapsed().as_secs_f64());
+    tracing::debug!(
+        "normalised at {:.2}s ({})",
+        started.elapsed().as_secs_f64(),
+        rss()
+    );
     problems.extend(normalized.problems);
     problems.sort_by(|a, b| {
         (
@@ -305,7 +314,11 @@ pub fn run<W: Write>(
     let facts = normalized.facts;
     let as_of = config.as_of.map(calendar::day_number);
     let mut model = kpi::Model::new(&facts, as_of);
-    tracing::debug!("model built at {:.2}s", started.elapsed().as_secs_f64());
+    tracing::debug!(
+        "model built at {:.2}s ({})",
+        started.elapsed().as_secs_f64(),
+        rss()
+    );
     report.as_of = calendar::fmt_day(model.as_of);
     let changes = previous_as_of.map(|p| {
         let mut c = Changes::new(&facts, &touched, p, model.as_of, &previous_projects);
@@ -363,6 +376,7 @@ pub fn run<W: Write>(
     let alarms_sent = json!(std::mem::take(&mut health.alarms_sent));
     let health_carries = std::mem::take(&mut health.carries);
     let projects = &facts.projects;
+    let executions = &facts.executions;
     let inputs_ref = &inputs;
     let state = std::thread::scope(|scope| -> Result<Value, SyncError> {
         // the next state is summarised and encoded on the other core while the records are written
@@ -371,13 +385,19 @@ pub fn run<W: Write>(
                 // copies of older events are late anyway: their ids need not be kept
                 carry.event_ids.retain(|(_, t)| *t >= late_before * DAY_MS);
             }
-            if let Some(cut) = cut {
-                carry.parts = compact::compact(
-                    std::mem::take(&mut carry.parts),
-                    cut * DAY_MS,
-                    previous_cut.map(|c| c * DAY_MS),
-                );
-            }
+            let kept = match cut {
+                Some(cut) => {
+                    let (kept, orphans) = compact::compact(
+                        executions,
+                        std::mem::take(&mut carry.parts),
+                        cut * DAY_MS,
+                        previous_cut.map(|c| c * DAY_MS),
+                    );
+                    carry.parts = orphans;
+                    kept
+                }
+                None => executions.iter().map(Cow::Borrowed).collect(),
+            };
             tracing::debug!(
                 "state summarised at {:.2}s",
                 started.elapsed().as_secs_f64()
@@ -406,7 +426,9 @@ pub fn run<W: Write>(
                 cut_day: cut,
                 health: health_carries,
             };
-            let value = next.to_value();
+            let entries: Vec<LedgerEntry> =
+                kept.iter().map(|x| LedgerEntry::Execution(x)).collect();
+            let value = next.to_value(&entries);
             tracing::debug!("state encoded at {:.2}s", started.elapsed().as_secs_f64());
             value
         });
@@ -438,9 +460,10 @@ pub fn run<W: Write>(
             }
             writer.metric_stream_done(def.name);
             tracing::debug!(
-                "stream {} written at {:.2}s",
+                "stream {} written at {:.2}s ({})",
                 def.name,
-                started.elapsed().as_secs_f64()
+                started.elapsed().as_secs_f64(),
+                rss()
             );
             report
                 .records
@@ -494,4 +517,16 @@ pub fn run<W: Write>(
         return Err(SyncError::Alarms(report.recent_alarms));
     }
     Ok(report)
+}
+
+/// Resident and peak memory for the debug timings (Linux; empty elsewhere).
+fn rss() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or(String::new(), |v| v.trim().to_string())
+    };
+    format!("rss {}, peak {}", field("VmRSS:"), field("VmHWM:"))
 }

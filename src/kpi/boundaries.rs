@@ -67,12 +67,14 @@ impl X {
             .collect();
         let start = (d0() + day) * DAY_MS + 3_600_000;
         X(Execution {
-            execution_id: id.to_string(),
-            project_id: project.to_string(),
+            execution_id: id.into(),
+            project_id: project.into(),
             project_id_source: Some("explicit".into()),
             started_ms: start,
             finished_ms: start + 1000,
-            command: Some(command.to_string()),
+            command: Some(command.into()),
+            cli_command: Some(command.into()),
+            se_command: None,
             sub_command: None,
             environment_hash: None,
             exit_code: Some(0),
@@ -106,11 +108,10 @@ impl X {
             .is_some_and(|c| PIPELINE_COMMANDS.contains(&c))
             && !x.plugins.is_empty()
         {
-            x.pipeline_id = Some(plugins::pipeline_id(
-                &x.plugins,
-                x.environment_hash.as_deref(),
-                &x.project_id,
-            ));
+            x.pipeline_id = Some(
+                plugins::pipeline_id(&x.plugins, x.environment_hash.as_deref(), &x.project_id)
+                    .into(),
+            );
         }
         self.0
     }
@@ -326,7 +327,7 @@ fn ui_counts_only_in_the_rolling_variants() {
 fn unique_pipe_greater_1_needs_two_pipelines_on_one_day() {
     let mut two = X::new("p", "b", 20, "run", 1).build();
     two.plugins[0] = plugins::plugin_from_dict(json!({"category": "loaders"}).as_object().unwrap());
-    two.pipeline_id = Some(plugins::pipeline_id(&two.plugins, None, "p"));
+    two.pipeline_id = Some(plugins::pipeline_id(&two.plugins, None, "p").into());
     let f = facts_of(vec![
         X::new("p", "a", 20, "run", 1).build(),
         two,

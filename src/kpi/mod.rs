@@ -76,7 +76,7 @@ pub struct Model<'a> {
     pub first_day: Option<i64>,
     /// When set, the per-execution streams yield only these executions (an incremental run re-emits
     /// only what new events touched, and need not build the rest).
-    pub execution_scope: Option<HashSet<String>>,
+    pub execution_scope: Option<HashSet<crate::normalize::Text>>,
 }
 
 impl<'a> Model<'a> {
@@ -102,7 +102,7 @@ impl<'a> Model<'a> {
             })
             .collect();
         for x in &facts.executions {
-            let Some(&(first_day, random)) = first_days.get(x.project_id.as_str()) else {
+            let Some(&(first_day, random)) = first_days.get(&*x.project_id) else {
                 continue;
             };
             let day = day_of(x.started_ms);

@@ -3,6 +3,7 @@
 //! pipeline run gets its pipeline id (kpis.md §1–§4).
 
 pub mod plugins;
+pub mod text;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,6 +14,7 @@ use crate::decode::{Problem, Reason, excerpt};
 
 use crate::event::{Event, EventKind, Position};
 pub use plugins::Plugin;
+pub use text::{Interner, Text};
 
 /// Commands that count as executing something (kpis.md §2).
 pub const EXEC_COMMANDS: [&str; 5] = ["invoke", "el", "elt", "run", "test"];
@@ -22,23 +24,28 @@ pub const PIPELINE_COMMANDS: [&str; 3] = ["el", "elt", "run"];
 /// One Meltano CLI invocation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Execution {
-    pub execution_id: String,
-    pub project_id: String,
-    pub project_id_source: Option<String>,
+    pub execution_id: Text,
+    pub project_id: Text,
+    pub project_id_source: Option<Text>,
     pub started_ms: i64,
     pub finished_ms: i64,
-    pub command: Option<String>,
-    pub sub_command: Option<String>,
-    pub environment_hash: Option<String>,
+    /// The command: the cli contexts' one, else the legacy structured event's.
+    pub command: Option<Text>,
+    /// What the cli contexts said (kept apart from `se_command` so that later events fold exactly).
+    pub cli_command: Option<Text>,
+    /// What the legacy structured events said.
+    pub se_command: Option<Text>,
+    pub sub_command: Option<Text>,
+    pub environment_hash: Option<Text>,
     pub exit_code: Option<i64>,
-    pub meltano_version: Option<String>,
-    pub python_version: Option<String>,
+    pub meltano_version: Option<Text>,
+    pub python_version: Option<Text>,
     pub is_ci: Option<bool>,
     pub event_count: u32,
     /// Distinct plugins, in pipeline order.
     pub plugins: Vec<Plugin>,
     /// Set when the execution is a pipeline run.
-    pub pipeline_id: Option<String>,
+    pub pipeline_id: Option<Text>,
     pub ip_hashes: BTreeSet<String>,
     /// How many executions this one stands for in lifetime counts: 1, or, in history summarised by
     /// the incremental state, the size of its group (0 for an execution kept only for its time).
@@ -101,8 +108,10 @@ pub struct NormalizeStats {
     pub orphan_structured_events: u64,
 }
 
-/// What normalisation carries from one run to the next: every execution's folded parts, opt-outs and
-/// structured-event sightings by project, and the ids of recent events (to recognise their copies).
+/// What normalisation carries from one run to the next besides the executions themselves: the parts of
+/// executions no event has named a project for yet, opt-outs and structured-event sightings by
+/// project, and the ids of recent events (to recognise their copies). Read back from a state, `parts`
+/// holds every execution's parts.
 #[derive(Debug, Clone, Default)]
 pub struct Carry {
     pub parts: Vec<ExecParts>,
@@ -113,12 +122,14 @@ pub struct Carry {
     /// Event ids already counted, with their event time.
     pub event_ids: Vec<(u128, i64)>,
     pub newest_event_ms: Option<i64>,
+    /// The shared copies of the parts' strings, for the next run's events to share.
+    pub texts: Interner,
 }
 
 /// What the events read in this run changed.
 #[derive(Debug, Clone, Default)]
 pub struct Touched {
-    pub executions: std::collections::HashSet<String>,
+    pub executions: std::collections::HashSet<Text>,
     pub projects: std::collections::HashSet<String>,
     /// Earliest start among the touched executions and time of any other touched event.
     pub earliest_ms: Option<i64>,
@@ -183,40 +194,116 @@ enum Home {
     Earlier,
 }
 
+impl Home {
+    const KIND_SHIFT: u32 = 62;
+
+    /// The home in 8 bytes (kind in the top two bits): the dedup index holds one per event.
+    fn pack(self) -> u64 {
+        match self {
+            Home::Execution { builder, index } => (u64::from(builder) << 32) | u64::from(index),
+            Home::StateChange(i) => (1 << Self::KIND_SHIFT) | u64::from(i),
+            Home::Structured(i) => (2 << Self::KIND_SHIFT) | u64::from(i),
+            Home::Earlier => 3 << Self::KIND_SHIFT,
+        }
+    }
+
+    fn unpack(bits: u64) -> Home {
+        let low = bits as u32;
+        match bits >> Self::KIND_SHIFT {
+            0 => Home::Execution {
+                builder: (bits >> 32) as u32,
+                index: low,
+            },
+            1 => Home::StateChange(low),
+            2 => Home::Structured(low),
+            _ => Home::Earlier,
+        }
+    }
+}
+
+/// A counted event in the dedup index: where it lives, its dedup time and its event time, in 24 bytes.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
-    home: Home,
-    dedup_ms: Option<i64>,
+    home: u64,
+    /// `i64::MIN` when the event has no dedup time.
+    dedup_ms: i64,
     time: i64,
 }
 
+impl Slot {
+    fn new(home: Home, dedup_ms: Option<i64>, time: i64) -> Slot {
+        Slot {
+            home: home.pack(),
+            dedup_ms: dedup_ms.unwrap_or(i64::MIN),
+            time,
+        }
+    }
+    fn home(&self) -> Home {
+        Home::unpack(self.home)
+    }
+    fn dedup_ms(&self) -> Option<i64> {
+        (self.dedup_ms != i64::MIN).then_some(self.dedup_ms)
+    }
+}
+
+/// An event id as the dedup index keys it: two words, so that an entry needs no 16-byte alignment.
+type SlotKey = (u64, u64);
+
+fn slot_key(key: u128) -> SlotKey {
+    ((key >> 64) as u64, key as u64)
+}
+
+fn event_key_of(key: SlotKey) -> u128 {
+    (u128::from(key.0) << 64) | u128::from(key.1)
+}
+
 /// What an execution's events say about it; identical on most events, so stored once per execution.
-#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct Variant {
     #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
-    pub project_id: Option<String>,
+    pub project_id: Option<Text>,
     #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    pub source: Option<Text>,
     #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
-    pub environment_hash: Option<String>,
+    pub environment_hash: Option<Text>,
     #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
-    pub meltano_version: Option<String>,
+    pub meltano_version: Option<Text>,
     #[serde(rename = "y", default, skip_serializing_if = "Option::is_none")]
-    pub python_version: Option<String>,
+    pub python_version: Option<Text>,
     #[serde(rename = "ci", default, skip_serializing_if = "Option::is_none")]
     pub is_ci: Option<bool>,
     #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<String>,
+    pub command: Option<Text>,
     #[serde(rename = "sc", default, skip_serializing_if = "Option::is_none")]
-    pub sub_command: Option<String>,
+    pub sub_command: Option<Text>,
     #[serde(rename = "se", default, skip_serializing_if = "Option::is_none")]
-    pub se_command: Option<String>,
+    pub se_command: Option<Text>,
     /// Unused in folded parts (their IP hashes are a set).
     #[serde(skip)]
-    pub ip_hash: Option<String>,
+    pub ip_hash: Option<Text>,
 }
 
 impl Variant {
+    /// Replace every string by its shared copy.
+    pub fn share_texts(&mut self, texts: &mut Interner) {
+        for t in [
+            &mut self.project_id,
+            &mut self.source,
+            &mut self.environment_hash,
+            &mut self.meltano_version,
+            &mut self.python_version,
+            &mut self.command,
+            &mut self.sub_command,
+            &mut self.se_command,
+            &mut self.ip_hash,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            texts.share(t);
+        }
+    }
+
     /// Keep the maximum of every field, as squared does where events of one execution disagree.
     fn max_with(&mut self, x: &Variant) {
         keep_max(&mut self.project_id, x.project_id.as_ref());
@@ -236,14 +323,14 @@ impl Variant {
 /// state keeps these; [`ExecParts::finish`] makes the [`Execution`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecParts {
-    pub execution_id: String,
+    pub execution_id: Text,
     pub variant: Variant,
     pub started_ms: i64,
     pub finished_ms: i64,
     pub exit_code: Option<i64>,
     pub ip_hashes: BTreeSet<String>,
-    /// Plugins by key, with their earliest block-event time.
-    pub plugins: BTreeMap<String, Plugin>,
+    /// Plugins sorted by key, with their earliest block-event time.
+    pub plugins: Vec<Plugin>,
     pub event_count: u32,
     /// Position of the first event, for problem reports (default for parts from a state).
     pub position: Position,
@@ -264,7 +351,7 @@ impl ExecParts {
         self.finished_ms = self.finished_ms.max(other.finished_ms);
         keep_max(&mut self.exit_code, other.exit_code.as_ref());
         self.ip_hashes.extend(other.ip_hashes);
-        for p in other.plugins.into_values() {
+        for p in other.plugins {
             self.see_plugin(&p.info, p.first_seen_ms);
         }
         self.event_count += other.event_count;
@@ -273,77 +360,113 @@ impl ExecParts {
     /// Add a plugin of the execution, seen in a block event at `block_ms` if any: its first-seen
     /// time is the earliest such time.
     fn see_plugin(&mut self, info: &std::sync::Arc<plugins::PluginInfo>, block_ms: Option<i64>) {
-        let entry = self
+        let at = match self
             .plugins
-            .entry(info.key.clone())
-            .or_insert_with(|| Plugin {
-                info: info.clone(),
-                first_seen_ms: None,
-            });
+            .binary_search_by(|p| p.key().cmp(info.key.as_str()))
+        {
+            Ok(at) => at,
+            Err(at) => {
+                self.plugins.insert(
+                    at,
+                    Plugin {
+                        info: info.clone(),
+                        first_seen_ms: None,
+                    },
+                );
+                at
+            }
+        };
+        let entry = &mut self.plugins[at];
         if let Some(t) = block_ms {
             entry.first_seen_ms = Some(entry.first_seen_ms.map_or(t, |f| f.min(t)));
         }
     }
 
-    /// The execution, or (position of its first event, events) when it has no project id.
-    pub fn finish(&self) -> Result<Execution, (Position, u32)> {
+    /// The execution, or the parts themselves while no event has named its project.
+    pub fn into_execution(self) -> Result<Execution, Box<ExecParts>> {
         let v = &self.variant;
         let Some(project_id) = v.project_id.clone() else {
-            return Err((self.position.clone(), self.event_count));
+            return Err(Box::new(self));
         };
         let command = v.command.clone().or_else(|| v.se_command.clone());
-        let mut plugins: Vec<Plugin> = self.plugins.values().cloned().collect();
+        let mut plugins = self.plugins;
         plugins::pipeline_order(&mut plugins);
         let is_pipeline = command
             .as_deref()
             .is_some_and(|c| PIPELINE_COMMANDS.contains(&c))
             && !plugins.is_empty();
-        let pipeline_id = is_pipeline
-            .then(|| plugins::pipeline_id(&plugins, v.environment_hash.as_deref(), &project_id));
+        let pipeline_id = is_pipeline.then(|| {
+            Text::from(plugins::pipeline_id(
+                &plugins,
+                v.environment_hash.as_deref(),
+                &project_id,
+            ))
+        });
+        let v = self.variant;
         Ok(Execution {
-            execution_id: self.execution_id.clone(),
+            execution_id: self.execution_id,
             project_id,
-            project_id_source: v.source.clone(),
+            project_id_source: v.source,
             started_ms: self.started_ms,
             finished_ms: self.finished_ms,
             command,
-            sub_command: v.sub_command.clone(),
-            environment_hash: v.environment_hash.clone(),
+            cli_command: v.command,
+            se_command: v.se_command,
+            sub_command: v.sub_command,
+            environment_hash: v.environment_hash,
             exit_code: self.exit_code,
-            meltano_version: v.meltano_version.clone(),
-            python_version: v.python_version.clone(),
+            meltano_version: v.meltano_version,
+            python_version: v.python_version,
             is_ci: v.is_ci,
             event_count: self.event_count,
             plugins,
             pipeline_id,
-            ip_hashes: self.ip_hashes.clone(),
+            ip_hashes: self.ip_hashes,
             weight: self.weight,
-            presence_months: self.presence_months.iter().copied().collect(),
+            presence_months: self.presence_months.into_iter().collect(),
         })
     }
 }
 
+impl Execution {
+    /// What the execution's events said, as a folded part would hold it.
+    pub fn variant(&self) -> Variant {
+        Variant {
+            project_id: Some(self.project_id.clone()),
+            source: self.project_id_source.clone(),
+            environment_hash: self.environment_hash.clone(),
+            meltano_version: self.meltano_version.clone(),
+            python_version: self.python_version.clone(),
+            is_ci: self.is_ci,
+            command: self.cli_command.clone(),
+            sub_command: self.sub_command.clone(),
+            se_command: self.se_command.clone(),
+            ip_hash: None,
+        }
+    }
+}
+
 impl Variant {
-    fn of(e: &Event) -> Variant {
+    fn of(e: &Event, texts: &mut Interner) -> Variant {
         let se_command = match &e.kind {
             EventKind::Structured {
                 category: Some(ca), ..
-            } => ca.split_whitespace().nth(1).map(str::to_string),
+            } => texts.opt(ca.split_whitespace().nth(1)),
             _ => None,
         };
         let p = e.project.as_ref();
         let env = e.environment.as_ref();
         Variant {
-            project_id: p.and_then(|p| p.project_uuid.clone()),
-            source: p.and_then(|p| p.project_uuid_source.clone()),
-            environment_hash: p.and_then(|p| p.environment_name_hash.clone()),
-            meltano_version: env.and_then(|e| e.meltano_version.clone()),
-            python_version: env.and_then(|e| e.python_version.clone()),
+            project_id: texts.opt(p.and_then(|p| p.project_uuid.as_deref())),
+            source: texts.opt(p.and_then(|p| p.project_uuid_source.as_deref())),
+            environment_hash: texts.opt(p.and_then(|p| p.environment_name_hash.as_deref())),
+            meltano_version: texts.opt(env.and_then(|e| e.meltano_version.as_deref())),
+            python_version: texts.opt(env.and_then(|e| e.python_version.as_deref())),
             is_ci: env.and_then(|e| e.is_ci),
-            command: e.command.clone(),
-            sub_command: e.sub_command.clone(),
+            command: texts.opt(e.command.as_deref()),
+            sub_command: texts.opt(e.sub_command.as_deref()),
             se_command,
-            ip_hash: e.ip_hash.clone(),
+            ip_hash: texts.opt(e.ip_hash.as_deref()),
         }
     }
 }
@@ -354,30 +477,27 @@ struct LiteEvent {
     time: i64,
     is_block: bool,
     exit_code: Option<i64>,
-    variant: u16,
-    /// Index of the event's plugin list, or `u16::MAX` for none.
-    plugins: u16,
+    /// Index into the normaliser's variants.
+    variant: u32,
+    /// Index into the normaliser's plugin lists, `NO_PLUGINS` when the event has none.
+    plugins: u32,
     alive: bool,
     position: Position,
 }
 
-/// Index into a small interning table, appending when the value is new.
-fn intern<T: PartialEq>(table: &mut Vec<T>, value: T) -> u16 {
-    match table.iter().position(|v| *v == value) {
-        Some(i) => i as u16,
-        None => {
-            table.push(value);
-            (table.len() - 1) as u16
-        }
-    }
+const NO_PLUGINS: u32 = u32::MAX;
+
+/// Gives each distinct value one index, the value stored once: what events say repeats across the
+/// events of an execution and the executions of a project.
+type Table<T> = indexmap::IndexSet<T, foldhash::fast::RandomState>;
+
+fn intern<T: std::hash::Hash + Eq>(table: &mut Table<T>, value: T) -> u32 {
+    table.insert_full(value).0 as u32
 }
 
 struct ExecutionBuilder {
-    execution_id: String,
+    execution_id: Text,
     events: Vec<LiteEvent>,
-    variants: Vec<Variant>,
-    /// Distinct plugin lists of the events, as ids of the run's plugin table.
-    plugin_lists: Vec<Vec<u32>>,
 }
 
 fn keep_max<T: Ord + Clone>(slot: &mut Option<T>, value: Option<&T>) {
@@ -388,14 +508,27 @@ fn keep_max<T: Ord + Clone>(slot: &mut Option<T>, value: Option<&T>) {
     }
 }
 
+/// The tables events are folded against.
+#[derive(Default)]
+struct Shared {
+    texts: Interner,
+    variants: Table<Variant>,
+    plugin_lists: Table<Vec<u32>>,
+    plugins: plugins::PluginTable,
+}
+
 impl ExecutionBuilder {
-    fn push(&mut self, e: Event, time: i64, table: &mut plugins::PluginTable) -> u32 {
-        let variant = intern(&mut self.variants, Variant::of(&e));
+    fn push(&mut self, e: Event, time: i64, shared: &mut Shared) -> u32 {
+        let variant = intern(&mut shared.variants, Variant::of(&e, &mut shared.texts));
         let plugins = if e.plugins.is_empty() {
-            u16::MAX
+            NO_PLUGINS
         } else {
-            let ids: Vec<u32> = e.plugins.iter().map(|p| table.intern(&p.0)).collect();
-            intern(&mut self.plugin_lists, ids)
+            let ids: Vec<u32> = e
+                .plugins
+                .iter()
+                .map(|p| shared.plugins.intern(&p.0))
+                .collect();
+            intern(&mut shared.plugin_lists, ids)
         };
         self.events.push(LiteEvent {
             time,
@@ -412,8 +545,7 @@ impl ExecutionBuilder {
         (self.events.len() - 1) as u32
     }
 
-    /// The folded parts of the execution's live events; `None` when every event moved elsewhere.
-    fn fold(self, table: &plugins::PluginTable) -> Option<ExecParts> {
+    fn fold(self, shared: &Shared) -> Option<ExecParts> {
         let alive: Vec<&LiteEvent> = self.events.iter().filter(|e| e.alive).collect();
         let first = alive.first()?;
         let mut parts = ExecParts {
@@ -423,7 +555,7 @@ impl ExecutionBuilder {
             finished_ms: first.time,
             exit_code: None,
             ip_hashes: BTreeSet::new(),
-            plugins: BTreeMap::new(),
+            plugins: Vec::new(),
             event_count: alive.len() as u32,
             position: first.position.clone(),
             weight: 1,
@@ -433,14 +565,14 @@ impl ExecutionBuilder {
             parts.started_ms = parts.started_ms.min(e.time);
             parts.finished_ms = parts.finished_ms.max(e.time);
             keep_max(&mut parts.exit_code, e.exit_code.as_ref());
-            let x = &self.variants[e.variant as usize];
+            let x = &shared.variants[e.variant as usize];
             parts.variant.max_with(x);
             if let Some(ip) = &x.ip_hash {
-                parts.ip_hashes.insert(ip.clone());
+                parts.ip_hashes.insert(ip.to_string());
             }
-            if e.plugins != u16::MAX {
-                for &id in &self.plugin_lists[e.plugins as usize] {
-                    parts.see_plugin(table.get(id), e.is_block.then_some(e.time));
+            if e.plugins != NO_PLUGINS {
+                for &id in &shared.plugin_lists[e.plugins as usize] {
+                    parts.see_plugin(shared.plugins.get(id), e.is_block.then_some(e.time));
                 }
             }
         }
@@ -467,15 +599,15 @@ struct StructuredSeen {
 /// execution needs (memory grows with executions, not with the size of the raw events).
 #[derive(Default)]
 pub struct Normalizer {
-    slots: HashMap<u128, Slot>,
+    slots: HashMap<SlotKey, Slot>,
     builders: Vec<ExecutionBuilder>,
-    by_execution: HashMap<String, u32>,
+    by_execution: HashMap<Text, u32>,
     state_changes: Vec<StateChange>,
     structured: Vec<StructuredSeen>,
     problems: Vec<Problem>,
     stats: NormalizeStats,
-    plugins: plugins::PluginTable,
-    earlier_parts: HashMap<String, ExecParts>,
+    shared: Shared,
+    earlier_parts: HashMap<Text, ExecParts>,
     earlier_opt_outs: BTreeMap<String, i64>,
     earlier_structured: BTreeMap<String, (i64, i64)>,
     earlier_newest_ms: Option<i64>,
@@ -493,15 +625,10 @@ impl Normalizer {
     pub fn resume(carry: Carry, late_before_ms: Option<i64>) -> Self {
         let mut n = Self::new();
         for (key, time) in carry.event_ids {
-            n.slots.insert(
-                key,
-                Slot {
-                    home: Home::Earlier,
-                    dedup_ms: None,
-                    time,
-                },
-            );
+            n.slots
+                .insert(slot_key(key), Slot::new(Home::Earlier, None, time));
         }
+        n.shared.texts = carry.texts;
         n.earlier_parts = carry
             .parts
             .into_iter()
@@ -562,13 +689,13 @@ impl Normalizer {
             ));
             return;
         }
-        let key = e.event_id.as_deref().map(event_key);
+        let key = e.event_id.as_deref().map(|id| slot_key(event_key(id)));
         if let Some(k) = key
             && let Some(slot) = self.slots.get(&k).copied()
         {
             self.stats.duplicates += 1;
             let id = e.event_id.clone().unwrap_or_default();
-            if matches!(slot.home, Home::Earlier) {
+            if matches!(slot.home(), Home::Earlier) {
                 let msg = format!("duplicate of event id {id}, counted in an earlier run");
                 let summary = event_summary(&e);
                 self.problems
@@ -577,8 +704,8 @@ impl Normalizer {
             }
             let msg =
                 format!("duplicate of event id {id}: the copy with the latest sent time is kept");
-            if e.dedup_ms() > slot.dedup_ms {
-                if let Some((pos, t)) = self.retire(slot.home) {
+            if e.dedup_ms() > slot.dedup_ms() {
+                if let Some((pos, t)) = self.retire(slot.home()) {
                     let summary = format!("eid={id} time={t}");
                     self.problems
                         .push(problem(&pos, Reason::DuplicateEvent, msg, summary));
@@ -630,29 +757,26 @@ impl Normalizer {
                     ));
                     return;
                 };
-                let next = self.builders.len() as u32;
-                let builder = *self.by_execution.entry(exec_id.clone()).or_insert(next);
-                if builder == next {
-                    self.builders.push(ExecutionBuilder {
-                        execution_id: exec_id,
-                        events: Vec::new(),
-                        variants: Vec::new(),
-                        plugin_lists: Vec::new(),
-                    });
-                }
-                let index = self.builders[builder as usize].push(e, time, &mut self.plugins);
+                let builder = match self.by_execution.get(exec_id.as_str()) {
+                    Some(&b) => b,
+                    None => {
+                        let b = self.builders.len() as u32;
+                        // execution ids are unique: shared by builder and index, not interned
+                        let execution_id = Text::from(exec_id);
+                        self.by_execution.insert(execution_id.clone(), b);
+                        self.builders.push(ExecutionBuilder {
+                            execution_id,
+                            events: Vec::new(),
+                        });
+                        b
+                    }
+                };
+                let index = self.builders[builder as usize].push(e, time, &mut self.shared);
                 Home::Execution { builder, index }
             }
         };
         if let Some(k) = key {
-            self.slots.insert(
-                k,
-                Slot {
-                    home,
-                    dedup_ms,
-                    time,
-                },
-            );
+            self.slots.insert(k, Slot::new(home, dedup_ms, time));
         }
     }
 
@@ -663,6 +787,12 @@ impl Normalizer {
             stats: std::mem::take(&mut self.stats),
             ..Default::default()
         };
+        // the dedup index is done with: keep the ids and times for the next run, free the rest
+        let event_ids: Vec<(u128, i64)> = std::mem::take(&mut self.slots)
+            .into_iter()
+            .map(|(k, s)| (event_key_of(k), s.time))
+            .collect();
+        self.by_execution = HashMap::default();
         let mut newest: Option<i64> = self.earlier_newest_ms;
         let mut see = |t: i64| newest = Some(newest.map_or(t, |n| n.max(t)));
         let mut touched = Touched::default();
@@ -702,51 +832,55 @@ impl Normalizer {
                 None => out.stats.orphan_structured_events += 1,
             }
         }
-        let mut parts: Vec<ExecParts> = Vec::with_capacity(self.builders.len());
+        let mut executions = Vec::with_capacity(self.builders.len() + self.earlier_parts.len());
+        // parts without a project id yet: carried, in case later events name it
+        let mut orphans = Vec::new();
+        let mut finish_part =
+            |p: ExecParts, touched: &mut Touched, is_new: bool| match p.into_execution() {
+                Ok(x) => {
+                    if is_new {
+                        touched.projects.insert(x.project_id.to_string());
+                        touch(x.started_ms, &mut touched.earliest_ms);
+                    }
+                    executions.push(x)
+                }
+                Err(p) => {
+                    if is_new {
+                        let id = &p.execution_id;
+                        out.stats.executions_without_project += 1;
+                        out.problems.push(problem(
+                            &p.position,
+                            Reason::MissingProjectId,
+                            format!(
+                                "execution {id} ({} events) has no project id and is dropped",
+                                p.event_count
+                            ),
+                            format!("execution_id={id}"),
+                        ));
+                    }
+                    orphans.push(*p);
+                }
+            };
         let mut earlier = std::mem::take(&mut self.earlier_parts);
         for b in std::mem::take(&mut self.builders) {
             for e in b.events.iter().filter(|e| e.alive) {
                 see(e.time);
             }
-            let Some(new) = b.fold(&self.plugins) else {
+            let Some(new) = b.fold(&self.shared) else {
                 continue;
             };
             touched.executions.insert(new.execution_id.clone());
-            match earlier.remove(&new.execution_id) {
+            let merged = match earlier.remove(&new.execution_id) {
                 Some(mut p) => {
                     p.merge(new);
-                    parts.push(p);
+                    p
                 }
-                None => parts.push(new),
-            }
+                None => new,
+            };
+            finish_part(merged, &mut touched, true);
         }
-        parts.extend(earlier.into_values());
-        let mut executions = Vec::with_capacity(parts.len());
-        for p in &parts {
-            match p.finish() {
-                Ok(x) => {
-                    if touched.executions.contains(&x.execution_id) {
-                        touched.projects.insert(x.project_id.clone());
-                        touch(x.started_ms, &mut touched.earliest_ms);
-                    }
-                    executions.push(x)
-                }
-                Err((position, events)) => {
-                    if !touched.executions.contains(&p.execution_id) {
-                        continue;
-                    }
-                    let id = &p.execution_id;
-                    out.stats.executions_without_project += 1;
-                    out.problems.push(problem(
-                        &position,
-                        Reason::MissingProjectId,
-                        format!(
-                            "execution {id} ({events} events) has no project id and is dropped"
-                        ),
-                        format!("execution_id={id}"),
-                    ));
-                }
-            }
+        for p in earlier.into_values() {
+            finish_part(p, &mut touched, false);
         }
         executions
             .sort_by(|a, b| (a.started_ms, &a.execution_id).cmp(&(b.started_ms, &b.execution_id)));
@@ -759,11 +893,12 @@ impl Normalizer {
         out.facts.executions = executions;
         out.facts.newest_event_ms = newest;
         out.carry = Carry {
-            parts,
+            parts: orphans,
             opt_outs,
             structured,
-            event_ids: self.slots.iter().map(|(k, s)| (*k, s.time)).collect(),
+            event_ids,
             newest_event_ms: newest,
+            texts: std::mem::take(&mut self.shared.texts),
         };
         out.touched = touched;
         out
@@ -815,7 +950,7 @@ fn build_projects(
     let mut acc: BTreeMap<&str, Acc> = BTreeMap::new();
     // Executions are in time order, so the first non-null source of a non-init execution wins.
     for x in executions {
-        let a = acc.entry(x.project_id.as_str()).or_insert(Acc {
+        let a = acc.entry(&*x.project_id).or_insert(Acc {
             first: x.started_ms,
             last: x.started_ms,
             source: None,
@@ -987,7 +1122,7 @@ mod tests {
             .facts
             .executions
             .iter()
-            .map(|x| (x.execution_id.as_str(), x.event_count))
+            .map(|x| (&*x.execution_id, x.event_count))
             .collect();
         assert_eq!(ids, [("x", 1), ("y", 1)]);
     }
@@ -1011,6 +1146,6 @@ mod tests {
             ),
         ]);
         assert_eq!(n.facts.executions.len(), 1);
-        assert_eq!(n.facts.executions[0].execution_id, "y");
+        assert_eq!(&*n.facts.executions[0].execution_id, "y");
     }
 }

@@ -15,10 +15,18 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
 
+use crate::kpi::ProjectScope;
 use crate::kpi::calendar::{
     day_of, fmt_day, is_complete, month_first_day, month_last_day, month_of,
 };
 use crate::normalize::{Facts, Text, Touched};
+
+/// The day number of a `YYYY-MM-DD` field.
+fn parse_day(text: &str) -> Option<i64> {
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .map(crate::kpi::calendar::day_number)
+}
 
 /// The row filter of one incremental run.
 #[derive(Debug, Default)]
@@ -28,17 +36,14 @@ pub struct Changes {
     /// The previous run's as_of, `YYYY-MM-DD`.
     pub previous_as_of: String,
     pub executions: HashSet<Text>,
-    pub projects: HashSet<String>,
     /// Cohort months (`YYYY-MM-01`) of touched projects.
     pub cohorts: HashSet<String>,
-    /// Projects whose source or first event changed: all their rows, and all global rows.
-    pub rewritten: HashSet<String>,
     /// Period rows before this day (`YYYY-MM-DD`) come from summarised history and are never
     /// re-emitted (they are final).
     pub exact_from: Option<String>,
-    /// Days (`YYYY-MM-DD`, inclusive) of the months complete at as_of but not at the previous as_of:
-    /// their daily rows gained month flags.
-    pub completed: Option<(String, String)>,
+    /// Touched and rewritten projects (a rewritten one gets all its rows, and all global rows too),
+    /// and the rule for per-project rows, which the KPI engine also applies as it builds them.
+    pub scope: ProjectScope,
 }
 
 impl Changes {
@@ -63,13 +68,13 @@ impl Changes {
             from: fmt_day(from_day),
             previous_as_of: fmt_day(previous_as_of),
             executions: touched.executions.clone(),
-            projects: touched.projects.clone(),
-            completed: (now > was).then(|| {
-                (
-                    fmt_day(month_first_day(was + 1)),
-                    fmt_day(month_last_day(now)),
-                )
-            }),
+            scope: ProjectScope {
+                touched: touched.projects.iter().cloned().collect(),
+                rewritten: HashSet::new(),
+                from: from_day,
+                previous_as_of,
+                completed: (now > was).then(|| (month_first_day(was + 1), month_last_day(now))),
+            },
             ..Default::default()
         };
         for p in &facts.projects {
@@ -83,7 +88,7 @@ impl Changes {
             match previous_projects.get(&p.project_id) {
                 Some((source, first)) if (source.as_str(), *first) == now => {}
                 Some((_, first)) => {
-                    changes.rewritten.insert(p.project_id.clone());
+                    changes.scope.rewritten.insert(p.project_id.clone());
                     changes
                         .cohorts
                         .insert(fmt_day(month_first_day(month_of(day_of(*first)))));
@@ -109,28 +114,19 @@ impl Changes {
                 return false;
             }
         }
-        let all = !self.rewritten.is_empty();
+        let all = !self.scope.rewritten.is_empty();
+        let day = |k: &str| parse_day(s(k));
         match stream {
             "cli_executions" | "pipeline_runs" => self.executions.contains(s("execution_id")),
-            "pipelines" => self.projects.contains(s("project_id")),
-            "projects" => {
-                self.projects.contains(s("project_id"))
-                    || s("last_active_date") >= self.previous_as_of.as_str()
-            }
+            "pipelines" => self.scope.touched.contains(s("project_id")),
+            "projects" => self
+                .scope
+                .keeps_project(s("project_id"), day("last_active_date")),
             "daily_active_projects" => {
-                let date = s("date");
-                let completed = self
-                    .completed
-                    .as_ref()
-                    .is_some_and(|(first, last)| (first.as_str()..=last.as_str()).contains(&date));
-                self.rewritten.contains(s("project_id"))
-                    || (date >= self.from.as_str()
-                        && (self.projects.contains(s("project_id"))
-                            || date > self.previous_as_of.as_str()
-                            || completed))
+                day("date").is_some_and(|d| self.scope.keeps_day(s("project_id"), d))
             }
             "project_monthly_segments" => {
-                s("month") >= self.from.as_str() || self.rewritten.contains(s("project_id"))
+                s("month") >= self.from.as_str() || self.scope.rewritten.contains(s("project_id"))
             }
             "active_projects_daily" => all || s("date") >= self.from.as_str(),
             "monthly_kpis" | "plugin_usage" => all || s("month") >= self.from.as_str(),

@@ -7,8 +7,8 @@
 //! arrive. The carry is compact JSON, gzip-compressed and base64-encoded in one string field. A state of
 //! another version is rejected with a message, never misread.
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -83,9 +83,9 @@ pub struct TapState {
     pub health: BTreeMap<String, crate::health::RuleCarry>,
 }
 
-/// A version-2 ledger row: the variant written out in full on every row.
+/// A version-2 ledger row (JSON): the variant written out in full on every row.
 #[derive(Deserialize)]
-struct PartsRowV2(
+struct RowV2(
     String,
     Variant,
     i64,
@@ -98,28 +98,58 @@ struct PartsRowV2(
     Vec<i64>,
 );
 
+/// A version-2 ledger: JSON, gzip-compressed.
+#[derive(Deserialize)]
+struct LedgerV2 {
+    plugins: Vec<BTreeMap<String, Value>>,
+    parts: Vec<RowV2>,
+    opt_outs: BTreeMap<String, i64>,
+    structured: BTreeMap<String, (i64, i64)>,
+    /// 24 bytes per event, base64: id (16, big-endian) and event time (8, big-endian).
+    ids: String,
+    newest: Option<i64>,
+    projects: Projects,
+}
+
 /// A ledger row: execution id, the variant's strings as indexes into the ledger's `texts` (0: none)
-/// in [`VARIANT_TEXTS`] order, is_ci, start, runtime, exit code, IP hashes, plugins (index into
+/// in [`variant_texts`] order, is_ci, start, runtime, exit code, IP hashes, plugins (index into
 /// `plugins`, first seen), event count, weight, presence months.
 #[derive(Deserialize)]
-struct PartsRow<'a>(
-    #[serde(borrow)] std::borrow::Cow<'a, str>,
+struct Row<'a>(
+    &'a str,
     [u32; VARIANT_TEXTS],
     Option<bool>,
     i64,
     i64,
     Option<i64>,
-    Vec<String>,
+    Vec<&'a str>,
     Vec<(u32, Option<i64>)>,
     u32,
     u32,
     Vec<i64>,
 );
 
-/// The strings of a variant a row refers to: project id, source, environment hash, Meltano and
-/// Python versions, command, sub-command, structured-event command.
+/// The ledger since version 3: postcard (a compact binary serde format), zstd-compressed. Strings a
+/// fleet repeats (project ids, versions, commands) are written once, in `texts`.
+#[derive(Deserialize)]
+struct Ledger<'a> {
+    #[serde(borrow)]
+    texts: Vec<&'a str>,
+    /// The normalised plugin dicts, as JSON text.
+    plugins: Vec<&'a str>,
+    parts: Vec<Row<'a>>,
+    opt_outs: BTreeMap<String, i64>,
+    structured: BTreeMap<String, (i64, i64)>,
+    ids: Vec<(u128, i64)>,
+    newest: Option<i64>,
+    projects: Projects,
+}
+
+/// How many strings of a variant a row refers to.
 const VARIANT_TEXTS: usize = 8;
 
+/// The strings of a variant a row refers to: project id, source, environment hash, Meltano and
+/// Python versions, command, sub-command, structured-event command.
 fn variant_texts(v: &Variant) -> [Option<&Text>; VARIANT_TEXTS] {
     [
         v.project_id.as_ref(),
@@ -173,24 +203,12 @@ fn variant_from_texts(
     })
 }
 
-#[derive(Deserialize)]
-struct Ledger<'a, R> {
-    #[serde(default)]
-    texts: Vec<String>,
-    plugins: Vec<BTreeMap<String, Value>>,
-    parts: Vec<R>,
-    opt_outs: BTreeMap<String, i64>,
-    structured: BTreeMap<String, (i64, i64)>,
-    /// 24 bytes per event: id (16, big-endian) and event time (8, big-endian).
-    #[serde(borrow)]
-    ids: std::borrow::Cow<'a, str>,
-    newest: Option<i64>,
-    projects: BTreeMap<String, (String, i64)>,
-}
-
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
+
+/// zstd level of the ledger: fast to write and to read, about as small as gzip's default.
+const ZSTD_LEVEL: i32 = 3;
 
 /// One execution as the ledger writes it: a folded part, or a finished execution (which holds
 /// everything its parts did).
@@ -217,11 +235,26 @@ impl LedgerEntry<'_> {
             LedgerEntry::Execution(x) => &x.plugins,
         }
     }
+    fn texts(&self) -> [Option<&Text>; VARIANT_TEXTS] {
+        match self {
+            LedgerEntry::Part(p) => variant_texts(&p.variant),
+            LedgerEntry::Execution(x) => [
+                Some(&x.project_id),
+                x.project_id_source.as_ref(),
+                x.environment_hash.as_ref(),
+                x.meltano_version.as_ref(),
+                x.python_version.as_ref(),
+                x.cli_command.as_ref(),
+                x.sub_command.as_ref(),
+                x.se_command.as_ref(),
+            ],
+        }
+    }
 }
 
+/// [`Row`] as written, from borrowed data.
 #[derive(Serialize)]
-#[allow(clippy::type_complexity)]
-struct PartsRowRef<'a>(
+struct RowRef<'a>(
     &'a str,
     [u32; VARIANT_TEXTS],
     Option<bool>,
@@ -241,73 +274,70 @@ struct Rows<'a> {
     text_index: &'a indexmap::IndexSet<&'a str>,
 }
 
-impl Rows<'_> {
-    fn text_refs(&self, v: &Variant) -> [u32; VARIANT_TEXTS] {
-        variant_texts(v).map(|t| {
-            t.and_then(|t| self.text_index.get_index_of(&**t))
-                .map_or(0, |i| i as u32 + 1)
-        })
-    }
-    fn plugin_refs(&self, plugins: &[Plugin]) -> Vec<(u32, Option<i64>)> {
-        let mut refs: Vec<(u32, Option<i64>)> = plugins
-            .iter()
-            .map(|p| (self.plugin_index[p.key()], p.first_seen_ms))
-            .collect();
-        refs.sort_unstable();
-        refs
-    }
-}
-
 impl Serialize for Rows<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.entries.iter().map(|e| match e {
-            LedgerEntry::Part(p) => PartsRowRef(
-                &p.execution_id,
-                self.text_refs(&p.variant),
-                p.variant.is_ci,
-                p.started_ms,
-                p.finished_ms - p.started_ms,
-                p.exit_code,
-                p.ip_hashes.iter().map(String::as_str).collect(),
-                self.plugin_refs(&p.plugins),
-                p.event_count,
-                p.weight,
-                p.presence_months.iter().copied().collect(),
-            ),
-            LedgerEntry::Execution(x) => PartsRowRef(
-                &x.execution_id,
-                self.text_refs(&x.variant()),
-                x.is_ci,
-                x.started_ms,
-                x.finished_ms - x.started_ms,
-                x.exit_code,
-                x.ip_hashes.iter().map(String::as_str).collect(),
-                self.plugin_refs(&x.plugins),
-                x.event_count,
-                x.weight,
-                x.presence_months.clone(),
-            ),
+        serializer.collect_seq(self.entries.iter().map(|e| {
+            let texts = e.texts().map(|t| {
+                t.and_then(|t| self.text_index.get_index_of(&**t))
+                    .map_or(0, |i| i as u32 + 1)
+            });
+            let mut plugins: Vec<(u32, Option<i64>)> = e
+                .plugins()
+                .iter()
+                .map(|p| (self.plugin_index[p.key()], p.first_seen_ms))
+                .collect();
+            plugins.sort_unstable();
+            match e {
+                LedgerEntry::Part(p) => RowRef(
+                    &p.execution_id,
+                    texts,
+                    p.variant.is_ci,
+                    p.started_ms,
+                    p.finished_ms - p.started_ms,
+                    p.exit_code,
+                    p.ip_hashes.iter().map(String::as_str).collect(),
+                    plugins,
+                    p.event_count,
+                    p.weight,
+                    p.presence_months.iter().copied().collect(),
+                ),
+                LedgerEntry::Execution(x) => RowRef(
+                    &x.execution_id,
+                    texts,
+                    x.is_ci,
+                    x.started_ms,
+                    x.finished_ms - x.started_ms,
+                    x.exit_code,
+                    x.ip_hashes.iter().map(String::as_str).collect(),
+                    plugins,
+                    x.event_count,
+                    x.weight,
+                    x.presence_months.clone(),
+                ),
+            }
         }))
     }
 }
 
+/// [`Ledger`] as written, from borrowed data.
 #[derive(Serialize)]
 struct LedgerRef<'a> {
     texts: Vec<&'a str>,
-    plugins: Vec<&'a BTreeMap<String, Value>>,
+    plugins: Vec<String>,
     parts: Rows<'a>,
     opt_outs: &'a BTreeMap<String, i64>,
     structured: &'a BTreeMap<String, (i64, i64)>,
-    ids: String,
+    ids: Vec<(u128, i64)>,
     newest: Option<i64>,
-    projects: &'a BTreeMap<String, (String, i64)>,
+    projects: &'a Projects,
 }
 
 fn encode_carry(
     carry: &Carry,
     executions: &[LedgerEntry],
-    projects: &BTreeMap<String, (String, i64)>,
+    projects: &Projects,
 ) -> Result<String, StateError> {
+    let damaged = |e: &dyn std::fmt::Display| StateError::Damaged(e.to_string());
     let mut order: Vec<LedgerEntry> = carry
         .parts
         .iter()
@@ -322,33 +352,15 @@ fn encode_carry(
         for plugin in entry.plugins() {
             if !plugin_index.contains_key(plugin.key()) {
                 plugin_index.insert(plugin.key(), plugins.len() as u32);
-                plugins.push(&plugin.info.dict);
+                plugins.push(serde_json::to_string(&plugin.info.dict).map_err(|e| damaged(&e))?);
             }
         }
-        let texts = match entry {
-            LedgerEntry::Part(p) => variant_texts(&p.variant),
-            LedgerEntry::Execution(x) => [
-                Some(&x.project_id),
-                x.project_id_source.as_ref(),
-                x.environment_hash.as_ref(),
-                x.meltano_version.as_ref(),
-                x.python_version.as_ref(),
-                x.cli_command.as_ref(),
-                x.sub_command.as_ref(),
-                x.se_command.as_ref(),
-            ],
-        };
-        for t in texts.into_iter().flatten() {
+        for t in entry.texts().into_iter().flatten() {
             text_index.insert(t);
         }
     }
-    let mut ids = Vec::with_capacity(carry.event_ids.len() * 24);
-    let mut sorted = carry.event_ids.clone();
-    sorted.sort_unstable();
-    for (key, time) in sorted {
-        ids.extend_from_slice(&key.to_be_bytes());
-        ids.extend_from_slice(&time.to_be_bytes());
-    }
+    let mut ids = carry.event_ids.clone();
+    ids.sort_unstable();
     let ledger = LedgerRef {
         texts: text_index.iter().copied().collect(),
         plugins,
@@ -359,22 +371,27 @@ fn encode_carry(
         },
         opt_outs: &carry.opt_outs,
         structured: &carry.structured,
-        ids: b64().encode(ids),
+        ids,
         newest: carry.newest_event_ms,
         projects,
     };
-    let damaged = |e: &dyn std::fmt::Display| StateError::Damaged(e.to_string());
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-    let mut json = std::io::BufWriter::new(&mut gz);
-    serde_json::to_writer(&mut json, &ledger).map_err(|e| damaged(&e))?;
-    json.flush().map_err(|e| damaged(&e))?;
-    drop(json);
-    gz.finish()
-        .map(|bytes| b64().encode(bytes))
-        .map_err(|e| damaged(&e))
+    let mut zstd = zstd::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(|e| damaged(&e))?;
+    postcard::to_io(&ledger, &mut zstd).map_err(|e| damaged(&e))?;
+    let bytes = zstd.finish().map_err(|e| damaged(&e))?;
+    Ok(b64().encode(bytes))
 }
 
 type Projects = BTreeMap<String, (String, i64)>;
+
+/// Everything in a ledger but its rows.
+struct Head {
+    plugins: Vec<BTreeMap<String, Value>>,
+    opt_outs: BTreeMap<String, i64>,
+    structured: BTreeMap<String, (i64, i64)>,
+    ids: Vec<(u128, i64)>,
+    newest: Option<i64>,
+    projects: Projects,
+}
 
 /// The parts of one ledger row, whatever the layout of its version.
 struct RowParts {
@@ -383,30 +400,29 @@ struct RowParts {
     started: i64,
     runtime: i64,
     exit_code: Option<i64>,
-    ips: Vec<String>,
+    ips: BTreeSet<String>,
     refs: Vec<(u32, Option<i64>)>,
     events: u32,
     weight: u32,
-    months: Vec<i64>,
+    months: BTreeSet<i64>,
 }
 
 fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateError> {
     let damaged =
         |what: &str, e: &dyn std::fmt::Display| StateError::Damaged(format!("{what}: {e}"));
-    let gz = b64()
+    let packed = b64()
         .decode(text)
         .map_err(|e| damaged("ledger is not base64", &e))?;
-    let mut json = Vec::new();
-    flate2::read::GzDecoder::new(gz.as_slice())
-        .read_to_end(&mut json)
-        .map_err(|e| damaged("ledger is not gzip", &e))?;
-    drop(gz);
     let mut texts = Interner::default();
     if version == 2 {
-        let mut ledger: Ledger<PartsRowV2> =
+        let mut json = Vec::new();
+        flate2::read::GzDecoder::new(packed.as_slice())
+            .read_to_end(&mut json)
+            .map_err(|e| damaged("ledger is not gzip", &e))?;
+        let ledger: LedgerV2 =
             serde_json::from_slice(&json).map_err(|e| damaged("ledger layout", &e))?;
-        let rows = std::mem::take(&mut ledger.parts).into_iter().map(|r| {
-            let PartsRowV2(
+        let rows = ledger.parts.into_iter().map(|r| {
+            let RowV2(
                 id,
                 mut variant,
                 started,
@@ -419,89 +435,90 @@ fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateErro
                 months,
             ) = r;
             variant.share_texts(&mut texts);
-            Ok(RowParts {
+            RowParts {
                 execution_id: Text::from(id),
                 variant,
                 started,
                 runtime,
                 exit_code,
-                ips,
+                ips: ips.into_iter().collect(),
                 refs,
                 events,
                 weight,
-                months,
-            })
+                months: months.into_iter().collect(),
+            }
         });
-        let rows: Result<Vec<RowParts>, StateError> = rows.collect();
-        return carry_from(Head::of(ledger), rows?, texts);
+        let rows: Vec<RowParts> = rows.collect();
+        let ids = b64()
+            .decode(&ledger.ids)
+            .map_err(|e| damaged("event ids", &e))?;
+        if ids.len() % 24 != 0 {
+            return Err(StateError::Damaged("event ids are cut short".into()));
+        }
+        let ids = ids
+            .chunks_exact(24)
+            .map(|c| {
+                let mut key = [0u8; 16];
+                let mut time = [0u8; 8];
+                key.copy_from_slice(&c[..16]);
+                time.copy_from_slice(&c[16..]);
+                (u128::from_be_bytes(key), i64::from_be_bytes(time))
+            })
+            .collect();
+        let head = Head {
+            plugins: ledger.plugins,
+            opt_outs: ledger.opt_outs,
+            structured: ledger.structured,
+            ids,
+            newest: ledger.newest,
+            projects: ledger.projects,
+        };
+        return carry_from(head, rows, texts);
     }
-    let ledger: Ledger<PartsRow> =
-        serde_json::from_slice(&json).map_err(|e| damaged("ledger layout", &e))?;
+    let bytes =
+        zstd::decode_all(packed.as_slice()).map_err(|e| damaged("ledger is not zstd", &e))?;
+    drop(packed);
+    let ledger: Ledger = postcard::from_bytes(&bytes).map_err(|e| damaged("ledger layout", &e))?;
     let table: Vec<Text> = ledger.texts.iter().map(|t| texts.get(t)).collect();
     let mut rows = Vec::with_capacity(ledger.parts.len());
-    for PartsRow(
-        id,
-        refs,
-        is_ci,
-        started,
-        runtime,
-        exit_code,
-        ips,
-        plugins,
-        events,
-        weight,
-        months,
-    ) in &ledger.parts
+    for Row(id, refs, is_ci, started, runtime, exit_code, ips, plugins, events, weight, months) in
+        ledger.parts
     {
         rows.push(RowParts {
-            execution_id: Text::from(&**id),
-            variant: variant_from_texts(*refs, *is_ci, &table)?,
-            started: *started,
-            runtime: *runtime,
-            exit_code: *exit_code,
-            ips: ips.clone(),
-            refs: plugins.clone(),
-            events: *events,
-            weight: *weight,
-            months: months.clone(),
+            execution_id: Text::from(id),
+            variant: variant_from_texts(refs, is_ci, &table)?,
+            started,
+            runtime,
+            exit_code,
+            ips: ips.into_iter().map(str::to_string).collect(),
+            refs: plugins,
+            events,
+            weight,
+            months: months.into_iter().collect(),
         });
     }
-    carry_from(Head::of(ledger), rows, texts)
-}
-
-/// Everything in a ledger but its rows.
-struct Head<'a> {
-    plugins: Vec<BTreeMap<String, Value>>,
-    opt_outs: BTreeMap<String, i64>,
-    structured: BTreeMap<String, (i64, i64)>,
-    ids: std::borrow::Cow<'a, str>,
-    newest: Option<i64>,
-    projects: BTreeMap<String, (String, i64)>,
-}
-
-impl<'a> Head<'a> {
-    fn of<R>(l: Ledger<'a, R>) -> Head<'a> {
-        Head {
-            plugins: l.plugins,
-            opt_outs: l.opt_outs,
-            structured: l.structured,
-            ids: l.ids,
-            newest: l.newest,
-            projects: l.projects,
-        }
-    }
+    let plugins = ledger
+        .plugins
+        .iter()
+        .map(|text| serde_json::from_str(text).map_err(|e| damaged("plugin", &e)))
+        .collect::<Result<_, _>>()?;
+    let head = Head {
+        plugins,
+        opt_outs: ledger.opt_outs,
+        structured: ledger.structured,
+        ids: ledger.ids,
+        newest: ledger.newest,
+        projects: ledger.projects,
+    };
+    carry_from(head, rows, texts)
 }
 
 fn carry_from(
-    ledger: Head,
+    head: Head,
     rows: Vec<RowParts>,
     texts: Interner,
 ) -> Result<(Carry, Projects), StateError> {
-    let infos: Vec<Arc<PluginInfo>> = ledger
-        .plugins
-        .into_iter()
-        .map(info_from_normalised)
-        .collect();
+    let infos: Vec<Arc<PluginInfo>> = head.plugins.into_iter().map(info_from_normalised).collect();
     let mut parts = Vec::with_capacity(rows.len());
     for r in rows {
         let mut plugins = Vec::with_capacity(r.refs.len());
@@ -522,40 +539,24 @@ fn carry_from(
             started_ms: r.started,
             finished_ms: r.started + r.runtime,
             exit_code: r.exit_code,
-            ip_hashes: r.ips.into_iter().collect(),
+            ip_hashes: r.ips,
             plugins,
             event_count: r.events,
             position: Default::default(),
             weight: r.weight,
-            presence_months: r.months.into_iter().collect(),
+            presence_months: r.months,
         });
     }
-    let ids = b64()
-        .decode(&*ledger.ids)
-        .map_err(|e| StateError::Damaged(format!("event ids: {e}")))?;
-    if ids.len() % 24 != 0 {
-        return Err(StateError::Damaged("event ids are cut short".into()));
-    }
-    let event_ids = ids
-        .chunks_exact(24)
-        .map(|c| {
-            let mut key = [0u8; 16];
-            let mut time = [0u8; 8];
-            key.copy_from_slice(&c[..16]);
-            time.copy_from_slice(&c[16..]);
-            (u128::from_be_bytes(key), i64::from_be_bytes(time))
-        })
-        .collect();
     Ok((
         Carry {
             parts,
-            opt_outs: ledger.opt_outs,
-            structured: ledger.structured,
-            event_ids,
-            newest_event_ms: ledger.newest,
+            opt_outs: head.opt_outs,
+            structured: head.structured,
+            event_ids: head.ids,
+            newest_event_ms: head.newest,
             texts,
         },
-        ledger.projects,
+        head.projects,
     ))
 }
 
@@ -688,6 +689,7 @@ mod tests {
     }
 
     fn ledger_text(ledger: &Value) -> String {
+        use std::io::Write;
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
         gz.write_all(ledger.to_string().as_bytes()).unwrap();
         b64().encode(gz.finish().unwrap())
@@ -717,19 +719,53 @@ mod tests {
 
     #[test]
     fn a_row_referring_to_a_missing_text_is_damage() {
-        let ledger = json!({
-            "texts": ["p1"],
-            "plugins": [],
-            "parts": [["x1", [1, 7, 0, 0, 0, 0, 0, 0], null, 100, 5, 0, [], [], 2, 1, []]],
-            "opt_outs": {},
-            "structured": {},
-            "ids": "",
-            "newest": 105,
-            "projects": {}
-        });
-        let state =
-            json!({"tap_kpis": {"version": 3, "inputs": [], "ledger": ledger_text(&ledger)}});
-        let e = TapState::from_value(&state).unwrap_err();
+        #[derive(Serialize)]
+        struct Mirror<'a> {
+            texts: Vec<&'a str>,
+            plugins: Vec<&'a str>,
+            parts: Vec<RowRef<'a>>,
+            opt_outs: BTreeMap<String, i64>,
+            structured: BTreeMap<String, (i64, i64)>,
+            ids: Vec<(u128, i64)>,
+            newest: Option<i64>,
+            projects: Projects,
+        }
+        let row = |text: u32| {
+            RowRef(
+                "x1",
+                [1, text, 0, 0, 0, 0, 0, 0],
+                None,
+                100,
+                5,
+                Some(0),
+                vec![],
+                vec![],
+                2,
+                1,
+                vec![],
+            )
+        };
+        let ledger = |text: u32| {
+            let bytes = postcard::to_stdvec(&Mirror {
+                texts: vec!["p1", "explicit"],
+                plugins: vec![],
+                parts: vec![row(text)],
+                opt_outs: BTreeMap::new(),
+                structured: BTreeMap::new(),
+                ids: vec![],
+                newest: Some(105),
+                projects: BTreeMap::new(),
+            })
+            .unwrap();
+            let packed = zstd::encode_all(bytes.as_slice(), ZSTD_LEVEL).unwrap();
+            json!({"tap_kpis": {"version": 3, "inputs": [], "ledger": b64().encode(packed)}})
+        };
+        let good = TapState::from_value(&ledger(2)).unwrap().unwrap();
+        assert_eq!(
+            good.carry.parts[0].variant.source.as_deref(),
+            Some("explicit")
+        );
+        let e = TapState::from_value(&ledger(7)).unwrap_err();
         assert!(e.to_string().contains("text 7"), "{e}");
     }
 

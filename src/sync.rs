@@ -239,7 +239,15 @@ pub fn run<W: Write>(
         return Ok(report);
     }
     let earlier = match state {
-        Some(v) => TapState::from_value(v)?,
+        Some(v) => {
+            let s = TapState::from_value(v)?;
+            tracing::debug!(
+                "state decoded at {:.2}s ({})",
+                started.elapsed().as_secs_f64(),
+                rss()
+            );
+            s
+        }
         None => None,
     };
     report.incremental = earlier.is_some();
@@ -326,6 +334,7 @@ pub fn run<W: Write>(
         c
     });
     model.execution_scope = changes.as_ref().map(|c| c.executions.clone());
+    model.project_scope = changes.as_ref().map(|c| c.scope.clone());
     tracing::info!(
         "read {} events in {:.2}s: {} executions, {} projects, as_of {}",
         report.events,

@@ -68,8 +68,12 @@ fn project_active_days(model: &Model, pa: &ProjectActivity) -> Vec<Value> {
     let mut rows = Vec::new();
     {
         let mut flags_cache: HashMap<Month, Option<MonthFlags>> = HashMap::new();
+        let scope = model.project_scope.as_ref();
         for (i, &(s, e)) in pa.intervals.iter().enumerate() {
             for day in s..=e.min(model.as_of) {
+                if scope.is_some_and(|sc| !sc.keeps_day(&pa.project.project_id, day)) {
+                    continue;
+                }
                 let m = month_of(day);
                 let flags = *flags_cache
                     .entry(m)

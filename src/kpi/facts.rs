@@ -102,15 +102,9 @@ pub fn pipelines<'m>(model: &'m Model) -> RecordIter<'m> {
 
 /// `projects`: one record per project with an execution on or before as_of.
 pub fn projects<'m>(model: &'m Model) -> RecordIter<'m> {
-    Box::new(model.projects.iter().map(|pa| {
+    Box::new(model.projects.iter().filter_map(|pa| {
         let p = pa.project;
         let xs = &pa.executions;
-        let exec: Vec<_> = xs.iter().filter(|x| x.is_exec()).collect();
-        let runs: Vec<_> = xs.iter().filter(|x| x.is_pipeline_run()).collect();
-        let unique: BTreeSet<_> = runs
-            .iter()
-            .filter_map(|x| x.pipeline_id.as_deref())
-            .collect();
         let first_active = pa.added_day().filter(|d| *d <= model.as_of);
         let last_active = first_active.and_then(|_| {
             pa.intervals
@@ -119,7 +113,18 @@ pub fn projects<'m>(model: &'m Model) -> RecordIter<'m> {
                 .map(|(_, e)| (*e).min(model.as_of))
                 .max()
         });
-        json!({
+        if let Some(scope) = &model.project_scope
+            && !scope.keeps_project(&p.project_id, last_active)
+        {
+            return None;
+        }
+        let exec: Vec<_> = xs.iter().filter(|x| x.is_exec()).collect();
+        let runs: Vec<_> = xs.iter().filter(|x| x.is_pipeline_run()).collect();
+        let unique: BTreeSet<_> = runs
+            .iter()
+            .filter_map(|x| x.pipeline_id.as_deref())
+            .collect();
+        Some(json!({
             "project_id": p.project_id,
             "project_id_source": p.source,
             "first_event_at": fmt_ms(p.first_event_ms),
@@ -138,6 +143,6 @@ pub fn projects<'m>(model: &'m Model) -> RecordIter<'m> {
             "unique_pipelines": unique.len(),
             "first_active_date": first_active.map(fmt_day),
             "last_active_date": last_active.map(fmt_day),
-        })
+        }))
     }))
 }

@@ -77,6 +77,44 @@ pub struct Model<'a> {
     /// When set, the per-execution streams yield only these executions (an incremental run re-emits
     /// only what new events touched, and need not build the rest).
     pub execution_scope: Option<HashSet<crate::normalize::Text>>,
+    /// When set, the per-project streams build only the rows this scope keeps.
+    pub project_scope: Option<ProjectScope>,
+}
+
+/// The per-project rows an incremental run re-emits (`crate::changes` holds the whole rule): a
+/// project's rows depend only on its own executions and on as_of, so an untouched project needs
+/// only its rows of new days and of months as_of has just completed, and its project row while it
+/// was active at the previous as_of.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectScope {
+    /// Projects that new events touched.
+    pub touched: HashSet<String>,
+    /// Projects whose source or first event changed: all their rows.
+    pub rewritten: HashSet<String>,
+    /// First day of the day rows that can be re-emitted.
+    pub from: i64,
+    /// The previous run's as_of: later days are new.
+    pub previous_as_of: i64,
+    /// First and last day of the months complete at as_of but not at the previous as_of.
+    pub completed: Option<(i64, i64)>,
+}
+
+impl ProjectScope {
+    /// Whether the project's day row of `day` is re-emitted.
+    pub fn keeps_day(&self, project: &str, day: i64) -> bool {
+        self.rewritten.contains(project)
+            || (day >= self.from
+                && (day > self.previous_as_of
+                    || self
+                        .completed
+                        .is_some_and(|(first, last)| (first..=last).contains(&day))
+                    || self.touched.contains(project)))
+    }
+
+    /// Whether the project's row is re-emitted, given its last active day.
+    pub fn keeps_project(&self, project: &str, last_active_day: Option<i64>) -> bool {
+        self.touched.contains(project) || last_active_day.is_some_and(|d| d >= self.previous_as_of)
+    }
 }
 
 impl<'a> Model<'a> {
@@ -136,6 +174,7 @@ impl<'a> Model<'a> {
             projects,
             first_day,
             execution_scope: None,
+            project_scope: None,
         }
     }
 

@@ -607,7 +607,10 @@ pub struct Normalizer {
     problems: Vec<Problem>,
     stats: NormalizeStats,
     shared: Shared,
-    earlier_parts: HashMap<Text, ExecParts>,
+    /// Parts read from the state, taken out when new events merge into them.
+    earlier_parts: Vec<Option<ExecParts>>,
+    /// Index of `earlier_parts` by execution id.
+    earlier_index: HashMap<Text, u32>,
     earlier_opt_outs: BTreeMap<String, i64>,
     earlier_structured: BTreeMap<String, (i64, i64)>,
     earlier_newest_ms: Option<i64>,
@@ -629,11 +632,13 @@ impl Normalizer {
                 .insert(slot_key(key), Slot::new(Home::Earlier, None, time));
         }
         n.shared.texts = carry.texts;
-        n.earlier_parts = carry
+        n.earlier_index = carry
             .parts
-            .into_iter()
-            .map(|p| (p.execution_id.clone(), p))
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.execution_id.clone(), i as u32))
             .collect();
+        n.earlier_parts = carry.parts.into_iter().map(Some).collect();
         n.earlier_opt_outs = carry.opt_outs;
         n.earlier_structured = carry.structured;
         n.earlier_newest_ms = carry.newest_event_ms;
@@ -870,7 +875,11 @@ impl Normalizer {
                 continue;
             };
             touched.executions.insert(new.execution_id.clone());
-            let merged = match earlier.remove(&new.execution_id) {
+            let earlier_part = self
+                .earlier_index
+                .get(&new.execution_id)
+                .and_then(|&i| earlier[i as usize].take());
+            let merged = match earlier_part {
                 Some(mut p) => {
                     p.merge(new);
                     p
@@ -879,7 +888,7 @@ impl Normalizer {
             };
             finish_part(merged, &mut touched, true);
         }
-        for p in earlier.into_values() {
+        for p in earlier.into_iter().flatten() {
             finish_part(p, &mut touched, false);
         }
         executions

@@ -11,7 +11,6 @@
 //! the other extremes are kept with weight 0; the months are kept as a list. Every kept execution is a
 //! real one, so nothing it implies (an active window, a first event) is invented.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::kpi::MIN_AGE_DAYS;
@@ -29,29 +28,51 @@ pub fn compact(
     orphans: Vec<ExecParts>,
     cut_ms: i64,
     summarised_before_ms: Option<i64>,
-) -> (Vec<Cow<'_, Execution>>, Vec<ExecParts>) {
+) -> Compacted<'_> {
     let orphans = orphans
         .into_iter()
         .filter(|p| p.finished_ms >= cut_ms)
         .collect();
-    let mut out = Vec::with_capacity(executions.len());
+    let mut kept = Vec::with_capacity(executions.len());
+    let mut summaries = Vec::new();
     let mut old: BTreeMap<&str, Vec<&Execution>> = BTreeMap::new();
     for x in executions {
         if x.finished_ms >= cut_ms {
-            out.push(Cow::Borrowed(x));
+            kept.push(x);
         } else {
             old.entry(&x.project_id).or_default().push(x);
         }
     }
     for (_, mut xs) in old {
         if summarised_before_ms.is_some_and(|before| xs.iter().all(|x| x.finished_ms < before)) {
-            out.extend(xs.into_iter().map(Cow::Borrowed));
+            kept.extend(xs);
             continue;
         }
         xs.sort_by(|a, b| (a.started_ms, &a.execution_id).cmp(&(b.started_ms, &b.execution_id)));
-        out.extend(summarise_project(&xs).into_iter().map(Cow::Owned));
+        summaries.extend(summarise_project(&xs));
     }
-    (out, orphans)
+    Compacted {
+        kept,
+        summaries,
+        orphans,
+    }
+}
+
+/// What the next state holds after [`compact`].
+pub struct Compacted<'a> {
+    /// Executions kept as they are.
+    pub kept: Vec<&'a Execution>,
+    /// The executions that stand for summarised history (weighted, see the module docs).
+    pub summaries: Vec<Execution>,
+    /// Parts without a project id that may still get one.
+    pub orphans: Vec<ExecParts>,
+}
+
+impl Compacted<'_> {
+    /// Every execution of the next state.
+    pub fn executions(&self) -> impl Iterator<Item = &Execution> {
+        self.kept.iter().copied().chain(&self.summaries)
+    }
 }
 
 type GroupKey<'a> = (
@@ -178,8 +199,8 @@ mod tests {
         .unwrap()
     }
 
-    fn owned(xs: Vec<Cow<Execution>>) -> Vec<Execution> {
-        xs.into_iter().map(Cow::into_owned).collect()
+    fn owned(c: Compacted) -> Vec<Execution> {
+        c.executions().cloned().collect()
     }
 
     #[test]
@@ -195,20 +216,20 @@ mod tests {
             ));
         }
         xs.push(execution("late", 20_200, "run", 0, true));
-        let out = owned(compact(&xs, Vec::new(), 20_150 * DAY_MS, None).0);
+        let out = owned(compact(&xs, Vec::new(), 20_150 * DAY_MS, None));
         // summarising is idempotent: a summarised project passes through a later cut unchanged
         let key = |x: &Execution| (x.execution_id.clone(), x.weight, x.presence_months.clone());
-        let mut again: Vec<_> = compact(&out, Vec::new(), 20_150 * DAY_MS, None)
-            .0
+        let mut again: Vec<_> = owned(compact(&out, Vec::new(), 20_150 * DAY_MS, None))
             .iter()
-            .map(|x| key(x))
+            .map(key)
             .collect();
         let mut once: Vec<_> = out.iter().map(key).collect();
         again.sort();
         once.sort();
         assert_eq!(again, once);
-        let passed = compact(&out, Vec::new(), 20_160 * DAY_MS, Some(20_150 * DAY_MS)).0;
-        assert_eq!(passed.len(), out.len());
+        let passed = compact(&out, Vec::new(), 20_160 * DAY_MS, Some(20_150 * DAY_MS));
+        assert_eq!(passed.kept.len(), out.len());
+        assert!(passed.summaries.is_empty());
         let old: Vec<&Execution> = out.iter().filter(|x| &*x.execution_id != "late").collect();
         // two groups (success, failure) weighted by their sizes; the total is kept
         assert_eq!(old.iter().map(|x| x.weight).sum::<u32>(), 100);
@@ -251,7 +272,7 @@ mod tests {
             }
         };
         let orphans = vec![orphan("old", 20_000), orphan("new", 20_200)];
-        let (_, kept) = compact(&[], orphans, 20_150 * DAY_MS, None);
+        let kept = compact(&[], orphans, 20_150 * DAY_MS, None).orphans;
         let ids: Vec<&str> = kept.iter().map(|p| &*p.execution_id).collect();
         assert_eq!(ids, ["new"]);
     }

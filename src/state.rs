@@ -480,37 +480,76 @@ fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateErro
     drop(packed);
     let ledger: Ledger = postcard::from_bytes(&bytes).map_err(|e| damaged("ledger layout", &e))?;
     let table: Vec<Text> = ledger.texts.iter().map(|t| texts.get(t)).collect();
-    let mut rows = Vec::with_capacity(ledger.parts.len());
-    for Row(id, refs, is_ci, started, runtime, exit_code, ips, plugins, events, weight, months) in
-        ledger.parts
-    {
-        rows.push(RowParts {
-            execution_id: Text::from(id),
-            variant: variant_from_texts(refs, is_ci, &table)?,
-            started,
-            runtime,
-            exit_code,
-            ips: ips.into_iter().map(str::to_string).collect(),
-            refs: plugins,
-            events,
-            weight,
-            months: months.into_iter().collect(),
-        });
-    }
-    let plugins = ledger
+    let plugins: Vec<BTreeMap<String, Value>> = ledger
         .plugins
         .iter()
         .map(|text| serde_json::from_str(text).map_err(|e| damaged("plugin", &e)))
         .collect::<Result<_, _>>()?;
-    let head = Head {
+    let infos = plugin_infos(plugins);
+    let mut parts = Vec::with_capacity(ledger.parts.len());
+    for Row(id, refs, is_ci, started, runtime, exit_code, ips, plugins, events, weight, months) in
+        ledger.parts
+    {
+        parts.push(part_of(
+            RowParts {
+                execution_id: Text::from(id),
+                variant: variant_from_texts(refs, is_ci, &table)?,
+                started,
+                runtime,
+                exit_code,
+                ips: ips.into_iter().map(str::to_string).collect(),
+                refs: plugins,
+                events,
+                weight,
+                months: months.into_iter().collect(),
+            },
+            &infos,
+        )?);
+    }
+    Ok((
+        Carry {
+            parts,
+            opt_outs: ledger.opt_outs,
+            structured: ledger.structured,
+            event_ids: ledger.ids,
+            newest_event_ms: ledger.newest,
+            texts,
+        },
+        ledger.projects,
+    ))
+}
+
+fn plugin_infos(dicts: Vec<BTreeMap<String, Value>>) -> Vec<Arc<PluginInfo>> {
+    dicts.into_iter().map(info_from_normalised).collect()
+}
+
+/// The folded parts of one row.
+fn part_of(r: RowParts, infos: &[Arc<PluginInfo>]) -> Result<ExecParts, StateError> {
+    let mut plugins = Vec::with_capacity(r.refs.len());
+    for (id, first_seen_ms) in r.refs {
+        let info = infos
+            .get(id as usize)
+            .ok_or_else(|| StateError::Damaged(format!("plugin {id} is not in the state")))?;
+        plugins.push(Plugin {
+            info: info.clone(),
+            first_seen_ms,
+        });
+    }
+    plugins.sort_by(|a, b| a.key().cmp(b.key()));
+    plugins.dedup_by(|a, b| a.key() == b.key());
+    Ok(ExecParts {
+        execution_id: r.execution_id,
+        variant: r.variant,
+        started_ms: r.started,
+        finished_ms: r.started + r.runtime,
+        exit_code: r.exit_code,
+        ip_hashes: r.ips,
         plugins,
-        opt_outs: ledger.opt_outs,
-        structured: ledger.structured,
-        ids: ledger.ids,
-        newest: ledger.newest,
-        projects: ledger.projects,
-    };
-    carry_from(head, rows, texts)
+        event_count: r.events,
+        position: Default::default(),
+        weight: r.weight,
+        presence_months: r.months,
+    })
 }
 
 fn carry_from(
@@ -518,35 +557,11 @@ fn carry_from(
     rows: Vec<RowParts>,
     texts: Interner,
 ) -> Result<(Carry, Projects), StateError> {
-    let infos: Vec<Arc<PluginInfo>> = head.plugins.into_iter().map(info_from_normalised).collect();
-    let mut parts = Vec::with_capacity(rows.len());
-    for r in rows {
-        let mut plugins = Vec::with_capacity(r.refs.len());
-        for (id, first_seen_ms) in r.refs {
-            let info = infos
-                .get(id as usize)
-                .ok_or_else(|| StateError::Damaged(format!("plugin {id} is not in the state")))?;
-            plugins.push(Plugin {
-                info: info.clone(),
-                first_seen_ms,
-            });
-        }
-        plugins.sort_by(|a, b| a.key().cmp(b.key()));
-        plugins.dedup_by(|a, b| a.key() == b.key());
-        parts.push(ExecParts {
-            execution_id: r.execution_id,
-            variant: r.variant,
-            started_ms: r.started,
-            finished_ms: r.started + r.runtime,
-            exit_code: r.exit_code,
-            ip_hashes: r.ips,
-            plugins,
-            event_count: r.events,
-            position: Default::default(),
-            weight: r.weight,
-            presence_months: r.months,
-        });
-    }
+    let infos = plugin_infos(head.plugins);
+    let parts = rows
+        .into_iter()
+        .map(|r| part_of(r, &infos))
+        .collect::<Result<_, _>>()?;
     Ok((
         Carry {
             parts,
@@ -629,6 +644,7 @@ impl TapState {
                 "version": STATE_VERSION,
                 "as_of": self.as_of.map(crate::kpi::calendar::fmt_day),
                 "inputs": self.inputs,
+                "projects": self.projects.len(),
                 "executions": self.carry.parts.len() + executions.len(),
                 "ledger": encode_carry(&self.carry, executions, &self.projects)?,
                 "cut_day": self.cut_day,

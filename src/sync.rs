@@ -1,7 +1,6 @@
 //! A sync, end to end: sources are read and decoded, events normalised, the KPI engine run, and every
 //! selected stream written as Singer messages, ending with STATE.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -394,19 +393,13 @@ pub fn run<W: Write>(
                 // copies of older events are late anyway: their ids need not be kept
                 carry.event_ids.retain(|(_, t)| *t >= late_before * DAY_MS);
             }
-            let kept = match cut {
-                Some(cut) => {
-                    let (kept, orphans) = compact::compact(
-                        executions,
-                        std::mem::take(&mut carry.parts),
-                        cut * DAY_MS,
-                        previous_cut.map(|c| c * DAY_MS),
-                    );
-                    carry.parts = orphans;
-                    kept
-                }
-                None => executions.iter().map(Cow::Borrowed).collect(),
-            };
+            let mut compacted = compact::compact(
+                executions,
+                std::mem::take(&mut carry.parts),
+                cut.map_or(i64::MIN, |c| c * DAY_MS),
+                previous_cut.map(|c| c * DAY_MS),
+            );
+            carry.parts = std::mem::take(&mut compacted.orphans);
             tracing::debug!(
                 "state summarised at {:.2}s",
                 started.elapsed().as_secs_f64()
@@ -436,7 +429,7 @@ pub fn run<W: Write>(
                 health: health_carries,
             };
             let entries: Vec<LedgerEntry> =
-                kept.iter().map(|x| LedgerEntry::Execution(x)).collect();
+                compacted.executions().map(LedgerEntry::Execution).collect();
             let value = next.to_value(&entries);
             tracing::debug!("state encoded at {:.2}s", started.elapsed().as_secs_f64());
             value

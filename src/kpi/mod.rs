@@ -204,6 +204,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn project_scope_keeps_new_days_completed_months_and_touched_projects() {
+        let scope = ProjectScope {
+            touched: ["t".to_string()].into_iter().collect(),
+            rewritten: ["r".to_string()].into_iter().collect(),
+            from: 100,
+            previous_as_of: 140,
+            completed: Some((120, 130)),
+        };
+        // an untouched project: only days after the previous as_of and those of completed months
+        assert!(!scope.keeps_day("u", 119));
+        assert!(scope.keeps_day("u", 120) && scope.keeps_day("u", 130));
+        assert!(!scope.keeps_day("u", 131) && !scope.keeps_day("u", 140));
+        assert!(scope.keeps_day("u", 141));
+        // a touched one: every day from `from`; a rewritten one: every day
+        assert!(!scope.keeps_day("t", 99) && scope.keeps_day("t", 100));
+        assert!(scope.keeps_day("r", 1));
+        // project rows: touched, or active on or after the previous as_of
+        assert!(scope.keeps_project("t", None));
+        assert!(!scope.keeps_project("u", Some(139)) && scope.keeps_project("u", Some(140)));
+        assert!(!scope.keeps_project("u", None));
+    }
+
+    #[test]
     fn windows_merge_when_touching() {
         assert_eq!(windows_to_intervals([0, 10], 28), vec![(0, 38)]);
         assert_eq!(windows_to_intervals([0, 29], 28), vec![(0, 57)]);

@@ -126,7 +126,7 @@ impl Changes {
                 day("date").is_some_and(|d| self.scope.keeps_day(s("project_id"), d))
             }
             "project_monthly_segments" => {
-                s("month") >= self.from.as_str() || self.scope.rewritten.contains(s("project_id"))
+                day("month").is_some_and(|m| self.scope.keeps_month(s("project_id"), m))
             }
             "active_projects_daily" => all || s("date") >= self.from.as_str(),
             "monthly_kpis" | "plugin_usage" => all || s("month") >= self.from.as_str(),

@@ -2,10 +2,11 @@
 //! keeps it (runs on ephemeral workers resume too).
 //!
 //! It holds a bookmark per input (fingerprint, and the byte offset and line number after the last
-//! complete line read) and the normaliser's [`Carry`]: every execution folded to its parts, opt-outs and
+//! complete line read) and a ledger: every execution as the parts it was folded from, opt-outs and
 //! structured-event sightings by project, and the ids of events recent enough to still have copies
-//! arrive. The carry is compact JSON, gzip-compressed and base64-encoded in one string field. A state of
-//! another version is rejected with a message, never misread.
+//! arrive. The ledger is postcard (a compact binary serde format, strings a fleet repeats written once),
+//! zstd-compressed and base64-encoded in one string field. Version 2 (JSON, gzip) is still read and is
+//! written anew as version 3; a state of another version is rejected with a message, never misread.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -114,7 +115,7 @@ struct LedgerV2 {
 /// A ledger row: execution id, the variant's strings as indexes into the ledger's `texts` (0: none)
 /// in [`variant_texts`] order, is_ci, start, runtime, exit code, IP hashes, plugins (index into
 /// `plugins`, first seen), event count, weight, presence months.
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Row<'a>(
     &'a str,
     [u32; VARIANT_TEXTS],
@@ -252,22 +253,6 @@ impl LedgerEntry<'_> {
     }
 }
 
-/// [`Row`] as written, from borrowed data.
-#[derive(Serialize)]
-struct RowRef<'a>(
-    &'a str,
-    [u32; VARIANT_TEXTS],
-    Option<bool>,
-    i64,
-    i64,
-    Option<i64>,
-    Vec<&'a str>,
-    Vec<(u32, Option<i64>)>,
-    u32,
-    u32,
-    Vec<i64>,
-);
-
 struct Rows<'a> {
     entries: &'a [LedgerEntry<'a>],
     plugin_index: &'a BTreeMap<&'a str, u32>,
@@ -288,7 +273,7 @@ impl Serialize for Rows<'_> {
                 .collect();
             plugins.sort_unstable();
             match e {
-                LedgerEntry::Part(p) => RowRef(
+                LedgerEntry::Part(p) => Row(
                     &p.execution_id,
                     texts,
                     p.variant.is_ci,
@@ -301,7 +286,7 @@ impl Serialize for Rows<'_> {
                     p.weight,
                     p.presence_months.iter().copied().collect(),
                 ),
-                LedgerEntry::Execution(x) => RowRef(
+                LedgerEntry::Execution(x) => Row(
                     &x.execution_id,
                     texts,
                     x.is_ci,
@@ -739,7 +724,7 @@ mod tests {
         struct Mirror<'a> {
             texts: Vec<&'a str>,
             plugins: Vec<&'a str>,
-            parts: Vec<RowRef<'a>>,
+            parts: Vec<Row<'a>>,
             opt_outs: BTreeMap<String, i64>,
             structured: BTreeMap<String, (i64, i64)>,
             ids: Vec<(u128, i64)>,
@@ -747,7 +732,7 @@ mod tests {
             projects: Projects,
         }
         let row = |text: u32| {
-            RowRef(
+            Row(
                 "x1",
                 [1, text, 0, 0, 0, 0, 0, 0],
                 None,

@@ -111,6 +111,11 @@ impl ProjectScope {
                     || self.touched.contains(project)))
     }
 
+    /// Whether the project's row of the month starting on `month_first_day` is re-emitted.
+    pub fn keeps_month(&self, project: &str, month_first_day: i64) -> bool {
+        self.rewritten.contains(project) || month_first_day >= self.from
+    }
+
     /// Whether the project's row is re-emitted, given its last active day.
     pub fn keeps_project(&self, project: &str, last_active_day: Option<i64>) -> bool {
         self.touched.contains(project) || last_active_day.is_some_and(|d| d >= self.previous_as_of)
@@ -220,6 +225,9 @@ mod tests {
         // a touched one: every day from `from`; a rewritten one: every day
         assert!(!scope.keeps_day("t", 99) && scope.keeps_day("t", 100));
         assert!(scope.keeps_day("r", 1));
+        // month rows: from the month of `from` on, every one of a rewritten project
+        assert!(!scope.keeps_month("t", 99) && scope.keeps_month("u", 100));
+        assert!(scope.keeps_month("r", 0));
         // project rows: touched, or active on or after the previous as_of
         assert!(scope.keeps_project("t", None));
         assert!(!scope.keeps_project("u", Some(139)) && scope.keeps_project("u", Some(140)));

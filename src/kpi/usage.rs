@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use super::calendar::{Month, day_of, fmt_month, month_last_day, month_of};
+use super::calendar::{Month, day_of, fmt_month, month_first_day, month_last_day, month_of};
 use super::{Model, RecordIter, ratio};
 
 /// One project's pipeline volume in one month.
@@ -71,6 +71,12 @@ pub fn project_monthly_segments<'m>(model: &'m Model) -> RecordIter<'m> {
 fn project_monthly_segments_rows(model: &Model) -> Vec<Value> {
     segments(model)
         .into_iter()
+        .filter(|s| {
+            model
+                .project_scope
+                .as_ref()
+                .is_none_or(|scope| scope.keeps_month(s.project_id, month_first_day(s.month)))
+        })
         .map(|s| {
             json!({
                 "project_id": s.project_id,

@@ -132,7 +132,7 @@ struct Row<'a>(
 
 /// The ledger since version 3: postcard (a compact binary serde format), zstd-compressed. Strings a
 /// fleet repeats (project ids, versions, commands) are written once, in `texts`.
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Ledger<'a> {
     #[serde(borrow)]
     texts: Vec<&'a str>,
@@ -720,17 +720,6 @@ mod tests {
 
     #[test]
     fn a_row_referring_to_a_missing_text_is_damage() {
-        #[derive(Serialize)]
-        struct Mirror<'a> {
-            texts: Vec<&'a str>,
-            plugins: Vec<&'a str>,
-            parts: Vec<Row<'a>>,
-            opt_outs: BTreeMap<String, i64>,
-            structured: BTreeMap<String, (i64, i64)>,
-            ids: Vec<(u128, i64)>,
-            newest: Option<i64>,
-            projects: Projects,
-        }
         let row = |text: u32| {
             Row(
                 "x1",
@@ -747,7 +736,7 @@ mod tests {
             )
         };
         let ledger = |text: u32| {
-            let bytes = postcard::to_stdvec(&Mirror {
+            let bytes = postcard::to_stdvec(&Ledger {
                 texts: vec!["p1", "explicit"],
                 plugins: vec![],
                 parts: vec![row(text)],

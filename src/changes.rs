@@ -69,7 +69,7 @@ impl Changes {
             previous_as_of: fmt_day(previous_as_of),
             executions: touched.executions.clone(),
             scope: ProjectScope {
-                touched: touched.projects.iter().cloned().collect(),
+                touched: touched.projects.clone(),
                 rewritten: HashSet::new(),
                 from: from_day,
                 previous_as_of,

@@ -320,7 +320,7 @@ impl Variant {
 
 /// Everything an execution's events say, folded with min / max / union / sum, so that the events of
 /// one execution read in several runs fold to the same parts as when read in one. The incremental
-/// state keeps these; [`ExecParts::finish`] makes the [`Execution`].
+/// state keeps these; [`ExecParts::into_execution`] makes the [`Execution`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecParts {
     pub execution_id: Text,
@@ -428,24 +428,6 @@ impl ExecParts {
     }
 }
 
-impl Execution {
-    /// What the execution's events said, as a folded part would hold it.
-    pub fn variant(&self) -> Variant {
-        Variant {
-            project_id: Some(self.project_id.clone()),
-            source: self.project_id_source.clone(),
-            environment_hash: self.environment_hash.clone(),
-            meltano_version: self.meltano_version.clone(),
-            python_version: self.python_version.clone(),
-            is_ci: self.is_ci,
-            command: self.cli_command.clone(),
-            sub_command: self.sub_command.clone(),
-            se_command: self.se_command.clone(),
-            ip_hash: None,
-        }
-    }
-}
-
 impl Variant {
     fn of(e: &Event, texts: &mut Interner) -> Variant {
         let se_command = match &e.kind {
@@ -545,6 +527,7 @@ impl ExecutionBuilder {
         (self.events.len() - 1) as u32
     }
 
+    /// The folded parts of the execution's live events; `None` when every event moved elsewhere.
     fn fold(self, shared: &Shared) -> Option<ExecParts> {
         let alive: Vec<&LiteEvent> = self.events.iter().filter(|e| e.alive).collect();
         let first = alive.first()?;
@@ -844,7 +827,10 @@ impl Normalizer {
             |p: ExecParts, touched: &mut Touched, is_new: bool| match p.into_execution() {
                 Ok(x) => {
                     if is_new {
-                        touched.projects.insert(x.project_id.to_string());
+                        // one allocation per project, not per execution
+                        if !touched.projects.contains(&*x.project_id) {
+                            touched.projects.insert(x.project_id.to_string());
+                        }
                         touch(x.started_ms, &mut touched.earliest_ms);
                     }
                     executions.push(x)

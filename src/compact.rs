@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::kpi::MIN_AGE_DAYS;
 use crate::kpi::calendar::{DAY_MS, day_of, month_of};
-use crate::normalize::{ExecParts, Execution};
+use crate::normalize::{ExecParts, Execution, TextSet};
 
 /// Summarise the executions that finished before `cut_ms`; later ones are kept as they are. Parts
 /// without a project id that finished before the cut are dropped (they can never get one).
@@ -63,15 +63,58 @@ pub struct Compacted<'a> {
     /// Executions kept as they are.
     pub kept: Vec<&'a Execution>,
     /// The executions that stand for summarised history (weighted, see the module docs).
-    pub summaries: Vec<Execution>,
+    pub summaries: Vec<Summary<'a>>,
     /// Parts without a project id that may still get one.
     pub orphans: Vec<ExecParts>,
 }
 
+/// A real execution standing for a group of summarised history: what it counts for is its group's,
+/// not its own. It borrows the execution rather than copying it.
+#[derive(Debug, Clone)]
+pub struct Summary<'a> {
+    pub execution: &'a Execution,
+    pub weight: u32,
+    pub presence_months: Vec<i64>,
+    pub ip_hashes: TextSet,
+}
+
+/// An execution as the next state holds it: the execution, with the weight, months and IP hashes it
+/// stands for.
+#[derive(Debug, Clone, Copy)]
+pub struct Kept<'a> {
+    pub execution: &'a Execution,
+    pub weight: u32,
+    pub presence_months: &'a [i64],
+    pub ip_hashes: &'a TextSet,
+}
+
+impl Kept<'_> {
+    /// The execution with what it stands for in place of its own counts.
+    pub fn to_execution(&self) -> Execution {
+        let mut x = self.execution.clone();
+        x.weight = self.weight;
+        x.presence_months = self.presence_months.to_vec();
+        x.ip_hashes = self.ip_hashes.clone();
+        x
+    }
+}
+
 impl Compacted<'_> {
     /// Every execution of the next state.
-    pub fn executions(&self) -> impl Iterator<Item = &Execution> {
-        self.kept.iter().copied().chain(&self.summaries)
+    pub fn executions(&self) -> impl Iterator<Item = Kept<'_>> {
+        let kept = self.kept.iter().map(|&x| Kept {
+            execution: x,
+            weight: x.weight,
+            presence_months: &x.presence_months,
+            ip_hashes: &x.ip_hashes,
+        });
+        let summaries = self.summaries.iter().map(|s| Kept {
+            execution: s.execution,
+            weight: s.weight,
+            presence_months: &s.presence_months,
+            ip_hashes: &s.ip_hashes,
+        });
+        kept.chain(summaries)
     }
 }
 
@@ -83,12 +126,12 @@ type GroupKey<'a> = (
     Option<&'a str>,
 );
 
-fn summarise_project(xs: &[&Execution]) -> Vec<Execution> {
+fn summarise_project<'a>(xs: &[&'a Execution]) -> Vec<Summary<'a>> {
     // index of the kept execution -> its weight
     let mut kept: BTreeMap<usize, u32> = BTreeMap::new();
     let mut groups: BTreeMap<GroupKey, usize> = BTreeMap::new();
     let mut months: BTreeSet<i64> = BTreeSet::new();
-    let mut ips: BTreeSet<String> = BTreeSet::new();
+    let mut ips = TextSet::new();
     let mut last_run: BTreeMap<&str, usize> = BTreeMap::new();
     let first_day = xs.first().map_or(0, |x| day_of(x.started_ms));
     let mut first_qualifying: Option<usize> = None;
@@ -125,19 +168,20 @@ fn summarise_project(xs: &[&Execution]) -> Vec<Execution> {
     for i in extremes.into_iter().flatten().chain(last_run.into_values()) {
         kept.entry(i).or_insert(0);
     }
-    let mut out: Vec<Execution> = Vec::with_capacity(kept.len());
+    let mut out = Vec::with_capacity(kept.len());
     for (n, (i, weight)) in kept.into_iter().enumerate() {
-        let mut x = xs[i].clone();
-        x.weight = weight;
-        x.presence_months.clear();
+        let mut s = Summary {
+            execution: xs[i],
+            weight,
+            presence_months: Vec::new(),
+            ip_hashes: TextSet::new(),
+        };
         if n == 0 {
             // the earliest kept execution carries the project's months and IP hashes
-            x.presence_months = months.iter().copied().collect();
-            x.ip_hashes = ips.clone();
-        } else {
-            x.ip_hashes.clear();
+            s.presence_months = months.iter().copied().collect();
+            s.ip_hashes = ips.clone();
         }
-        out.push(x);
+        out.push(s);
     }
     out
 }
@@ -188,19 +232,19 @@ mod tests {
             started_ms: start,
             finished_ms: start + 10,
             exit_code: Some(exit),
-            ip_hashes: BTreeSet::new(),
+            ip_hashes: TextSet::new(),
             plugins,
             event_count: 3,
             position: Default::default(),
             weight: 1,
             presence_months: BTreeSet::new(),
         }
-        .into_execution()
+        .into_execution(&mut Default::default())
         .unwrap()
     }
 
     fn owned(c: Compacted) -> Vec<Execution> {
-        c.executions().cloned().collect()
+        c.executions().map(|k| k.to_execution()).collect()
     }
 
     #[test]
@@ -263,7 +307,7 @@ mod tests {
                 started_ms: x.started_ms,
                 finished_ms: x.finished_ms,
                 exit_code: None,
-                ip_hashes: BTreeSet::new(),
+                ip_hashes: TextSet::new(),
                 plugins: Vec::new(),
                 event_count: 1,
                 position: Default::default(),

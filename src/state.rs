@@ -16,9 +16,10 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::compact::Kept;
 use crate::decode::Format;
 use crate::normalize::plugins::{PluginInfo, info_from_normalised};
-use crate::normalize::{Carry, ExecParts, Execution, Interner, Plugin, Text, Variant};
+use crate::normalize::{Carry, ExecParts, Interner, Plugin, Text, TextSet, Variant};
 use crate::source::Fingerprint;
 
 /// Version of the state layout; a state of any other version is refused.
@@ -200,7 +201,6 @@ fn variant_from_texts(
         command,
         sub_command,
         se_command,
-        ip_hash: None,
     })
 }
 
@@ -216,7 +216,7 @@ const ZSTD_LEVEL: i32 = 3;
 #[derive(Clone, Copy)]
 pub enum LedgerEntry<'a> {
     Part(&'a ExecParts),
-    Execution(&'a Execution),
+    Execution(Kept<'a>),
 }
 
 impl LedgerEntry<'_> {
@@ -227,19 +227,22 @@ impl LedgerEntry<'_> {
                 p.started_ms,
                 &p.execution_id,
             ),
-            LedgerEntry::Execution(x) => (Some(&x.project_id), x.started_ms, &x.execution_id),
+            LedgerEntry::Execution(k) => {
+                let x = k.execution;
+                (Some(&x.project_id), x.started_ms, &x.execution_id)
+            }
         }
     }
     fn plugins(&self) -> &[Plugin] {
         match self {
             LedgerEntry::Part(p) => &p.plugins,
-            LedgerEntry::Execution(x) => &x.plugins,
+            LedgerEntry::Execution(k) => &k.execution.plugins,
         }
     }
     fn texts(&self) -> [Option<&Text>; VARIANT_TEXTS] {
         match self {
             LedgerEntry::Part(p) => variant_texts(&p.variant),
-            LedgerEntry::Execution(x) => [
+            LedgerEntry::Execution(Kept { execution: x, .. }) => [
                 Some(&x.project_id),
                 x.project_id_source.as_ref(),
                 x.environment_hash.as_ref(),
@@ -280,25 +283,28 @@ impl Serialize for Rows<'_> {
                     p.started_ms,
                     p.finished_ms - p.started_ms,
                     p.exit_code,
-                    p.ip_hashes.iter().map(String::as_str).collect(),
+                    p.ip_hashes.iter().map(|t| &**t).collect(),
                     plugins,
                     p.event_count,
                     p.weight,
                     p.presence_months.iter().copied().collect(),
                 ),
-                LedgerEntry::Execution(x) => Row(
-                    &x.execution_id,
-                    texts,
-                    x.is_ci,
-                    x.started_ms,
-                    x.finished_ms - x.started_ms,
-                    x.exit_code,
-                    x.ip_hashes.iter().map(String::as_str).collect(),
-                    plugins,
-                    x.event_count,
-                    x.weight,
-                    x.presence_months.clone(),
-                ),
+                LedgerEntry::Execution(k) => {
+                    let x = k.execution;
+                    Row(
+                        &x.execution_id,
+                        texts,
+                        x.is_ci,
+                        x.started_ms,
+                        x.finished_ms - x.started_ms,
+                        x.exit_code,
+                        k.ip_hashes.iter().map(|t| &**t).collect(),
+                        plugins,
+                        x.event_count,
+                        k.weight,
+                        k.presence_months.to_vec(),
+                    )
+                }
             }
         }))
     }
@@ -385,7 +391,7 @@ struct RowParts {
     started: i64,
     runtime: i64,
     exit_code: Option<i64>,
-    ips: BTreeSet<String>,
+    ips: TextSet,
     refs: Vec<(u32, Option<i64>)>,
     events: u32,
     weight: u32,
@@ -426,7 +432,7 @@ fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateErro
                 started,
                 runtime,
                 exit_code,
-                ips: ips.into_iter().collect(),
+                ips: ips.iter().map(|t| texts.get(t)).collect(),
                 refs,
                 events,
                 weight,
@@ -482,7 +488,7 @@ fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateErro
                 started,
                 runtime,
                 exit_code,
-                ips: ips.into_iter().map(str::to_string).collect(),
+                ips: ips.into_iter().map(|t| texts.get(t)).collect(),
                 refs: plugins,
                 events,
                 weight,
@@ -666,7 +672,7 @@ mod tests {
             started_ms: 1_700_000_000_000,
             finished_ms: 1_700_000_009_000,
             exit_code: Some(0),
-            ip_hashes: ["h".to_string()].into_iter().collect(),
+            ip_hashes: [Text::from("h")].into_iter().collect(),
             plugins: vec![Plugin {
                 info,
                 first_seen_ms: Some(1_700_000_000_500),
@@ -781,9 +787,16 @@ mod tests {
             .collect(),
         };
         // an execution is written as the parts it was folded from
-        let execution = part("x1", Some("p1")).into_execution().unwrap();
+        let execution = part("x1", Some("p1"))
+            .into_execution(&mut Default::default())
+            .unwrap();
         let value = state
-            .to_value(&[LedgerEntry::Execution(&execution)])
+            .to_value(&[LedgerEntry::Execution(Kept {
+                execution: &execution,
+                weight: execution.weight,
+                presence_months: &execution.presence_months,
+                ip_hashes: &execution.ip_hashes,
+            })])
             .unwrap();
         fn no_floats(v: &Value) -> bool {
             match v {

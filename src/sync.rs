@@ -251,7 +251,7 @@ pub fn run<W: Write>(
     };
     report.incremental = earlier.is_some();
     let late_days = config.late_event_days.max(0);
-    let (mut normalizer, previous_as_of, previous_projects, previous_cut, health_carries) =
+    let (normalizer, previous_as_of, previous_projects, previous_cut, health_carries) =
         match earlier {
             Some(e) => {
                 let late_before = e
@@ -288,6 +288,7 @@ pub fn run<W: Write>(
             String::new()
         }
     );
+    let mut normalizer = normalizer.with_late_event_days(late_days);
     let (mut problems, ends) = read_inputs(&inputs, &resumes, &mut normalizer, &mut report)?;
     tracing::debug!(
         "read done at {:.2}s ({})",
@@ -389,10 +390,6 @@ pub fn run<W: Write>(
     let state = std::thread::scope(|scope| -> Result<Value, SyncError> {
         // the next state is summarised and encoded on the other core while the records are written
         let next_state = scope.spawn(move || -> Result<Value, StateError> {
-            if let Some(late_before) = late_before {
-                // copies of older events are late anyway: their ids need not be kept
-                carry.event_ids.retain(|(_, t)| *t >= late_before * DAY_MS);
-            }
             let mut compacted = compact::compact(
                 executions,
                 std::mem::take(&mut carry.parts),
@@ -401,8 +398,9 @@ pub fn run<W: Write>(
             );
             carry.parts = std::mem::take(&mut compacted.orphans);
             tracing::debug!(
-                "state summarised at {:.2}s",
-                started.elapsed().as_secs_f64()
+                "state summarised at {:.2}s ({})",
+                started.elapsed().as_secs_f64(),
+                rss()
             );
             let next = TapState {
                 as_of: Some(model.as_of),
@@ -431,7 +429,11 @@ pub fn run<W: Write>(
             let entries: Vec<LedgerEntry> =
                 compacted.executions().map(LedgerEntry::Execution).collect();
             let value = next.to_value(&entries);
-            tracing::debug!("state encoded at {:.2}s", started.elapsed().as_secs_f64());
+            tracing::debug!(
+                "state encoded at {:.2}s ({})",
+                started.elapsed().as_secs_f64(),
+                rss()
+            );
             value
         });
         for def in STREAMS {

@@ -1,7 +1,5 @@
 //! Rule boundaries of kpis.md §3–§6, each on a minimal hand-built input.
 
-use std::collections::BTreeSet;
-
 use chrono::NaiveDate;
 use serde_json::{Value, json};
 
@@ -45,7 +43,8 @@ mod usage {
         usage::cohort_retention(m).collect()
     }
 }
-use crate::normalize::{Execution, Facts, PIPELINE_COMMANDS, plugins};
+use crate::normalize::{Execution, Facts, PIPELINE_COMMANDS, Profile, plugins};
+use std::sync::Arc;
 
 /// Day number of 2024-01-01 (a Monday).
 fn d0() -> i64 {
@@ -68,23 +67,21 @@ impl X {
         let start = (d0() + day) * DAY_MS + 3_600_000;
         X(Execution {
             execution_id: id.into(),
-            project_id: project.into(),
-            project_id_source: Some("explicit".into()),
+            profile: Arc::new(Profile {
+                project_id: project.into(),
+                project_id_source: Some("explicit".into()),
+                command: Some(command.into()),
+                cli_command: Some(command.into()),
+                is_ci: Some(false),
+                ..Profile::default()
+            }),
             started_ms: start,
             finished_ms: start + 1000,
-            command: Some(command.into()),
-            cli_command: Some(command.into()),
-            se_command: None,
-            sub_command: None,
-            environment_hash: None,
             exit_code: Some(0),
-            meltano_version: None,
-            python_version: None,
-            is_ci: Some(false),
             event_count: 1,
             plugins,
             pipeline_id: None,
-            ip_hashes: BTreeSet::new(),
+            ip_hashes: Default::default(),
             weight: 1,
             presence_months: Vec::new(),
         })

@@ -2,10 +2,12 @@
 //! events are grouped into executions (one Meltano process each), executions into projects, and each
 //! pipeline run gets its pipeline id (kpis.md §1–§4).
 
+pub mod arena;
 pub mod plugins;
 pub mod text;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Hash maps keyed by ids from the input: a fast hash with a per-run random seed.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -13,22 +15,22 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 use crate::decode::{Problem, Reason, excerpt};
 
 use crate::event::{Event, EventKind, Position};
+use crate::kpi::calendar::day_of;
+use arena::Arena;
 pub use plugins::Plugin;
-pub use text::{Interner, Text};
+pub use text::{Interner, Text, TextSet};
 
 /// Commands that count as executing something (kpis.md §2).
 pub const EXEC_COMMANDS: [&str; 5] = ["invoke", "el", "elt", "run", "test"];
 /// Commands that make a pipeline run when plugins are present (kpis.md §3).
 pub const PIPELINE_COMMANDS: [&str; 3] = ["el", "elt", "run"];
 
-/// One Meltano CLI invocation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Execution {
-    pub execution_id: Text,
+/// What an execution's events say about where and how it ran. Many executions of a project say the
+/// same, so executions share one copy ([`Execution`] derefs to it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Profile {
     pub project_id: Text,
     pub project_id_source: Option<Text>,
-    pub started_ms: i64,
-    pub finished_ms: i64,
     /// The command: the cli contexts' one, else the legacy structured event's.
     pub command: Option<Text>,
     /// What the cli contexts said (kept apart from `se_command` so that later events fold exactly).
@@ -37,21 +39,63 @@ pub struct Execution {
     pub se_command: Option<Text>,
     pub sub_command: Option<Text>,
     pub environment_hash: Option<Text>,
-    pub exit_code: Option<i64>,
     pub meltano_version: Option<Text>,
     pub python_version: Option<Text>,
     pub is_ci: Option<bool>,
+}
+
+/// One Meltano CLI invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Execution {
+    pub execution_id: Text,
+    pub profile: Arc<Profile>,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub exit_code: Option<i64>,
     pub event_count: u32,
     /// Distinct plugins, in pipeline order.
     pub plugins: Vec<Plugin>,
     /// Set when the execution is a pipeline run.
     pub pipeline_id: Option<Text>,
-    pub ip_hashes: BTreeSet<String>,
+    pub ip_hashes: TextSet,
     /// How many executions this one stands for in lifetime counts: 1, or, in history summarised by
     /// the incremental state, the size of its group (0 for an execution kept only for its time).
     pub weight: u32,
     /// Months (ordinals) of summarised executions of its project, for cohort activity.
     pub presence_months: Vec<i64>,
+}
+
+impl std::ops::Deref for Execution {
+    type Target = Profile;
+    fn deref(&self) -> &Profile {
+        &self.profile
+    }
+}
+
+impl std::ops::DerefMut for Execution {
+    /// A profile to change: the execution's own copy once it differs from the shared one.
+    fn deref_mut(&mut self) -> &mut Profile {
+        Arc::make_mut(&mut self.profile)
+    }
+}
+
+/// Hands out the shared profiles and pipeline ids of the executions being built.
+#[derive(Debug, Default)]
+pub struct ExecutionTables {
+    profiles: std::collections::HashSet<Arc<Profile>, foldhash::fast::RandomState>,
+    pipeline_ids: Interner,
+}
+
+impl ExecutionTables {
+    /// The shared copy of `profile`.
+    pub fn profile(&mut self, profile: Profile) -> Arc<Profile> {
+        if let Some(p) = self.profiles.get(&profile) {
+            return p.clone();
+        }
+        let p = Arc::new(profile);
+        self.profiles.insert(p.clone());
+        p
+    }
 }
 
 impl Execution {
@@ -170,83 +214,53 @@ fn event_summary(e: &Event) -> String {
 /// Milliseconds per day.
 const DAY_MS: i64 = 86_400_000;
 
-/// Exact key of an event id: a UUID as its 128 bits, anything else as its MD5 digest.
-fn event_key(id: &str) -> u128 {
+/// Exact key of an event id: a UUID as its 128 bits, anything else as its MD5 digest; and whether
+/// the id is the canonical spelling of its key.
+fn event_key(id: &str) -> (u128, bool) {
     match uuid::Uuid::try_parse(id) {
-        Ok(u) => u.as_u128(),
+        Ok(u) => (u.as_u128(), is_canonical_uuid(id)),
         Err(_) => {
             use md5::{Digest, Md5};
-            u128::from_be_bytes(Md5::digest(id.as_bytes()).into())
+            (
+                u128::from_be_bytes(Md5::digest(id.as_bytes()).into()),
+                false,
+            )
         }
     }
 }
 
-/// Where a kept event lives, so that a later, winning duplicate can retire it.
-#[derive(Debug, Clone, Copy)]
+/// Where a counted event lives, so that a winning copy read later can retire it.
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Home {
-    Execution {
-        builder: u32,
-        index: u32,
-    },
+    /// Index into the normaliser's event arena.
+    Execution(u32),
     StateChange(u32),
     Structured(u32),
-    /// Counted by an earlier run: its copies are always dropped.
-    Earlier,
 }
 
 impl Home {
     const KIND_SHIFT: u32 = 62;
 
-    /// The home in 8 bytes (kind in the top two bits): the dedup index holds one per event.
+    /// The home in 8 bytes (kind in the top two bits): the dedup list holds one per event.
     fn pack(self) -> u64 {
         match self {
-            Home::Execution { builder, index } => (u64::from(builder) << 32) | u64::from(index),
+            Home::Execution(i) => u64::from(i),
             Home::StateChange(i) => (1 << Self::KIND_SHIFT) | u64::from(i),
             Home::Structured(i) => (2 << Self::KIND_SHIFT) | u64::from(i),
-            Home::Earlier => 3 << Self::KIND_SHIFT,
         }
     }
 
     fn unpack(bits: u64) -> Home {
         let low = bits as u32;
         match bits >> Self::KIND_SHIFT {
-            0 => Home::Execution {
-                builder: (bits >> 32) as u32,
-                index: low,
-            },
+            0 => Home::Execution(low),
             1 => Home::StateChange(low),
-            2 => Home::Structured(low),
-            _ => Home::Earlier,
+            _ => Home::Structured(low),
         }
     }
 }
 
-/// A counted event in the dedup index: where it lives, its dedup time and its event time, in 24 bytes.
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    home: u64,
-    /// `i64::MIN` when the event has no dedup time.
-    dedup_ms: i64,
-    time: i64,
-}
-
-impl Slot {
-    fn new(home: Home, dedup_ms: Option<i64>, time: i64) -> Slot {
-        Slot {
-            home: home.pack(),
-            dedup_ms: dedup_ms.unwrap_or(i64::MIN),
-            time,
-        }
-    }
-    fn home(&self) -> Home {
-        Home::unpack(self.home)
-    }
-    fn dedup_ms(&self) -> Option<i64> {
-        (self.dedup_ms != i64::MIN).then_some(self.dedup_ms)
-    }
-}
-
-/// An event id as the dedup index keys it: two words, so that an entry needs no 16-byte alignment.
+/// An event id as the dedup list keys it: two words, so that an entry needs no 16-byte alignment.
 type SlotKey = (u64, u64);
 
 fn slot_key(key: u128) -> SlotKey {
@@ -255,6 +269,20 @@ fn slot_key(key: u128) -> SlotKey {
 
 fn event_key_of(key: SlotKey) -> u128 {
     (u128::from(key.0) << 64) | u128::from(key.1)
+}
+
+/// One event with an id, in reading order: duplicates are found once everything is read, by sorting
+/// these 24-byte entries, instead of keeping a hash index of every event while reading.
+#[derive(Debug, Clone, Copy)]
+struct Sighting {
+    key: SlotKey,
+    home: u64,
+}
+
+/// Whether `id` is a UUID spelled the way it prints (lowercase, hyphenated): its text need not be
+/// kept to name it in a problem report.
+fn is_canonical_uuid(id: &str) -> bool {
+    id.len() == 36 && !id.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 /// What an execution's events say about it; identical on most events, so stored once per execution.
@@ -278,9 +306,6 @@ pub struct Variant {
     pub sub_command: Option<Text>,
     #[serde(rename = "se", default, skip_serializing_if = "Option::is_none")]
     pub se_command: Option<Text>,
-    /// Unused in folded parts (their IP hashes are a set).
-    #[serde(skip)]
-    pub ip_hash: Option<Text>,
 }
 
 impl Variant {
@@ -295,7 +320,6 @@ impl Variant {
             &mut self.command,
             &mut self.sub_command,
             &mut self.se_command,
-            &mut self.ip_hash,
         ]
         .into_iter()
         .flatten()
@@ -328,7 +352,7 @@ pub struct ExecParts {
     pub started_ms: i64,
     pub finished_ms: i64,
     pub exit_code: Option<i64>,
-    pub ip_hashes: BTreeSet<String>,
+    pub ip_hashes: TextSet,
     /// Plugins sorted by key, with their earliest block-event time.
     pub plugins: Vec<Plugin>,
     pub event_count: u32,
@@ -383,7 +407,7 @@ impl ExecParts {
     }
 
     /// The execution, or the parts themselves while no event has named its project.
-    pub fn into_execution(self) -> Result<Execution, Box<ExecParts>> {
+    pub fn into_execution(self, tables: &mut ExecutionTables) -> Result<Execution, Box<ExecParts>> {
         let v = &self.variant;
         let Some(project_id) = v.project_id.clone() else {
             return Err(Box::new(self));
@@ -396,78 +420,132 @@ impl ExecParts {
             .is_some_and(|c| PIPELINE_COMMANDS.contains(&c))
             && !plugins.is_empty();
         let pipeline_id = is_pipeline.then(|| {
-            Text::from(plugins::pipeline_id(
+            tables.pipeline_ids.get(&plugins::pipeline_id(
                 &plugins,
                 v.environment_hash.as_deref(),
                 &project_id,
             ))
         });
+        plugins.shrink_to_fit();
+        let mut ip_hashes = self.ip_hashes;
+        ip_hashes.shrink_to_fit();
         let v = self.variant;
         Ok(Execution {
             execution_id: self.execution_id,
-            project_id,
-            project_id_source: v.source,
+            profile: tables.profile(Profile {
+                project_id,
+                project_id_source: v.source,
+                command,
+                cli_command: v.command,
+                se_command: v.se_command,
+                sub_command: v.sub_command,
+                environment_hash: v.environment_hash,
+                meltano_version: v.meltano_version,
+                python_version: v.python_version,
+                is_ci: v.is_ci,
+            }),
             started_ms: self.started_ms,
             finished_ms: self.finished_ms,
-            command,
-            cli_command: v.command,
-            se_command: v.se_command,
-            sub_command: v.sub_command,
-            environment_hash: v.environment_hash,
             exit_code: self.exit_code,
-            meltano_version: v.meltano_version,
-            python_version: v.python_version,
-            is_ci: v.is_ci,
             event_count: self.event_count,
             plugins,
             pipeline_id,
-            ip_hashes: self.ip_hashes,
+            ip_hashes,
             weight: self.weight,
             presence_months: self.presence_months.into_iter().collect(),
         })
     }
 }
 
-impl Variant {
-    fn of(e: &Event, texts: &mut Interner) -> Variant {
+/// What one event says about its execution, as text ids (0 for none): events of an execution say
+/// the same, so each distinct value is stored once, in 44 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct EventVariant {
+    texts: [u32; 9],
+    is_ci: Option<bool>,
+}
+
+impl EventVariant {
+    const PROJECT: usize = 0;
+    const SOURCE: usize = 1;
+    const ENVIRONMENT: usize = 2;
+    const MELTANO: usize = 3;
+    const PYTHON: usize = 4;
+    const COMMAND: usize = 5;
+    const SUB_COMMAND: usize = 6;
+    const SE_COMMAND: usize = 7;
+    const IP: usize = 8;
+
+    fn of(e: &Event, texts: &mut Interner) -> EventVariant {
         let se_command = match &e.kind {
             EventKind::Structured {
                 category: Some(ca), ..
-            } => texts.opt(ca.split_whitespace().nth(1)),
+            } => ca.split_whitespace().nth(1),
             _ => None,
         };
         let p = e.project.as_ref();
         let env = e.environment.as_ref();
-        Variant {
-            project_id: texts.opt(p.and_then(|p| p.project_uuid.as_deref())),
-            source: texts.opt(p.and_then(|p| p.project_uuid_source.as_deref())),
-            environment_hash: texts.opt(p.and_then(|p| p.environment_name_hash.as_deref())),
-            meltano_version: texts.opt(env.and_then(|e| e.meltano_version.as_deref())),
-            python_version: texts.opt(env.and_then(|e| e.python_version.as_deref())),
+        let mut ids = [0; 9];
+        ids[Self::PROJECT] = texts.opt_id(p.and_then(|p| p.project_uuid.as_deref()));
+        ids[Self::SOURCE] = texts.opt_id(p.and_then(|p| p.project_uuid_source.as_deref()));
+        ids[Self::ENVIRONMENT] = texts.opt_id(p.and_then(|p| p.environment_name_hash.as_deref()));
+        ids[Self::MELTANO] = texts.opt_id(env.and_then(|e| e.meltano_version.as_deref()));
+        ids[Self::PYTHON] = texts.opt_id(env.and_then(|e| e.python_version.as_deref()));
+        ids[Self::COMMAND] = texts.opt_id(e.command.as_deref());
+        ids[Self::SUB_COMMAND] = texts.opt_id(e.sub_command.as_deref());
+        ids[Self::SE_COMMAND] = texts.opt_id(se_command);
+        ids[Self::IP] = texts.opt_id(e.ip_hash.as_deref());
+        EventVariant {
+            texts: ids,
             is_ci: env.and_then(|e| e.is_ci),
-            command: texts.opt(e.command.as_deref()),
-            sub_command: texts.opt(e.sub_command.as_deref()),
-            se_command,
-            ip_hash: texts.opt(e.ip_hash.as_deref()),
         }
     }
 }
 
-/// The part of an event an execution needs.
+impl Variant {
+    /// Keep the maximum of every field and what `x` says, as [`Variant::max_with`] does.
+    fn max_with_event(&mut self, x: &EventVariant, texts: &Interner) {
+        let t = |i: usize| texts.text(x.texts[i]);
+        keep_max(&mut self.project_id, t(EventVariant::PROJECT));
+        keep_max(&mut self.source, t(EventVariant::SOURCE));
+        keep_max(&mut self.environment_hash, t(EventVariant::ENVIRONMENT));
+        keep_max(&mut self.meltano_version, t(EventVariant::MELTANO));
+        keep_max(&mut self.python_version, t(EventVariant::PYTHON));
+        keep_max(&mut self.is_ci, x.is_ci.as_ref());
+        keep_max(&mut self.command, t(EventVariant::COMMAND));
+        keep_max(&mut self.sub_command, t(EventVariant::SUB_COMMAND));
+        keep_max(&mut self.se_command, t(EventVariant::SE_COMMAND));
+    }
+}
+
+/// The part of an event an execution needs, in 64 bytes. Events live in one arena, each execution's
+/// chained from its builder, so that an execution costs no vector of its own while the input is read.
 #[derive(Debug, Clone)]
 struct LiteEvent {
     time: i64,
-    is_block: bool,
-    exit_code: Option<i64>,
+    /// `i64::MIN` when the event has no dedup time.
+    dedup_ms: i64,
+    /// `NO_EXIT` when the event carries no exit code.
+    exit_code: i64,
+    position: Position,
     /// Index into the normaliser's variants.
     variant: u32,
     /// Index into the normaliser's plugin lists, `NO_PLUGINS` when the event has none.
     plugins: u32,
+    /// The same execution's event read before this one, `NO_EVENT` for its first.
+    prev: u32,
+    is_block: bool,
     alive: bool,
-    position: Position,
 }
 
 const NO_PLUGINS: u32 = u32::MAX;
+const NO_EVENT: u32 = u32::MAX;
+/// An exit code no process reports stands for "none" in the arena.
+const NO_EXIT: i64 = i64::MIN;
+
+fn dedup_bits(dedup_ms: Option<i64>) -> i64 {
+    dedup_ms.unwrap_or(i64::MIN)
+}
 
 /// Gives each distinct value one index, the value stored once: what events say repeats across the
 /// events of an execution and the executions of a project.
@@ -479,7 +557,9 @@ fn intern<T: std::hash::Hash + Eq>(table: &mut Table<T>, value: T) -> u32 {
 
 struct ExecutionBuilder {
     execution_id: Text,
-    events: Vec<LiteEvent>,
+    /// The execution's first and latest event in the arena.
+    first: u32,
+    last: u32,
 }
 
 fn keep_max<T: Ord + Clone>(slot: &mut Option<T>, value: Option<&T>) {
@@ -494,64 +574,77 @@ fn keep_max<T: Ord + Clone>(slot: &mut Option<T>, value: Option<&T>) {
 #[derive(Default)]
 struct Shared {
     texts: Interner,
-    variants: Table<Variant>,
+    variants: Table<EventVariant>,
     plugin_lists: Table<Vec<u32>>,
     plugins: plugins::PluginTable,
 }
 
-impl ExecutionBuilder {
-    fn push(&mut self, e: Event, time: i64, shared: &mut Shared) -> u32 {
-        let variant = intern(&mut shared.variants, Variant::of(&e, &mut shared.texts));
+impl Shared {
+    /// The arena entry of one execution event.
+    fn lite(&mut self, e: Event, time: i64, prev: u32) -> LiteEvent {
+        let variant = intern(&mut self.variants, EventVariant::of(&e, &mut self.texts));
         let plugins = if e.plugins.is_empty() {
             NO_PLUGINS
         } else {
             let ids: Vec<u32> = e
                 .plugins
                 .iter()
-                .map(|p| shared.plugins.intern(&p.0))
+                .map(|p| self.plugins.intern(&p.0))
                 .collect();
-            intern(&mut shared.plugin_lists, ids)
+            intern(&mut self.plugin_lists, ids)
         };
-        self.events.push(LiteEvent {
+        LiteEvent {
             time,
-            is_block: e.kind == EventKind::Block,
+            dedup_ms: dedup_bits(e.dedup_ms()),
             exit_code: match e.kind {
-                EventKind::Exit { exit_code } => exit_code,
-                _ => None,
+                EventKind::Exit { exit_code: Some(c) } => c,
+                _ => NO_EXIT,
             },
+            position: e.position,
             variant,
             plugins,
+            prev,
+            is_block: e.kind == EventKind::Block,
             alive: true,
-            position: e.position,
-        });
-        (self.events.len() - 1) as u32
+        }
     }
+}
 
+impl ExecutionBuilder {
     /// The folded parts of the execution's live events; `None` when every event moved elsewhere.
-    fn fold(self, shared: &Shared) -> Option<ExecParts> {
-        let alive: Vec<&LiteEvent> = self.events.iter().filter(|e| e.alive).collect();
-        let first = alive.first()?;
-        let mut parts = ExecParts {
-            execution_id: self.execution_id.clone(),
-            variant: Variant::default(),
-            started_ms: first.time,
-            finished_ms: first.time,
-            exit_code: None,
-            ip_hashes: BTreeSet::new(),
-            plugins: Vec::new(),
-            event_count: alive.len() as u32,
-            position: first.position.clone(),
-            weight: 1,
-            presence_months: BTreeSet::new(),
-        };
-        for e in &alive {
+    fn fold(&self, events: &Arena<LiteEvent>, shared: &Shared) -> Option<ExecParts> {
+        let mut parts: Option<ExecParts> = None;
+        let mut at = self.last;
+        while let Some(e) = events.get(at) {
+            at = e.prev;
+            if !e.alive {
+                continue;
+            }
+            let parts = parts.get_or_insert_with(|| ExecParts {
+                execution_id: self.execution_id.clone(),
+                variant: Variant::default(),
+                started_ms: e.time,
+                finished_ms: e.time,
+                exit_code: None,
+                ip_hashes: TextSet::new(),
+                plugins: Vec::new(),
+                event_count: 0,
+                position: Position::default(),
+                weight: 1,
+                presence_months: BTreeSet::new(),
+            });
+            // the chain runs newest first: the last one visited is the first read
+            parts.position = e.position.clone();
+            parts.event_count += 1;
             parts.started_ms = parts.started_ms.min(e.time);
             parts.finished_ms = parts.finished_ms.max(e.time);
-            keep_max(&mut parts.exit_code, e.exit_code.as_ref());
+            if e.exit_code != NO_EXIT {
+                keep_max(&mut parts.exit_code, Some(&e.exit_code));
+            }
             let x = &shared.variants[e.variant as usize];
-            parts.variant.max_with(x);
-            if let Some(ip) = &x.ip_hash {
-                parts.ip_hashes.insert(ip.to_string());
+            parts.variant.max_with_event(x, &shared.texts);
+            if let Some(ip) = shared.texts.text(x.texts[EventVariant::IP]) {
+                parts.ip_hashes.insert(ip.clone());
             }
             if e.plugins != NO_PLUGINS {
                 for &id in &shared.plugin_lists[e.plugins as usize] {
@@ -559,13 +652,14 @@ impl ExecutionBuilder {
                 }
             }
         }
-        Some(parts)
+        parts
     }
 }
 
 struct StateChange {
     project: Option<String>,
     time: i64,
+    dedup_ms: i64,
     opts_out: bool,
     alive: bool,
     summary: String,
@@ -575,14 +669,22 @@ struct StateChange {
 struct StructuredSeen {
     project: Option<String>,
     time: i64,
+    dedup_ms: i64,
     alive: bool,
+    position: Position,
 }
 
 /// Streaming normaliser: events are folded in as they are decoded, keeping per event only what the
 /// execution needs (memory grows with executions, not with the size of the raw events).
 #[derive(Default)]
 pub struct Normalizer {
-    slots: HashMap<SlotKey, Slot>,
+    /// Every event with an id, in reading order, for the dedup pass.
+    sightings: Arena<Sighting>,
+    /// Texts of the ids that are not canonical UUIDs (the others print from their key).
+    odd_ids: HashMap<SlotKey, Box<str>>,
+    /// Ids counted by earlier runs, with their event time: their copies are always dropped.
+    earlier_ids: HashMap<SlotKey, i64>,
+    events: Arena<LiteEvent>,
     builders: Vec<ExecutionBuilder>,
     by_execution: HashMap<Text, u32>,
     state_changes: Vec<StateChange>,
@@ -598,6 +700,7 @@ pub struct Normalizer {
     earlier_structured: BTreeMap<String, (i64, i64)>,
     earlier_newest_ms: Option<i64>,
     late_before_ms: Option<i64>,
+    late_event_days: i64,
 }
 
 impl Normalizer {
@@ -610,10 +713,11 @@ impl Normalizer {
     /// late to apply and are set aside as `late_event`.
     pub fn resume(carry: Carry, late_before_ms: Option<i64>) -> Self {
         let mut n = Self::new();
-        for (key, time) in carry.event_ids {
-            n.slots
-                .insert(slot_key(key), Slot::new(Home::Earlier, None, time));
-        }
+        n.earlier_ids = carry
+            .event_ids
+            .into_iter()
+            .map(|(key, time)| (slot_key(key), time))
+            .collect();
         n.shared.texts = carry.texts;
         n.earlier_index = carry
             .parts
@@ -629,10 +733,18 @@ impl Normalizer {
         n
     }
 
+    /// How many days before the newest event the next run still accepts events (`late_event_days`):
+    /// the ids of older events need not be carried to recognise their copies.
+    pub fn with_late_event_days(mut self, days: i64) -> Self {
+        self.late_event_days = days.max(0);
+        self
+    }
+
+    /// Mark a counted event as removed; its position and time, for the problem report.
     fn retire(&mut self, home: Home) -> Option<(Position, i64)> {
         match home {
-            Home::Execution { builder, index } => {
-                let e = &mut self.builders[builder as usize].events[index as usize];
+            Home::Execution(i) => {
+                let e = self.events.get_mut(i)?;
                 e.alive = false;
                 Some((e.position.clone(), e.time))
             }
@@ -645,7 +757,33 @@ impl Normalizer {
                 self.structured[i as usize].alive = false;
                 None
             }
-            Home::Earlier => None,
+        }
+    }
+
+    /// The dedup time and event time of a counted event.
+    fn times(&self, home: Home) -> (i64, i64) {
+        match home {
+            Home::Execution(i) => self
+                .events
+                .get(i)
+                .map_or((i64::MIN, i64::MIN), |e| (e.dedup_ms, e.time)),
+            Home::StateChange(i) => {
+                let s = &self.state_changes[i as usize];
+                (s.dedup_ms, s.time)
+            }
+            Home::Structured(i) => {
+                let s = &self.structured[i as usize];
+                (s.dedup_ms, s.time)
+            }
+        }
+    }
+
+    fn id_text(&self, key: SlotKey) -> String {
+        match self.odd_ids.get(&key) {
+            Some(t) => t.to_string(),
+            None => uuid::Uuid::from_u128(event_key_of(key))
+                .hyphenated()
+                .to_string(),
         }
     }
 
@@ -677,35 +815,26 @@ impl Normalizer {
             ));
             return;
         }
-        let key = e.event_id.as_deref().map(|id| slot_key(event_key(id)));
+        let key = e.event_id.as_deref().map(|id| {
+            let (key, canonical) = event_key(id);
+            let key = slot_key(key);
+            if !canonical {
+                self.odd_ids.entry(key).or_insert_with(|| id.into());
+            }
+            key
+        });
         if let Some(k) = key
-            && let Some(slot) = self.slots.get(&k).copied()
+            && self.earlier_ids.contains_key(&k)
         {
             self.stats.duplicates += 1;
-            let id = e.event_id.clone().unwrap_or_default();
-            if matches!(slot.home(), Home::Earlier) {
-                let msg = format!("duplicate of event id {id}, counted in an earlier run");
-                let summary = event_summary(&e);
-                self.problems
-                    .push(problem(&e.position, Reason::DuplicateEvent, msg, summary));
-                return;
-            }
-            let msg =
-                format!("duplicate of event id {id}: the copy with the latest sent time is kept");
-            if e.dedup_ms() > slot.dedup_ms() {
-                if let Some((pos, t)) = self.retire(slot.home()) {
-                    let summary = format!("eid={id} time={t}");
-                    self.problems
-                        .push(problem(&pos, Reason::DuplicateEvent, msg, summary));
-                }
-            } else {
-                let summary = event_summary(&e);
-                self.problems
-                    .push(problem(&e.position, Reason::DuplicateEvent, msg, summary));
-                return;
-            }
+            let id = e.event_id.as_deref().unwrap_or_default();
+            let msg = format!("duplicate of event id {id}, counted in an earlier run");
+            let summary = event_summary(&e);
+            self.problems
+                .push(problem(&e.position, Reason::DuplicateEvent, msg, summary));
+            return;
         }
-        let dedup_ms = e.dedup_ms();
+        let dedup_ms = dedup_bits(e.dedup_ms());
         let home = match &e.kind {
             EventKind::StateChange {
                 setting_name,
@@ -718,6 +847,7 @@ impl Normalizer {
                 self.state_changes.push(StateChange {
                     project: e.project.as_ref().and_then(|p| p.project_uuid.clone()),
                     time,
+                    dedup_ms,
                     opts_out,
                     alive: true,
                     summary: event_summary(&e),
@@ -729,12 +859,15 @@ impl Normalizer {
                 self.structured.push(StructuredSeen {
                     project: label.clone(),
                     time,
+                    dedup_ms,
                     alive: true,
+                    position: e.position.clone(),
                 });
                 Home::Structured((self.structured.len() - 1) as u32)
             }
             _ => {
-                let Some(exec_id) = e.project.as_ref().and_then(|p| p.context_uuid.clone()) else {
+                let Some(exec_id) = e.project.as_ref().and_then(|p| p.context_uuid.as_deref())
+                else {
                     let summary = event_summary(&e);
                     let msg = "event has no project context (no execution id)".to_string();
                     self.problems.push(problem(
@@ -745,7 +878,8 @@ impl Normalizer {
                     ));
                     return;
                 };
-                let builder = match self.by_execution.get(exec_id.as_str()) {
+                let index = self.events.len() as u32;
+                let builder = match self.by_execution.get(exec_id) {
                     Some(&b) => b,
                     None => {
                         let b = self.builders.len() as u32;
@@ -754,42 +888,146 @@ impl Normalizer {
                         self.by_execution.insert(execution_id.clone(), b);
                         self.builders.push(ExecutionBuilder {
                             execution_id,
-                            events: Vec::new(),
+                            first: index,
+                            last: NO_EVENT,
                         });
                         b
                     }
                 };
-                let index = self.builders[builder as usize].push(e, time, &mut self.shared);
-                Home::Execution { builder, index }
+                let builder = &mut self.builders[builder as usize];
+                let lite = self.shared.lite(e, time, builder.last);
+                builder.last = index;
+                self.events.push(lite);
+                Home::Execution(index)
             }
         };
-        if let Some(k) = key {
-            self.slots.insert(k, Slot::new(home, dedup_ms, time));
+        if let Some(key) = key {
+            self.sightings.push(Sighting {
+                key,
+                home: home.pack(),
+            });
         }
+    }
+
+    /// Where a counted event was read: copies of one id are told apart in reading order.
+    fn read_at(&self, home: Home) -> (u32, u64, u32) {
+        let p = match home {
+            Home::Execution(i) => match self.events.get(i) {
+                Some(e) => &e.position,
+                None => return (u32::MAX, u64::MAX, u32::MAX),
+            },
+            Home::StateChange(i) => &self.state_changes[i as usize].position,
+            Home::Structured(i) => &self.structured[i as usize].position,
+        };
+        (p.source, p.offset, p.index)
+    }
+
+    fn is_alive(&self, home: Home) -> bool {
+        match home {
+            Home::Execution(i) => self.events.get(i).is_some_and(|e| e.alive),
+            Home::StateChange(i) => self.state_changes[i as usize].alive,
+            Home::Structured(i) => self.structured[i as usize].alive,
+        }
+    }
+
+    /// Keep the latest-sent copy of every event id read more than once (the first read among equal
+    /// sent times) and report the others; returns the sightings sorted by id.
+    fn remove_duplicates(&mut self) -> Vec<Sighting> {
+        let mut sightings = Vec::with_capacity(self.sightings.len());
+        let mut chunks = std::mem::take(&mut self.sightings);
+        for i in 0..chunks.len() as u32 {
+            if let Some(&s) = chunks.get(i) {
+                sightings.push(s);
+            }
+            chunks.free_before(i);
+        }
+        drop(chunks);
+        sightings.sort_unstable_by_key(|s| s.key);
+        for copies in sightings.chunk_by(|a, b| a.key == b.key) {
+            if copies.len() == 1 {
+                continue;
+            }
+            let mut homes: Vec<Home> = copies.iter().map(|s| Home::unpack(s.home)).collect();
+            // reading order: the position read, then the order within a kind of event
+            homes.sort_by_key(|&h| (self.read_at(h), h.pack()));
+            let mut winner = 0;
+            let mut best = self.times(homes[0]).0;
+            for (i, &h) in homes.iter().enumerate().skip(1) {
+                let d = self.times(h).0;
+                if d > best {
+                    best = d;
+                    winner = i;
+                }
+            }
+            let id = self.id_text(copies[0].key);
+            let msg =
+                format!("duplicate of event id {id}: the copy with the latest sent time is kept");
+            for (i, &h) in homes.iter().enumerate() {
+                if i == winner {
+                    continue;
+                }
+                self.stats.duplicates += 1;
+                if let Some((pos, t)) = self.retire(h) {
+                    self.problems.push(problem(
+                        &pos,
+                        Reason::DuplicateEvent,
+                        msg.clone(),
+                        format!("eid={id} time={t}"),
+                    ));
+                }
+            }
+        }
+        sightings
     }
 
     /// Finish: build executions and projects, and what the next run needs.
     pub fn finish(mut self) -> Normalized {
+        let sightings = self.remove_duplicates();
+        self.odd_ids = HashMap::default();
+        self.by_execution = HashMap::default();
         let mut out = Normalized {
             problems: std::mem::take(&mut self.problems),
             stats: std::mem::take(&mut self.stats),
             ..Default::default()
         };
-        // the dedup index is done with: keep the ids and times for the next run, free the rest
-        let event_ids: Vec<(u128, i64)> = std::mem::take(&mut self.slots)
-            .into_iter()
-            .map(|(k, s)| (event_key_of(k), s.time))
-            .collect();
-        self.by_execution = HashMap::default();
         let mut newest: Option<i64> = self.earlier_newest_ms;
         let mut see = |t: i64| newest = Some(newest.map_or(t, |n| n.max(t)));
+        for e in self.events.iter().filter(|e| e.alive) {
+            see(e.time);
+        }
+        for s in self.state_changes.iter().filter(|s| s.alive) {
+            see(s.time);
+        }
+        for s in self.structured.iter().filter(|s| s.alive) {
+            see(s.time);
+        }
+        // copies of events older than the next run accepts are late anyway: their ids need not be kept
+        let keep_ids_from =
+            newest.map_or(i64::MIN, |n| (day_of(n) - self.late_event_days) * DAY_MS);
+        let mut event_ids: Vec<(u128, i64)> = std::mem::take(&mut self.earlier_ids)
+            .into_iter()
+            .filter(|&(_, t)| t >= keep_ids_from)
+            .map(|(k, t)| (event_key_of(k), t))
+            .collect();
+        for copies in sightings.chunk_by(|a, b| a.key == b.key) {
+            // the one copy left alive
+            let kept = copies
+                .iter()
+                .map(|s| Home::unpack(s.home))
+                .find(|&h| self.is_alive(h));
+            if let Some(time) = kept.map(|h| self.times(h).1)
+                && time >= keep_ids_from
+            {
+                event_ids.push((event_key_of(copies[0].key), time));
+            }
+        }
+        drop(sightings);
         let mut touched = Touched::default();
         let touch = |t: i64, earliest: &mut Option<i64>| {
             *earliest = Some(earliest.map_or(t, |e| e.min(t)));
         };
         let mut opt_outs = std::mem::take(&mut self.earlier_opt_outs);
         for s in self.state_changes.iter().filter(|s| s.alive) {
-            see(s.time);
             match &s.project {
                 Some(p) if s.opts_out => {
                     let t = opt_outs.entry(p.clone()).or_insert(s.time);
@@ -808,7 +1046,6 @@ impl Normalizer {
         }
         let mut structured = std::mem::take(&mut self.earlier_structured);
         for s in self.structured.iter().filter(|s| s.alive) {
-            see(s.time);
             match &s.project {
                 Some(p) => {
                     let e = structured.entry(p.clone()).or_insert((s.time, s.time));
@@ -823,41 +1060,48 @@ impl Normalizer {
         let mut executions = Vec::with_capacity(self.builders.len() + self.earlier_parts.len());
         // parts without a project id yet: carried, in case later events name it
         let mut orphans = Vec::new();
-        let mut finish_part =
-            |p: ExecParts, touched: &mut Touched, is_new: bool| match p.into_execution() {
-                Ok(x) => {
-                    if is_new {
-                        // one allocation per project, not per execution
-                        if !touched.projects.contains(&*x.project_id) {
-                            touched.projects.insert(x.project_id.to_string());
-                        }
-                        touch(x.started_ms, &mut touched.earliest_ms);
+        let mut tables = ExecutionTables::default();
+        let mut finish_part = |p: ExecParts, touched: &mut Touched, is_new: bool| match p
+            .into_execution(&mut tables)
+        {
+            Ok(x) => {
+                if is_new {
+                    // one allocation per project, not per execution
+                    if !touched.projects.contains(&*x.project_id) {
+                        touched.projects.insert(x.project_id.to_string());
                     }
-                    executions.push(x)
+                    touch(x.started_ms, &mut touched.earliest_ms);
                 }
-                Err(p) => {
-                    if is_new {
-                        let id = &p.execution_id;
-                        out.stats.executions_without_project += 1;
-                        out.problems.push(problem(
-                            &p.position,
-                            Reason::MissingProjectId,
-                            format!(
-                                "execution {id} ({} events) has no project id and is dropped",
-                                p.event_count
-                            ),
-                            format!("execution_id={id}"),
-                        ));
-                    }
-                    orphans.push(*p);
-                }
-            };
-        let mut earlier = std::mem::take(&mut self.earlier_parts);
-        for b in std::mem::take(&mut self.builders) {
-            for e in b.events.iter().filter(|e| e.alive) {
-                see(e.time);
+                executions.push(x)
             }
-            let Some(new) = b.fold(&self.shared) else {
+            Err(p) => {
+                if is_new {
+                    let id = &p.execution_id;
+                    out.stats.executions_without_project += 1;
+                    out.problems.push(problem(
+                        &p.position,
+                        Reason::MissingProjectId,
+                        format!(
+                            "execution {id} ({} events) has no project id and is dropped",
+                            p.event_count
+                        ),
+                        format!("execution_id={id}"),
+                    ));
+                }
+                orphans.push(*p);
+            }
+        };
+        let mut earlier = std::mem::take(&mut self.earlier_parts);
+        let mut events = std::mem::take(&mut self.events);
+        let builders = std::mem::take(&mut self.builders);
+        for (n, b) in builders.iter().enumerate() {
+            let folded = b.fold(&events, &self.shared);
+            // later executions start later in the arena: what lies before the next one's first
+            // event is read for the last time
+            if let Some(next) = builders.get(n + 1) {
+                events.free_before(next.first);
+            }
+            let Some(new) = folded else {
                 continue;
             };
             touched.executions.insert(new.execution_id.clone());
@@ -874,6 +1118,10 @@ impl Normalizer {
             };
             finish_part(merged, &mut touched, true);
         }
+        drop(events);
+        // the fold tables are done with
+        self.shared.variants = Table::default();
+        self.shared.plugin_lists = Table::default();
         for p in earlier.into_iter().flatten() {
             finish_part(p, &mut touched, false);
         }
@@ -958,7 +1206,7 @@ fn build_projects(
             a.source = x.project_id_source.as_deref();
         }
         a.ci_only &= x.is_ci == Some(true);
-        a.ips.extend(x.ip_hashes.iter().map(String::as_str));
+        a.ips.extend(x.ip_hashes.iter().map(|t| &**t));
     }
     for (project, time) in structured_seen {
         match acc.get_mut(project.as_str()) {
@@ -1025,6 +1273,52 @@ mod tests {
         EventKind::Exit {
             exit_code: Some(code),
         }
+    }
+
+    #[test]
+    fn copies_across_many_executions_keep_the_latest_sent_and_name_the_id() {
+        // enough events to span several arena chunks, with copies read far from their originals
+        let t0 = 1_600_000_000_000;
+        let mut events = Vec::new();
+        for x in 0..30 {
+            for k in 0..3 {
+                let id = format!("{x:08}-0000-4000-8000-abcdef{k:06}");
+                events.push(ev(Some(&id), &format!("x{x}"), exit(1), t0 + x, t0 + 10));
+            }
+        }
+        for x in 0..30 {
+            // a later-sent copy of each execution's first event, exit code 0 instead of 1
+            let id = format!("{x:08}-0000-4000-8000-abcdef{:06}", 0);
+            events.push(ev(Some(&id), &format!("x{x}"), exit(0), t0 + x, t0 + 20));
+        }
+        // an earlier-sent copy of one event, spelled in capitals: it loses, and is named as read
+        events.push(ev(
+            Some("00000007-0000-4000-8000-ABCDEF000001"),
+            "x7",
+            exit(5),
+            t0 + 7,
+            t0,
+        ));
+        let n = normalize(events);
+        assert_eq!(n.stats.duplicates, 31);
+        assert_eq!(n.facts.executions.len(), 30);
+        for x in &n.facts.executions {
+            assert_eq!(x.event_count, 3, "{}", x.execution_id);
+            assert_eq!(x.exit_code, Some(1), "the max over the kept copies");
+        }
+        let named: Vec<&str> = n.problems.iter().map(|p| p.message.as_str()).collect();
+        assert!(
+            named
+                .iter()
+                .any(|m| m.contains("00000007-0000-4000-8000-ABCDEF000001")),
+            "{named:?}"
+        );
+        assert!(
+            named
+                .iter()
+                .any(|m| m.contains("00000000-0000-4000-8000-abcdef000000"))
+        );
+        assert_eq!(n.carry.event_ids.len(), 90);
     }
 
     #[test]

@@ -60,14 +60,36 @@ impl<W: Write> SingerWriter<W> {
             r#type: &'static str,
             value: &'a Value,
         }
-        let line = serde_json::to_vec(&State {
-            r#type: "STATE",
-            value,
-        })?;
-        self.out.write_all(&line)?;
+        /// Counts what passes through: a state of many megabytes is written without a copy.
+        struct Counting<'w, W: Write> {
+            out: &'w mut W,
+            bytes: usize,
+        }
+        impl<W: Write> Write for Counting<'_, W> {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let n = self.out.write(buf)?;
+                self.bytes += n;
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                self.out.flush()
+            }
+        }
+        let mut counting = Counting {
+            out: &mut self.out,
+            bytes: 0,
+        };
+        serde_json::to_writer(
+            &mut counting,
+            &State {
+                r#type: "STATE",
+                value,
+            },
+        )?;
+        let bytes = counting.bytes;
         self.out.write_all(b"\n")?;
         self.out.flush()?;
-        Ok(line.len() + 1)
+        Ok(bytes + 1)
     }
 
     /// Records written to a stream so far.

@@ -298,11 +298,11 @@ impl Serialize for Rows<'_> {
                         x.started_ms,
                         x.finished_ms - x.started_ms,
                         x.exit_code,
-                        k.ip_hashes.iter().map(|t| &**t).collect(),
+                        k.ip_hashes().iter().map(|t| &**t).collect(),
                         plugins,
                         x.event_count,
                         k.weight,
-                        k.presence_months.to_vec(),
+                        k.presence_months().to_vec(),
                     )
                 }
             }
@@ -323,17 +323,17 @@ struct LedgerRef<'a> {
     projects: &'a Projects,
 }
 
-fn encode_carry(
-    carry: &Carry,
-    executions: &[LedgerEntry],
+fn encode_carry<'a>(
+    carry: &'a Carry,
+    executions: impl IntoIterator<Item = LedgerEntry<'a>>,
     projects: &Projects,
-) -> Result<String, StateError> {
+) -> Result<(String, usize), StateError> {
     let damaged = |e: &dyn std::fmt::Display| StateError::Damaged(e.to_string());
     let mut order: Vec<LedgerEntry> = carry
         .parts
         .iter()
         .map(LedgerEntry::Part)
-        .chain(executions.iter().copied())
+        .chain(executions)
         .collect();
     order.sort_unstable_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     let mut plugin_index: BTreeMap<&str, u32> = BTreeMap::new();
@@ -366,10 +366,15 @@ fn encode_carry(
         newest: carry.newest_event_ms,
         projects,
     };
-    let mut zstd = zstd::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(|e| damaged(&e))?;
+    // compressed straight into the base64 text: the compressed bytes are never held whole; the text
+    // is reserved generously (pages it never fills are never touched)
+    let engine = b64();
+    let text = String::with_capacity(64 * 1024 + order.len() * 128);
+    let text = base64::write::EncoderStringWriter::from_consumer(text, &engine);
+    let mut zstd = zstd::Encoder::new(text, ZSTD_LEVEL).map_err(|e| damaged(&e))?;
     postcard::to_io(&ledger, &mut zstd).map_err(|e| damaged(&e))?;
-    let bytes = zstd.finish().map_err(|e| damaged(&e))?;
-    Ok(b64().encode(bytes))
+    let text = zstd.finish().map_err(|e| damaged(&e))?.into_inner();
+    Ok((text, order.len()))
 }
 
 type Projects = BTreeMap<String, (String, i64)>;
@@ -628,7 +633,11 @@ impl TapState {
     }
 
     /// The Singer state value; the ledger holds the carry's parts and `executions`.
-    pub fn to_value(&self, executions: &[LedgerEntry]) -> Result<Value, StateError> {
+    pub fn to_value<'a>(
+        &'a self,
+        executions: impl IntoIterator<Item = LedgerEntry<'a>>,
+    ) -> Result<Value, StateError> {
+        let (ledger, rows) = encode_carry(&self.carry, executions, &self.projects)?;
         Ok(json!({
             "bookmarks": {},
             "tap_kpis": {
@@ -636,8 +645,8 @@ impl TapState {
                 "as_of": self.as_of.map(crate::kpi::calendar::fmt_day),
                 "inputs": self.inputs,
                 "projects": self.projects.len(),
-                "executions": self.carry.parts.len() + executions.len(),
-                "ledger": encode_carry(&self.carry, executions, &self.projects)?,
+                "executions": rows,
+                "ledger": ledger,
                 "cut_day": self.cut_day,
                 "health": serde_json::to_string(&self.health)
                     .map_err(|e| StateError::Damaged(e.to_string()))?,
@@ -791,11 +800,10 @@ mod tests {
             .into_execution(&mut Default::default())
             .unwrap();
         let value = state
-            .to_value(&[LedgerEntry::Execution(Kept {
+            .to_value([LedgerEntry::Execution(Kept {
                 execution: &execution,
                 weight: execution.weight,
-                presence_months: &execution.presence_months,
-                ip_hashes: &execution.ip_hashes,
+                history: None,
             })])
             .unwrap();
         fn no_floats(v: &Value) -> bool {

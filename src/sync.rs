@@ -426,9 +426,7 @@ pub fn run<W: Write>(
                 cut_day: cut,
                 health: health_carries,
             };
-            let entries: Vec<LedgerEntry> =
-                compacted.executions().map(LedgerEntry::Execution).collect();
-            let value = next.to_value(&entries);
+            let value = next.to_value(compacted.executions().map(LedgerEntry::Execution));
             tracing::debug!(
                 "state encoded at {:.2}s ({})",
                 started.elapsed().as_secs_f64(),

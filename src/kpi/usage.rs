@@ -65,29 +65,27 @@ pub fn segments<'a>(model: &Model<'a>) -> Vec<Segment<'a>> {
 
 /// `project_monthly_segments`.
 pub fn project_monthly_segments<'m>(model: &'m Model) -> RecordIter<'m> {
-    Box::new(project_monthly_segments_rows(model).into_iter())
-}
-
-fn project_monthly_segments_rows(model: &Model) -> Vec<Value> {
-    segments(model)
-        .into_iter()
-        .filter(|s| {
+    // one row per project and month: made as they are written, never held all at once
+    Box::new(
+        segments(model)
+            .into_iter()
+            .filter(|s| {
             model
                 .project_scope
                 .as_ref()
                 .is_none_or(|scope| scope.keeps_month(s.project_id, month_first_day(s.month)))
-        })
-        .map(|s| {
-            json!({
-                "project_id": s.project_id,
-                "month": fmt_month(s.month),
-                "executions": s.executions,
-                "pipeline_runs": s.pipeline_runs,
-                "pipeline_runs_active_eom": s.pipeline_runs_active_eom,
-                "segment": s.segment,
             })
-        })
-        .collect()
+            .map(|s| {
+                json!({
+                    "project_id": s.project_id,
+                    "month": fmt_month(s.month),
+                    "executions": s.executions,
+                    "pipeline_runs": s.pipeline_runs,
+                    "pipeline_runs_active_eom": s.pipeline_runs_active_eom,
+                    "segment": s.segment,
+                })
+            }),
+    )
 }
 
 /// `plugin_usage`: executions and distinct projects per (month, plugin category).

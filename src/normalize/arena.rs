@@ -2,10 +2,11 @@
 //! million events would briefly hold two copies while it grows), and chunks can be freed from the
 //! front once nothing reads them any more.
 
-/// Items per chunk: 65,536 (4 MiB of 64-byte events); 16 in unit tests, so that small inputs cross
+/// Items per chunk: 1,024 (64 KiB of 64-byte events, a size the allocator reuses for anything once
+/// freed); 16 in unit tests, so that small inputs cross
 /// chunks too.
 #[cfg(not(test))]
-const CHUNK_BITS: u32 = 16;
+const CHUNK_BITS: u32 = 10;
 #[cfg(test)]
 const CHUNK_BITS: u32 = 4;
 const CHUNK: usize = 1 << CHUNK_BITS;

@@ -170,7 +170,8 @@ pub struct Carry {
     pub texts: Interner,
 }
 
-/// What the events read in this run changed.
+/// What the events read in this run changed (the sets are left empty in a run that extends no earlier
+/// one: everything is new).
 #[derive(Debug, Clone, Default)]
 pub struct Touched {
     pub executions: std::collections::HashSet<Text>,
@@ -701,6 +702,8 @@ pub struct Normalizer {
     earlier_newest_ms: Option<i64>,
     late_before_ms: Option<i64>,
     late_event_days: i64,
+    /// Whether this extends earlier runs: only then is what the events touched worth recording.
+    resumed: bool,
 }
 
 impl Normalizer {
@@ -730,6 +733,7 @@ impl Normalizer {
         n.earlier_structured = carry.structured;
         n.earlier_newest_ms = carry.newest_event_ms;
         n.late_before_ms = late_before_ms;
+        n.resumed = true;
         n
     }
 
@@ -1023,6 +1027,7 @@ impl Normalizer {
         }
         drop(sightings);
         let mut touched = Touched::default();
+        let track = self.resumed;
         let touch = |t: i64, earliest: &mut Option<i64>| {
             *earliest = Some(earliest.map_or(t, |e| e.min(t)));
         };
@@ -1032,7 +1037,9 @@ impl Normalizer {
                 Some(p) if s.opts_out => {
                     let t = opt_outs.entry(p.clone()).or_insert(s.time);
                     *t = (*t).min(s.time);
-                    touched.projects.insert(p.clone());
+                    if track {
+                        touched.projects.insert(p.clone());
+                    }
                     touch(s.time, &mut touched.earliest_ms);
                 }
                 Some(_) => {}
@@ -1051,7 +1058,9 @@ impl Normalizer {
                     let e = structured.entry(p.clone()).or_insert((s.time, s.time));
                     e.0 = e.0.min(s.time);
                     e.1 = e.1.max(s.time);
-                    touched.projects.insert(p.clone());
+                    if track {
+                        touched.projects.insert(p.clone());
+                    }
                     touch(s.time, &mut touched.earliest_ms);
                 }
                 None => out.stats.orphan_structured_events += 1,
@@ -1067,7 +1076,7 @@ impl Normalizer {
             Ok(x) => {
                 if is_new {
                     // one allocation per project, not per execution
-                    if !touched.projects.contains(&*x.project_id) {
+                    if track && !touched.projects.contains(&*x.project_id) {
                         touched.projects.insert(x.project_id.to_string());
                     }
                     touch(x.started_ms, &mut touched.earliest_ms);
@@ -1104,7 +1113,9 @@ impl Normalizer {
             let Some(new) = folded else {
                 continue;
             };
-            touched.executions.insert(new.execution_id.clone());
+            if track {
+                touched.executions.insert(new.execution_id.clone());
+            }
             let earlier_part = self
                 .earlier_index
                 .get(&new.execution_id)

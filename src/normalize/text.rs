@@ -61,8 +61,8 @@ pub struct TextSet(Vec<Text>);
 
 impl TextSet {
     /// An empty set.
-    pub fn new() -> Self {
-        Self::default()
+    pub const fn new() -> Self {
+        TextSet(Vec::new())
     }
 
     /// Add `t` unless an equal string is in the set.

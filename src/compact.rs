@@ -125,7 +125,7 @@ impl<'a> Kept<'a> {
     pub fn to_execution(&self) -> Execution {
         let mut x = self.execution.clone();
         x.weight = self.weight;
-        x.presence_months = self.presence_months().to_vec();
+        x.presence_months = self.presence_months().into();
         x.ip_hashes = self.ip_hashes().clone();
         x
     }

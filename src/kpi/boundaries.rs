@@ -83,7 +83,7 @@ impl X {
             pipeline_id: None,
             ip_hashes: Default::default(),
             weight: 1,
-            presence_months: Vec::new(),
+            presence_months: Box::default(),
         })
     }
     fn exit(mut self, code: Option<i64>) -> X {

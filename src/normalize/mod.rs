@@ -54,7 +54,7 @@ pub struct Execution {
     pub exit_code: Option<i64>,
     pub event_count: u32,
     /// Distinct plugins, in pipeline order.
-    pub plugins: Vec<Plugin>,
+    pub plugins: Box<[Plugin]>,
     /// Set when the execution is a pipeline run.
     pub pipeline_id: Option<Text>,
     pub ip_hashes: TextSet,
@@ -62,7 +62,7 @@ pub struct Execution {
     /// the incremental state, the size of its group (0 for an execution kept only for its time).
     pub weight: u32,
     /// Months (ordinals) of summarised executions of its project, for cohort activity.
-    pub presence_months: Vec<i64>,
+    pub presence_months: Box<[i64]>,
 }
 
 impl std::ops::Deref for Execution {
@@ -427,7 +427,6 @@ impl ExecParts {
                 &project_id,
             ))
         });
-        plugins.shrink_to_fit();
         let mut ip_hashes = self.ip_hashes;
         ip_hashes.shrink_to_fit();
         let v = self.variant;
@@ -449,7 +448,7 @@ impl ExecParts {
             finished_ms: self.finished_ms,
             exit_code: self.exit_code,
             event_count: self.event_count,
-            plugins,
+            plugins: plugins.into_boxed_slice(),
             pipeline_id,
             ip_hashes,
             weight: self.weight,

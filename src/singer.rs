@@ -54,11 +54,11 @@ impl<W: Write> SingerWriter<W> {
     /// STATE message; flushes so that everything before it is out.
     /// Returns the size of the message line in bytes (Meltano refuses lines longer than half its
     /// `elt.buffer_size`).
-    pub fn state(&mut self, value: &Value) -> io::Result<usize> {
+    pub fn state<V: serde::Serialize>(&mut self, value: &V) -> io::Result<usize> {
         #[derive(serde::Serialize)]
-        struct State<'a> {
+        struct State<'a, V> {
             r#type: &'static str,
-            value: &'a Value,
+            value: &'a V,
         }
         /// Counts what passes through: a state of many megabytes is written without a copy.
         struct Counting<'w, W: Write> {

@@ -211,6 +211,60 @@ fn b64() -> base64::engine::GeneralPurpose {
 /// zstd level of the ledger: fast to write and to read, about as small as gzip's default.
 const ZSTD_LEVEL: i32 = 3;
 
+/// A STATE value whose ledger is held compressed: it serialises as the value with the ledger's base64
+/// text in `tap_kpis.ledger`, made as it is written (the ledger is most of the state).
+#[derive(Debug)]
+pub struct EncodedState {
+    /// The value without the ledger.
+    value: Value,
+    ledger: Vec<u8>,
+}
+
+impl Serialize for EncodedState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Ledger<'a>(&'a [u8]);
+        impl Serialize for Ledger<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&base64::display::Base64Display::new(self.0, &b64()))
+            }
+        }
+        /// The tap's part, with the ledger in its sorted place among the other keys.
+        struct Tap<'a>(&'a serde_json::Map<String, Value>, &'a [u8]);
+        impl Serialize for Tap<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(Some(self.0.len() + 1))?;
+                let mut ledger = Some(Ledger(self.1));
+                for (k, v) in self.0 {
+                    if k.as_str() > "ledger"
+                        && let Some(l) = ledger.take()
+                    {
+                        map.serialize_entry("ledger", &l)?;
+                    }
+                    map.serialize_entry(k, v)?;
+                }
+                if let Some(l) = ledger {
+                    map.serialize_entry("ledger", &l)?;
+                }
+                map.end()
+            }
+        }
+        let Value::Object(top) = &self.value else {
+            return self.value.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(Some(top.len()))?;
+        for (k, v) in top {
+            match v {
+                Value::Object(tap) if k == "tap_kpis" => {
+                    map.serialize_entry(k, &Tap(tap, &self.ledger))?
+                }
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
+    }
+}
+
 /// One execution as the ledger writes it: a folded part, or a finished execution (which holds
 /// everything its parts did).
 #[derive(Clone, Copy)]
@@ -327,7 +381,7 @@ fn encode_carry<'a>(
     carry: &'a Carry,
     executions: impl IntoIterator<Item = LedgerEntry<'a>>,
     projects: &Projects,
-) -> Result<(String, usize), StateError> {
+) -> Result<(Vec<u8>, usize), StateError> {
     let damaged = |e: &dyn std::fmt::Display| StateError::Damaged(e.to_string());
     let mut order: Vec<LedgerEntry> = carry
         .parts
@@ -366,15 +420,12 @@ fn encode_carry<'a>(
         newest: carry.newest_event_ms,
         projects,
     };
-    // compressed straight into the base64 text: the compressed bytes are never held whole; the text
-    // is reserved generously (pages it never fills are never touched)
-    let engine = b64();
-    let text = String::with_capacity(64 * 1024 + order.len() * 128);
-    let text = base64::write::EncoderStringWriter::from_consumer(text, &engine);
-    let mut zstd = zstd::Encoder::new(text, ZSTD_LEVEL).map_err(|e| damaged(&e))?;
+    // reserved generously: pages the compressed ledger never fills are never touched
+    let bytes = Vec::with_capacity(64 * 1024 + order.len() * 96);
+    let mut zstd = zstd::Encoder::new(bytes, ZSTD_LEVEL).map_err(|e| damaged(&e))?;
     postcard::to_io(&ledger, &mut zstd).map_err(|e| damaged(&e))?;
-    let text = zstd.finish().map_err(|e| damaged(&e))?.into_inner();
-    Ok((text, order.len()))
+    let bytes = zstd.finish().map_err(|e| damaged(&e))?;
+    Ok((bytes, order.len()))
 }
 
 type Projects = BTreeMap<String, (String, i64)>;
@@ -633,12 +684,23 @@ impl TapState {
     }
 
     /// The Singer state value; the ledger holds the carry's parts and `executions`.
+    /// The STATE value with these executions in its ledger.
     pub fn to_value<'a>(
         &'a self,
         executions: impl IntoIterator<Item = LedgerEntry<'a>>,
     ) -> Result<Value, StateError> {
+        serde_json::to_value(self.encode(executions)?)
+            .map_err(|e| StateError::Damaged(e.to_string()))
+    }
+
+    /// The STATE value with these executions in its ledger, ready to write: the ledger is held
+    /// compressed and made base64 as it is written.
+    pub fn encode<'a>(
+        &'a self,
+        executions: impl IntoIterator<Item = LedgerEntry<'a>>,
+    ) -> Result<EncodedState, StateError> {
         let (ledger, rows) = encode_carry(&self.carry, executions, &self.projects)?;
-        let mut value = json!({
+        let value = json!({
             "bookmarks": {},
             "tap_kpis": {
                 "version": STATE_VERSION,
@@ -652,9 +714,7 @@ impl TapState {
                 "alarms_sent": self.alarms_sent,
             }
         });
-        // moved in, not copied as `json!` would: the ledger is most of the state
-        value["tap_kpis"]["ledger"] = Value::String(ledger);
-        Ok(value)
+        Ok(EncodedState { value, ledger })
     }
 }
 

@@ -19,7 +19,7 @@ use crate::normalize::{self, NormalizeStats};
 use crate::read::{self, Mark, Resume};
 use crate::singer::SingerWriter;
 use crate::source::{self, Input, SourceError};
-use crate::state::{InputBookmark, LedgerEntry, StateError, TapState};
+use crate::state::{EncodedState, InputBookmark, LedgerEntry, StateError, TapState};
 use crate::streams::{Records, STREAMS};
 
 /// Errors that stop a sync.
@@ -387,9 +387,9 @@ pub fn run<W: Write>(
     let projects = &facts.projects;
     let executions = &facts.executions;
     let inputs_ref = &inputs;
-    let state = std::thread::scope(|scope| -> Result<Value, SyncError> {
+    let state = std::thread::scope(|scope| -> Result<EncodedState, SyncError> {
         // the next state is summarised and encoded on the other core while the records are written
-        let next_state = scope.spawn(move || -> Result<Value, StateError> {
+        let next_state = scope.spawn(move || -> Result<EncodedState, StateError> {
             let mut compacted = compact::compact(
                 executions,
                 std::mem::take(&mut carry.parts),
@@ -426,7 +426,7 @@ pub fn run<W: Write>(
                 cut_day: cut,
                 health: health_carries,
             };
-            let value = next.to_value(compacted.executions().map(LedgerEntry::Execution));
+            let value = next.encode(compacted.executions().map(LedgerEntry::Execution));
             tracing::debug!(
                 "state encoded at {:.2}s ({})",
                 started.elapsed().as_secs_f64(),

@@ -70,10 +70,10 @@ pub fn project_monthly_segments<'m>(model: &'m Model) -> RecordIter<'m> {
         segments(model)
             .into_iter()
             .filter(|s| {
-            model
-                .project_scope
-                .as_ref()
-                .is_none_or(|scope| scope.keeps_month(s.project_id, month_first_day(s.month)))
+                model
+                    .project_scope
+                    .as_ref()
+                    .is_none_or(|scope| scope.keeps_month(s.project_id, month_first_day(s.month)))
             })
             .map(|s| {
                 json!({

@@ -8,8 +8,9 @@ plus a run with no new input. Then the state size (bytes per project) of a large
 half, three quarters and all of a year. Prints wall time, peak RSS, events/s and ratios; writes
 bench/RESULTS.md (or BENCH_RESULTS).
 
-Sizes: BENCH_SIZES, comma-separated PROJECTS:DAYS[:ACTIVITY] (default "50000:365:0.015,10000:30": a year of a
-large, sparse fleet of about 1.3 million events, and a month of 10,000 busy projects);
+Sizes: BENCH_SIZES, comma-separated PROJECTS:DAYS[:ACTIVITY] (default "40000:365:0.015,50000:365:0.015,10000:30":
+a year of a large, sparse fleet of about 1.1 million events and 49,000 project ids, the same with a quarter more
+projects and events, and a month of 10,000 busy projects);
 BENCH_STATE_SIZE, the fleet whose state size is followed over a year (default "100000:365:0.01"; "" skips
 it). BENCH_PROJECTS and BENCH_DAYS give a single size. BENCH_DUCKDB_MEMORY caps DuckDB's memory (default:
 half the machine's), with spilling to a temporary directory."""
@@ -243,7 +244,7 @@ def main():
     if "BENCH_PROJECTS" in os.environ or "BENCH_DAYS" in os.environ:
         sizes = [(int(os.environ.get("BENCH_PROJECTS", "2000")), int(os.environ.get("BENCH_DAYS", "365")), 1.0)]
     else:
-        sizes = [parse_size(x) for x in os.environ.get("BENCH_SIZES", "50000:365:0.015,10000:30").split(",")]
+        sizes = [parse_size(x) for x in os.environ.get("BENCH_SIZES", "40000:365:0.015,50000:365:0.015,10000:30").split(",")]
     growth = os.environ.get("BENCH_STATE_SIZE", "100000:365:0.01")
     machine = (f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
                f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "

@@ -878,6 +878,16 @@ mod tests {
         }
         // targets read STATE numbers as decimals they cannot serialise again
         assert!(no_floats(&value), "{value}");
+        // written as it streams, the message is the plain JSON of the same value, keys in order
+        let entry = LedgerEntry::Execution(Kept {
+            execution: &execution,
+            weight: execution.weight,
+            history: None,
+        });
+        let streamed = serde_json::to_string(&state.encode([entry]).unwrap()).unwrap();
+        assert_eq!(streamed, value.to_string());
+        let at = |key: &str| streamed.find(&format!("\"{key}\":")).unwrap();
+        assert!(at("inputs") < at("ledger") && at("ledger") < at("projects"));
         let back = TapState::from_value(&value).unwrap().unwrap();
         assert_eq!(back.as_of, Some(19_700));
         assert_eq!(back.projects, state.projects);

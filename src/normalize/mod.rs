@@ -700,7 +700,8 @@ pub struct Normalizer {
     earlier_structured: BTreeMap<String, (i64, i64)>,
     earlier_newest_ms: Option<i64>,
     late_before_ms: Option<i64>,
-    late_event_days: i64,
+    /// Set by [`Normalizer::with_late_event_days`]; without it every event id is carried.
+    late_event_days: Option<i64>,
     /// Whether this extends earlier runs: only then is what the events touched worth recording.
     resumed: bool,
 }
@@ -739,7 +740,7 @@ impl Normalizer {
     /// How many days before the newest event the next run still accepts events (`late_event_days`):
     /// the ids of older events need not be carried to recognise their copies.
     pub fn with_late_event_days(mut self, days: i64) -> Self {
-        self.late_event_days = days.max(0);
+        self.late_event_days = Some(days.max(0));
         self
     }
 
@@ -1005,8 +1006,10 @@ impl Normalizer {
             see(s.time);
         }
         // copies of events older than the next run accepts are late anyway: their ids need not be kept
-        let keep_ids_from =
-            newest.map_or(i64::MIN, |n| (day_of(n) - self.late_event_days) * DAY_MS);
+        let keep_ids_from = match (newest, self.late_event_days) {
+            (Some(n), Some(days)) => (day_of(n) - days) * DAY_MS,
+            _ => i64::MIN,
+        };
         let mut event_ids: Vec<(u128, i64)> = std::mem::take(&mut self.earlier_ids)
             .into_iter()
             .filter(|&(_, t)| t >= keep_ids_from)

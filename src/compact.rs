@@ -33,9 +33,8 @@ pub fn compact(
         .into_iter()
         .filter(|p| p.finished_ms >= cut_ms)
         .collect();
-    let (kept, mut old): (Vec<&Execution>, Vec<&Execution>) =
+    let (mut kept, mut old): (Vec<&Execution>, Vec<&Execution>) =
         executions.iter().partition(|x| x.finished_ms >= cut_ms);
-    let mut kept = kept;
     let mut summaries = Vec::new();
     let mut project_history = Vec::new();
     // each project's old executions together, in time order

@@ -926,16 +926,8 @@ impl Normalizer {
         (p.source, p.offset, p.index)
     }
 
-    fn is_alive(&self, home: Home) -> bool {
-        match home {
-            Home::Execution(i) => self.events.get(i).is_some_and(|e| e.alive),
-            Home::StateChange(i) => self.state_changes[i as usize].alive,
-            Home::Structured(i) => self.structured[i as usize].alive,
-        }
-    }
-
     /// Keep the latest-sent copy of every event id read more than once (the first read among equal
-    /// sent times) and report the others; returns the sightings sorted by id.
+    /// sent times) and report the others; returns the kept copy of each id, sorted by id.
     fn remove_duplicates(&mut self) -> Vec<Sighting> {
         let mut sightings = Vec::with_capacity(self.sightings.len());
         let mut chunks = std::mem::take(&mut self.sightings);
@@ -947,10 +939,23 @@ impl Normalizer {
         }
         drop(chunks);
         sightings.sort_unstable_by_key(|s| s.key);
-        for copies in sightings.chunk_by(|a, b| a.key == b.key) {
-            if copies.len() == 1 {
+        // each id's kept copy is written over the front of the list as the groups are passed
+        let mut kept = 0;
+        let mut start = 0;
+        while start < sightings.len() {
+            let key = sightings[start].key;
+            let end = start
+                + sightings[start..]
+                    .iter()
+                    .take_while(|s| s.key == key)
+                    .count();
+            if end - start == 1 {
+                sightings[kept] = sightings[start];
+                kept += 1;
+                start = end;
                 continue;
             }
+            let copies = &sightings[start..end];
             let mut homes: Vec<Home> = copies.iter().map(|s| Home::unpack(s.home)).collect();
             // reading order: the position read, then the order within a kind of event
             homes.sort_by_key(|&h| (self.read_at(h), h.pack()));
@@ -963,7 +968,13 @@ impl Normalizer {
                     winner = i;
                 }
             }
-            let id = self.id_text(copies[0].key);
+            sightings[kept] = Sighting {
+                key,
+                home: homes[winner].pack(),
+            };
+            kept += 1;
+            start = end;
+            let id = self.id_text(key);
             let msg =
                 format!("duplicate of event id {id}: the copy with the latest sent time is kept");
             for (i, &h) in homes.iter().enumerate() {
@@ -981,6 +992,7 @@ impl Normalizer {
                 }
             }
         }
+        sightings.truncate(kept);
         sightings
     }
 
@@ -1015,16 +1027,10 @@ impl Normalizer {
             .filter(|&(_, t)| t >= keep_ids_from)
             .map(|(k, t)| (event_key_of(k), t))
             .collect();
-        for copies in sightings.chunk_by(|a, b| a.key == b.key) {
-            // the one copy left alive
-            let kept = copies
-                .iter()
-                .map(|s| Home::unpack(s.home))
-                .find(|&h| self.is_alive(h));
-            if let Some(time) = kept.map(|h| self.times(h).1)
-                && time >= keep_ids_from
-            {
-                event_ids.push((event_key_of(copies[0].key), time));
+        for s in &sightings {
+            let time = self.times(Home::unpack(s.home)).1;
+            if time >= keep_ids_from {
+                event_ids.push((event_key_of(s.key), time));
             }
         }
         drop(sightings);

@@ -33,10 +33,21 @@ pub fn compact(
         .into_iter()
         .filter(|p| p.finished_ms >= cut_ms)
         .collect();
-    let (mut kept, mut old): (Vec<&Execution>, Vec<&Execution>) =
+    let (recent, mut old): (Vec<&Execution>, Vec<&Execution>) =
         executions.iter().partition(|x| x.finished_ms >= cut_ms);
     let mut summaries = Vec::new();
     let mut project_history = Vec::new();
+    if summarised_before_ms == Some(cut_ms) {
+        // the cut has not moved: every old execution is already summarised history
+        return Compacted {
+            recent,
+            passed: old,
+            summaries,
+            project_history,
+            orphans,
+        };
+    }
+    let mut passed = Vec::new();
     // each project's old executions together, in time order
     old.sort_unstable_by(|a, b| {
         (&a.project_id, a.started_ms, &a.execution_id).cmp(&(
@@ -47,13 +58,14 @@ pub fn compact(
     });
     for xs in old.chunk_by(|a, b| a.project_id == b.project_id) {
         if summarised_before_ms.is_some_and(|before| xs.iter().all(|x| x.finished_ms < before)) {
-            kept.extend(xs);
+            passed.extend(xs);
             continue;
         }
         summarise_project(xs, &mut summaries, &mut project_history);
     }
     Compacted {
-        kept,
+        recent,
+        passed,
         summaries,
         project_history,
         orphans,
@@ -62,8 +74,10 @@ pub fn compact(
 
 /// What the next state holds after [`compact`].
 pub struct Compacted<'a> {
-    /// Executions kept as they are.
-    pub kept: Vec<&'a Execution>,
+    /// Executions that finished on or after the cut, kept as they are.
+    pub recent: Vec<&'a Execution>,
+    /// Summarised history of an earlier state, passed through as it is.
+    pub passed: Vec<&'a Execution>,
     /// The executions that stand for summarised history (weighted, see the module docs).
     pub summaries: Vec<Summary<'a>>,
     /// What the first summary of each summarised project carries for the whole project.
@@ -106,6 +120,15 @@ pub struct Kept<'a> {
 }
 
 impl<'a> Kept<'a> {
+    /// An execution standing for itself.
+    pub fn whole(execution: &'a Execution) -> Self {
+        Kept {
+            execution,
+            weight: execution.weight,
+            history: None,
+        }
+    }
+
     pub fn presence_months(&self) -> &'a [i64] {
         match self.history {
             Some(h) => &h.presence_months,
@@ -133,11 +156,17 @@ impl<'a> Kept<'a> {
 impl Compacted<'_> {
     /// Every execution of the next state.
     pub fn executions(&self) -> impl Iterator<Item = Kept<'_>> {
-        let kept = self.kept.iter().map(|&x| Kept {
-            execution: x,
-            weight: x.weight,
-            history: None,
-        });
+        self.recent().chain(self.history())
+    }
+
+    /// The executions that finished on or after the cut.
+    pub fn recent(&self) -> impl Iterator<Item = Kept<'_>> {
+        self.recent.iter().map(|&x| Kept::whole(x))
+    }
+
+    /// The summarised history: what finished before the cut.
+    pub fn history(&self) -> impl Iterator<Item = Kept<'_>> {
+        let passed = self.passed.iter().map(|&x| Kept::whole(x));
         let summaries = self.summaries.iter().map(|s| Kept {
             execution: s.execution,
             weight: s.weight,
@@ -148,7 +177,12 @@ impl Compacted<'_> {
                     .unwrap_or(&NO_PROJECT_HISTORY),
             ),
         });
-        kept.chain(summaries)
+        passed.chain(summaries)
+    }
+
+    /// How many executions [`Compacted::history`] yields.
+    pub fn history_len(&self) -> usize {
+        self.passed.len() + self.summaries.len()
     }
 }
 
@@ -310,8 +344,13 @@ mod tests {
         once.sort();
         assert_eq!(again, once);
         let passed = compact(&out, Vec::new(), 20_160 * DAY_MS, Some(20_150 * DAY_MS));
-        assert_eq!(passed.kept.len(), out.len());
+        assert_eq!(passed.recent.len() + passed.passed.len(), out.len());
         assert!(passed.summaries.is_empty());
+        assert_eq!(passed.history_len(), out.len() - 1);
+        // with the cut where it was, the old executions pass through without being grouped again
+        let same = compact(&out, Vec::new(), 20_150 * DAY_MS, Some(20_150 * DAY_MS));
+        assert_eq!((same.recent.len(), same.passed.len()), (1, out.len() - 1));
+        assert!(same.summaries.is_empty());
         let old: Vec<&Execution> = out.iter().filter(|x| &*x.execution_id != "late").collect();
         // two groups (success, failure) weighted by their sizes; the total is kept
         assert_eq!(old.iter().map(|x| x.weight).sum::<u32>(), 100);

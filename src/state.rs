@@ -5,8 +5,11 @@
 //! complete line read) and a ledger: every execution as the parts it was folded from, opt-outs and
 //! structured-event sightings by project, and the ids of events recent enough to still have copies
 //! arrive. The ledger is postcard (a compact binary serde format, strings a fleet repeats written once),
-//! zstd-compressed and base64-encoded in one string field. Version 2 (JSON, gzip) is still read and is
-//! written anew as version 3; a state of another version is rejected with a message, never misread.
+//! zstd-compressed and base64-encoded in one string field. Since version 4 the summarised history
+//! (what finished before the cut, see [`crate::compact`]) is a field of its own, written again as it
+//! was read while the cut stays where it is, so a run within a month does not encode it anew.
+//! Versions 2 (JSON, gzip) and 3 (one ledger) are still read and are written anew as version 4; a
+//! state of another version is rejected with a message, never misread.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -23,10 +26,11 @@ use crate::normalize::{Carry, ExecParts, Interner, Plugin, Text, TextSet, Varian
 use crate::source::Fingerprint;
 
 /// Version of the state layout; a state of any other version is refused.
-pub const STATE_VERSION: u64 = 3;
+pub const STATE_VERSION: u64 = 4;
 
-/// State versions this tap resumes from: version 2 wrote every row's strings out in full.
-const READS: [u64; 2] = [2, STATE_VERSION];
+/// State versions this tap resumes from: version 2 wrote every row's strings out in full, version 3
+/// kept the summarised history in the one ledger.
+const READS: [u64; 3] = [2, 3, STATE_VERSION];
 
 /// Errors reading a state.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +87,24 @@ pub struct TapState {
     /// Per health rule, what its evaluation carries into the first period recomputed exactly from
     /// the summarised history ([`crate::compact::exact_from_day`] of `cut_day`).
     pub health: BTreeMap<String, crate::health::RuleCarry>,
+    /// The summarised history as read (version 4 on); `None` when the state had none of its own.
+    pub history: Option<History>,
+}
+
+/// The summarised history of a state: the executions that finished before its cut, and the base64
+/// text they were read from, which the next state carries as it is while the cut stays put.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub text: String,
+    pub parts: Vec<ExecParts>,
+}
+
+/// What the next state writes as its summarised history.
+pub enum HistoryOut<'a> {
+    /// Unchanged since it was read: the text is written as it is.
+    Carried(String, usize),
+    /// These executions, encoded.
+    Rows(Vec<LedgerEntry<'a>>),
 }
 
 /// A version-2 ledger row (JSON): the variant written out in full on every row.
@@ -145,6 +167,15 @@ struct Ledger<'a> {
     ids: Vec<(u128, i64)>,
     newest: Option<i64>,
     projects: Projects,
+}
+
+/// The summarised history since version 4: rows and the tables they refer to, like [`Ledger`].
+#[derive(Serialize, Deserialize)]
+struct HistoryLedger<'a> {
+    #[serde(borrow)]
+    texts: Vec<&'a str>,
+    plugins: Vec<&'a str>,
+    parts: Vec<Row<'a>>,
 }
 
 /// How many strings of a variant a row refers to.
@@ -211,40 +242,52 @@ fn b64() -> base64::engine::GeneralPurpose {
 /// zstd level of the ledger: fast to write and to read, about as small as gzip's default.
 const ZSTD_LEVEL: i32 = 3;
 
-/// A STATE value whose ledger is held compressed: it serialises as the value with the ledger's base64
-/// text in `tap_kpis.ledger`, made as it is written (the ledger is most of the state).
+/// A STATE value whose ledger and history are held compressed: it serialises as the value with their
+/// base64 text in `tap_kpis.history` and `tap_kpis.ledger`, made as it is written (they are most of
+/// the state).
 #[derive(Debug)]
 pub struct EncodedState {
-    /// The value without the ledger.
+    /// The value without the ledger and the history.
     value: Value,
-    ledger: Vec<u8>,
+    history: Blob,
+    ledger: Blob,
+}
+
+/// A compressed part of the state: bytes to write as base64, or base64 text carried as it was read.
+#[derive(Debug)]
+enum Blob {
+    Packed(Vec<u8>),
+    Text(String),
+}
+
+impl Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Blob::Packed(bytes) => {
+                s.collect_str(&base64::display::Base64Display::new(bytes, &b64()))
+            }
+            Blob::Text(text) => s.serialize_str(text),
+        }
+    }
 }
 
 impl Serialize for EncodedState {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        struct Ledger<'a>(&'a [u8]);
-        impl Serialize for Ledger<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(&base64::display::Base64Display::new(self.0, &b64()))
-            }
-        }
-        /// The tap's part, with the ledger in its sorted place among the other keys.
-        struct Tap<'a>(&'a serde_json::Map<String, Value>, &'a [u8]);
+        /// The tap's part, with the blobs in their sorted places among the other keys.
+        struct Tap<'a>(&'a serde_json::Map<String, Value>, [(&'a str, &'a Blob); 2]);
         impl Serialize for Tap<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut map = s.serialize_map(Some(self.0.len() + 1))?;
-                let mut ledger = Some(Ledger(self.1));
+                let mut map = s.serialize_map(Some(self.0.len() + self.1.len()))?;
+                let mut blobs = self.1.iter().peekable();
                 for (k, v) in self.0 {
-                    if k.as_str() > "ledger"
-                        && let Some(l) = ledger.take()
-                    {
-                        map.serialize_entry("ledger", &l)?;
+                    while let Some((name, blob)) = blobs.next_if(|(name, _)| *name < k.as_str()) {
+                        map.serialize_entry(name, blob)?;
                     }
                     map.serialize_entry(k, v)?;
                 }
-                if let Some(l) = ledger {
-                    map.serialize_entry("ledger", &l)?;
+                for (name, blob) in blobs {
+                    map.serialize_entry(name, blob)?;
                 }
                 map.end()
             }
@@ -255,9 +298,10 @@ impl Serialize for EncodedState {
         let mut map = serializer.serialize_map(Some(top.len()))?;
         for (k, v) in top {
             match v {
-                Value::Object(tap) if k == "tap_kpis" => {
-                    map.serialize_entry(k, &Tap(tap, &self.ledger))?
-                }
+                Value::Object(tap) if k == "tap_kpis" => map.serialize_entry(
+                    k,
+                    &Tap(tap, [("history", &self.history), ("ledger", &self.ledger)]),
+                )?,
                 _ => map.serialize_entry(k, v)?,
             }
         }
@@ -273,8 +317,8 @@ pub enum LedgerEntry<'a> {
     Execution(Kept<'a>),
 }
 
-impl LedgerEntry<'_> {
-    fn sort_key(&self) -> (Option<&str>, i64, &str) {
+impl<'a> LedgerEntry<'a> {
+    fn sort_key(&self) -> (Option<&'a str>, i64, &'a str) {
         match self {
             LedgerEntry::Part(p) => (
                 p.variant.project_id.as_deref(),
@@ -287,14 +331,14 @@ impl LedgerEntry<'_> {
             }
         }
     }
-    fn plugins(&self) -> &[Plugin] {
-        match self {
+    fn plugins(&self) -> &'a [Plugin] {
+        match *self {
             LedgerEntry::Part(p) => &p.plugins,
             LedgerEntry::Execution(k) => &k.execution.plugins,
         }
     }
-    fn texts(&self) -> [Option<&Text>; VARIANT_TEXTS] {
-        match self {
+    fn texts(&self) -> [Option<&'a Text>; VARIANT_TEXTS] {
+        match *self {
             LedgerEntry::Part(p) => variant_texts(&p.variant),
             LedgerEntry::Execution(Kept { execution: x, .. }) => [
                 Some(&x.project_id),
@@ -367,8 +411,8 @@ impl Serialize for Rows<'_> {
 /// [`Ledger`] as written, from borrowed data.
 #[derive(Serialize)]
 struct LedgerRef<'a> {
-    texts: Vec<&'a str>,
-    plugins: Vec<String>,
+    texts: &'a [&'a str],
+    plugins: &'a [String],
     parts: Rows<'a>,
     opt_outs: &'a BTreeMap<String, i64>,
     structured: &'a BTreeMap<String, (i64, i64)>,
@@ -377,55 +421,112 @@ struct LedgerRef<'a> {
     projects: &'a Projects,
 }
 
+/// [`HistoryLedger`] as written, from borrowed data.
+#[derive(Serialize)]
+struct HistoryRef<'a> {
+    texts: &'a [&'a str],
+    plugins: &'a [String],
+    parts: Rows<'a>,
+}
+
+/// Rows in their written order with the string and plugin tables they refer to.
+struct Tables<'a> {
+    order: Vec<LedgerEntry<'a>>,
+    plugin_index: BTreeMap<&'a str, u32>,
+    plugins: Vec<String>,
+    text_index: indexmap::IndexSet<&'a str>,
+    texts: Vec<&'a str>,
+}
+
+impl<'a> Tables<'a> {
+    /// Sort the rows (by project, start, id: the same rows are always written alike) and number the
+    /// strings and plugins they refer to in order of first use.
+    fn of(mut order: Vec<LedgerEntry<'a>>) -> Result<Self, StateError> {
+        order.sort_unstable_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        let mut plugin_index: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut plugins = Vec::new();
+        let mut text_index: indexmap::IndexSet<&str> = indexmap::IndexSet::new();
+        for entry in &order {
+            for plugin in entry.plugins() {
+                if !plugin_index.contains_key(plugin.key()) {
+                    plugin_index.insert(plugin.key(), plugins.len() as u32);
+                    plugins.push(
+                        serde_json::to_string(&plugin.info.dict)
+                            .map_err(|e| StateError::Damaged(e.to_string()))?,
+                    );
+                }
+            }
+            for t in entry.texts().into_iter().flatten() {
+                text_index.insert(t);
+            }
+        }
+        let texts = text_index.iter().copied().collect();
+        Ok(Tables {
+            order,
+            plugin_index,
+            plugins,
+            text_index,
+            texts,
+        })
+    }
+
+    fn rows(&self) -> Rows<'_> {
+        Rows {
+            entries: &self.order,
+            plugin_index: &self.plugin_index,
+            text_index: &self.text_index,
+        }
+    }
+}
+
+/// postcard, zstd-compressed.
+fn pack(value: &impl Serialize, rows: usize) -> Result<Vec<u8>, StateError> {
+    let damaged = |e: &dyn std::fmt::Display| StateError::Damaged(e.to_string());
+    // reserved generously: pages the compressed ledger never fills are never touched
+    let bytes = Vec::with_capacity(64 * 1024 + rows * 96);
+    let zstd = zstd::Encoder::new(bytes, ZSTD_LEVEL).map_err(|e| damaged(&e))?;
+    // postcard writes field by field: the compressor is fed in large pieces
+    let mut buffered = std::io::BufWriter::with_capacity(1 << 16, zstd);
+    postcard::to_io(value, &mut buffered).map_err(|e| damaged(&e))?;
+    let zstd = buffered.into_inner().map_err(|e| damaged(e.error()))?;
+    zstd.finish().map_err(|e| damaged(&e))
+}
+
 fn encode_carry<'a>(
     carry: &'a Carry,
     executions: impl IntoIterator<Item = LedgerEntry<'a>>,
     projects: &Projects,
 ) -> Result<(Vec<u8>, usize), StateError> {
-    let damaged = |e: &dyn std::fmt::Display| StateError::Damaged(e.to_string());
-    let mut order: Vec<LedgerEntry> = carry
+    let order: Vec<LedgerEntry> = carry
         .parts
         .iter()
         .map(LedgerEntry::Part)
         .chain(executions)
         .collect();
-    order.sort_unstable_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-    let mut plugin_index: BTreeMap<&str, u32> = BTreeMap::new();
-    let mut plugins = Vec::new();
-    let mut text_index: indexmap::IndexSet<&str> = indexmap::IndexSet::new();
-    for entry in &order {
-        for plugin in entry.plugins() {
-            if !plugin_index.contains_key(plugin.key()) {
-                plugin_index.insert(plugin.key(), plugins.len() as u32);
-                plugins.push(serde_json::to_string(&plugin.info.dict).map_err(|e| damaged(&e))?);
-            }
-        }
-        for t in entry.texts().into_iter().flatten() {
-            text_index.insert(t);
-        }
-    }
+    let tables = Tables::of(order)?;
     let mut ids = carry.event_ids.clone();
     ids.sort_unstable();
     let ledger = LedgerRef {
-        texts: text_index.iter().copied().collect(),
-        plugins,
-        parts: Rows {
-            entries: &order,
-            plugin_index: &plugin_index,
-            text_index: &text_index,
-        },
+        texts: &tables.texts,
+        plugins: &tables.plugins,
+        parts: tables.rows(),
         opt_outs: &carry.opt_outs,
         structured: &carry.structured,
         ids,
         newest: carry.newest_event_ms,
         projects,
     };
-    // reserved generously: pages the compressed ledger never fills are never touched
-    let bytes = Vec::with_capacity(64 * 1024 + order.len() * 96);
-    let mut zstd = zstd::Encoder::new(bytes, ZSTD_LEVEL).map_err(|e| damaged(&e))?;
-    postcard::to_io(&ledger, &mut zstd).map_err(|e| damaged(&e))?;
-    let bytes = zstd.finish().map_err(|e| damaged(&e))?;
-    Ok((bytes, order.len()))
+    Ok((pack(&ledger, tables.order.len())?, tables.order.len()))
+}
+
+fn encode_history(rows: Vec<LedgerEntry<'_>>) -> Result<Vec<u8>, StateError> {
+    let tables = Tables::of(rows)?;
+    let history = HistoryRef {
+        texts: &tables.texts,
+        plugins: &tables.plugins,
+        parts: tables.rows(),
+    };
+    pack(&history, tables.order.len())
 }
 
 type Projects = BTreeMap<String, (String, i64)>;
@@ -526,16 +627,53 @@ fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateErro
         zstd::decode_all(packed.as_slice()).map_err(|e| damaged("ledger is not zstd", &e))?;
     drop(packed);
     let ledger: Ledger = postcard::from_bytes(&bytes).map_err(|e| damaged("ledger layout", &e))?;
-    let table: Vec<Text> = ledger.texts.iter().map(|t| texts.get(t)).collect();
-    let plugins: Vec<BTreeMap<String, Value>> = ledger
-        .plugins
+    let parts = parts_of(ledger.texts, ledger.plugins, ledger.parts, &mut texts)?;
+    Ok((
+        Carry {
+            parts,
+            opt_outs: ledger.opt_outs,
+            structured: ledger.structured,
+            event_ids: ledger.ids,
+            newest_event_ms: ledger.newest,
+            texts,
+        },
+        ledger.projects,
+    ))
+}
+
+/// The rows of a version-4 history, their strings shared through `texts`.
+fn decode_history(text: &str, texts: &mut Interner) -> Result<Vec<ExecParts>, StateError> {
+    let damaged =
+        |what: &str, e: &dyn std::fmt::Display| StateError::Damaged(format!("{what}: {e}"));
+    let packed = b64()
+        .decode(text)
+        .map_err(|e| damaged("history is not base64", &e))?;
+    let bytes =
+        zstd::decode_all(packed.as_slice()).map_err(|e| damaged("history is not zstd", &e))?;
+    drop(packed);
+    let history: HistoryLedger =
+        postcard::from_bytes(&bytes).map_err(|e| damaged("history layout", &e))?;
+    parts_of(history.texts, history.plugins, history.parts, texts)
+}
+
+/// Rows of a ledger or history, with the tables they refer to, as folded parts.
+fn parts_of(
+    table: Vec<&str>,
+    plugins: Vec<&str>,
+    rows: Vec<Row>,
+    texts: &mut Interner,
+) -> Result<Vec<ExecParts>, StateError> {
+    let table: Vec<Text> = table.iter().map(|t| texts.get(t)).collect();
+    let plugins: Vec<BTreeMap<String, Value>> = plugins
         .iter()
-        .map(|text| serde_json::from_str(text).map_err(|e| damaged("plugin", &e)))
+        .map(|text| {
+            serde_json::from_str(text).map_err(|e| StateError::Damaged(format!("plugin: {e}")))
+        })
         .collect::<Result<_, _>>()?;
     let infos = plugin_infos(plugins);
-    let mut parts = Vec::with_capacity(ledger.parts.len());
+    let mut parts = Vec::with_capacity(rows.len());
     for Row(id, refs, is_ci, started, runtime, exit_code, ips, plugins, events, weight, months) in
-        ledger.parts
+        rows
     {
         parts.push(part_of(
             RowParts {
@@ -553,17 +691,7 @@ fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateErro
             &infos,
         )?);
     }
-    Ok((
-        Carry {
-            parts,
-            opt_outs: ledger.opt_outs,
-            structured: ledger.structured,
-            event_ids: ledger.ids,
-            newest_event_ms: ledger.newest,
-            texts,
-        },
-        ledger.projects,
-    ))
+    Ok(parts)
 }
 
 fn plugin_infos(dicts: Vec<BTreeMap<String, Value>>) -> Vec<Arc<PluginInfo>> {
@@ -657,9 +785,17 @@ impl TapState {
         let inputs: Vec<InputBookmark> =
             serde_json::from_value(tap.get("inputs").cloned().unwrap_or(Value::Array(vec![])))
                 .map_err(|e| StateError::Damaged(format!("inputs: {e}")))?;
-        let (carry, projects) = match tap.get("ledger").and_then(Value::as_str) {
+        let (mut carry, projects) = match tap.get("ledger").and_then(Value::as_str) {
             Some(text) => decode_carry(text, version)?,
             None => return Err(StateError::Damaged("no ledger".into())),
+        };
+        let history = match tap.get("history") {
+            _ if version < 4 => None,
+            Some(Value::String(text)) => Some(History {
+                parts: decode_history(text, &mut carry.texts)?,
+                text: text.clone(),
+            }),
+            _ => return Err(StateError::Damaged("no history".into())),
         };
         let as_of = tap
             .get("as_of")
@@ -680,25 +816,34 @@ impl TapState {
             alarms_sent,
             cut_day: tap.get("cut_day").and_then(Value::as_i64),
             health,
+            history,
         }))
     }
 
-    /// The Singer state value; the ledger holds the carry's parts and `executions`.
-    /// The STATE value with these executions in its ledger.
+    /// The STATE value with these executions in its ledger and this history.
     pub fn to_value<'a>(
         &'a self,
         executions: impl IntoIterator<Item = LedgerEntry<'a>>,
+        history: HistoryOut<'a>,
     ) -> Result<Value, StateError> {
-        serde_json::to_value(self.encode(executions)?)
+        serde_json::to_value(self.encode(executions, history)?)
             .map_err(|e| StateError::Damaged(e.to_string()))
     }
 
-    /// The STATE value with these executions in its ledger, ready to write: the ledger is held
-    /// compressed and made base64 as it is written.
+    /// The STATE value with these executions in its ledger (besides the carry's parts) and this
+    /// history, ready to write: both are held compressed and made base64 as they are written.
     pub fn encode<'a>(
         &'a self,
         executions: impl IntoIterator<Item = LedgerEntry<'a>>,
+        history: HistoryOut<'a>,
     ) -> Result<EncodedState, StateError> {
+        let (history, history_rows) = match history {
+            HistoryOut::Carried(text, rows) => (Blob::Text(text), rows),
+            HistoryOut::Rows(rows) => {
+                let n = rows.len();
+                (Blob::Packed(encode_history(rows)?), n)
+            }
+        };
         let (ledger, rows) = encode_carry(&self.carry, executions, &self.projects)?;
         let value = json!({
             "bookmarks": {},
@@ -707,14 +852,18 @@ impl TapState {
                 "as_of": self.as_of.map(crate::kpi::calendar::fmt_day),
                 "inputs": self.inputs,
                 "projects": self.projects.len(),
-                "executions": rows,
+                "executions": rows + history_rows,
                 "cut_day": self.cut_day,
                 "health": serde_json::to_string(&self.health)
                     .map_err(|e| StateError::Damaged(e.to_string()))?,
                 "alarms_sent": self.alarms_sent,
             }
         });
-        Ok(EncodedState { value, ledger })
+        Ok(EncodedState {
+            value,
+            history,
+            ledger: Blob::Packed(ledger),
+        })
     }
 }
 
@@ -847,6 +996,7 @@ mod tests {
             carry: carry(),
             alarms_sent: json!([]),
             cut_day: Some(19_600),
+            history: None,
             health: [(
                 "r|k".to_string(),
                 crate::health::RuleCarry {
@@ -861,12 +1011,12 @@ mod tests {
         let execution = part("x1", Some("p1"))
             .into_execution(&mut Default::default())
             .unwrap();
+        let old = part("x2", Some("p1"))
+            .into_execution(&mut Default::default())
+            .unwrap();
+        let history = || HistoryOut::Rows(vec![LedgerEntry::Execution(Kept::whole(&old))]);
         let value = state
-            .to_value([LedgerEntry::Execution(Kept {
-                execution: &execution,
-                weight: execution.weight,
-                history: None,
-            })])
+            .to_value([LedgerEntry::Execution(Kept::whole(&execution))], history())
             .unwrap();
         fn no_floats(v: &Value) -> bool {
             match v {
@@ -879,15 +1029,13 @@ mod tests {
         // targets read STATE numbers as decimals they cannot serialise again
         assert!(no_floats(&value), "{value}");
         // written as it streams, the message is the plain JSON of the same value, keys in order
-        let entry = LedgerEntry::Execution(Kept {
-            execution: &execution,
-            weight: execution.weight,
-            history: None,
-        });
-        let streamed = serde_json::to_string(&state.encode([entry]).unwrap()).unwrap();
+        let entry = LedgerEntry::Execution(Kept::whole(&execution));
+        let streamed = serde_json::to_string(&state.encode([entry], history()).unwrap()).unwrap();
         assert_eq!(streamed, value.to_string());
         let at = |key: &str| streamed.find(&format!("\"{key}\":")).unwrap();
+        assert!(at("health") < at("history") && at("history") < at("inputs"));
         assert!(at("inputs") < at("ledger") && at("ledger") < at("projects"));
+        assert_eq!(value["tap_kpis"]["executions"], 3);
         let back = TapState::from_value(&value).unwrap().unwrap();
         assert_eq!(back.as_of, Some(19_700));
         assert_eq!(back.projects, state.projects);
@@ -897,6 +1045,23 @@ mod tests {
             back.carry.parts,
             vec![part("x0", None), part("x1", Some("p1"))]
         );
+        let carried = back.history.clone().unwrap();
+        assert_eq!(carried.parts, vec![part("x2", Some("p1"))]);
+        // the history read is written again as it was: the same as encoding its rows anew
+        let again = back
+            .to_value(
+                back.carry.parts.iter().map(LedgerEntry::Part),
+                HistoryOut::Carried(carried.text.clone(), carried.parts.len()),
+            )
+            .unwrap();
+        let anew = back
+            .to_value(
+                back.carry.parts.iter().map(LedgerEntry::Part),
+                HistoryOut::Rows(carried.parts.iter().map(LedgerEntry::Part).collect()),
+            )
+            .unwrap();
+        assert_eq!(again, anew);
+        assert_eq!(again["tap_kpis"]["history"], value["tap_kpis"]["history"]);
         assert_eq!(back.carry.opt_outs, state.carry.opt_outs);
         assert_eq!(back.carry.structured, state.carry.structured);
         let mut ids = state.carry.event_ids.clone();

@@ -19,7 +19,7 @@ use crate::normalize::{self, NormalizeStats};
 use crate::read::{self, Mark, Resume};
 use crate::singer::SingerWriter;
 use crate::source::{self, Input, SourceError};
-use crate::state::{EncodedState, InputBookmark, LedgerEntry, StateError, TapState};
+use crate::state::{EncodedState, HistoryOut, InputBookmark, LedgerEntry, StateError, TapState};
 use crate::streams::{Records, STREAMS};
 
 /// Errors that stop a sync.
@@ -251,13 +251,19 @@ pub fn run<W: Write>(
     };
     report.incremental = earlier.is_some();
     let late_days = config.late_event_days.max(0);
+    let mut earlier_history = None;
     let (normalizer, previous_as_of, previous_projects, previous_cut, health_carries) =
         match earlier {
-            Some(e) => {
+            Some(mut e) => {
                 let late_before = e
                     .carry
                     .newest_event_ms
                     .map(|n| (day_of(n) - late_days) * DAY_MS);
+                if let Some(history) = e.history.take() {
+                    // the history's executions join the rest; its text may be written again as it is
+                    earlier_history = Some((history.text, history.parts.len()));
+                    e.carry.parts.extend(history.parts);
+                }
                 (
                     normalize::Normalizer::resume(e.carry, late_before),
                     e.as_of,
@@ -387,6 +393,7 @@ pub fn run<W: Write>(
     let projects = &facts.projects;
     let executions = &facts.executions;
     let inputs_ref = &inputs;
+    let touched_executions = &touched.executions;
     let state = std::thread::scope(|scope| -> Result<EncodedState, SyncError> {
         // the next state is summarised and encoded on the other core while the records are written
         let next_state = scope.spawn(move || -> Result<EncodedState, StateError> {
@@ -425,8 +432,24 @@ pub fn run<W: Write>(
                 alarms_sent,
                 cut_day: cut,
                 health: health_carries,
+                history: None,
             };
-            let value = next.encode(compacted.executions().map(LedgerEntry::Execution));
+            // while the cut stays put, the history read is the history to write: what finished
+            // before the cut can no longer change (a new event for it would make it finish later)
+            let history = match earlier_history {
+                Some((text, rows))
+                    if cut == previous_cut
+                        && rows == compacted.history_len()
+                        && compacted
+                            .passed
+                            .iter()
+                            .all(|x| !touched_executions.contains(&x.execution_id)) =>
+                {
+                    HistoryOut::Carried(text, rows)
+                }
+                _ => HistoryOut::Rows(compacted.history().map(LedgerEntry::Execution).collect()),
+            };
+            let value = next.encode(compacted.recent().map(LedgerEntry::Execution), history);
             tracing::debug!(
                 "state encoded at {:.2}s ({})",
                 started.elapsed().as_secs_f64(),

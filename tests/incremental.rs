@@ -106,6 +106,16 @@ fn check_pieces(
             std::fs::write(src.join(name), content).unwrap();
         }
         let (out, next, lines) = run_counting(&config, state.as_ref());
+        if let Some(before) = &state {
+            // summarised history is final: while the cut stays put it is carried as it was
+            let (was, now) = (&before["tap_kpis"], &next["tap_kpis"]);
+            if was["cut_day"] == now["cut_day"] {
+                assert_eq!(
+                    was["history"], now["history"],
+                    "history before the cut changed"
+                );
+            }
+        }
         lines_read += lines;
         upsert(&mut tables, &out);
         state = Some(next);

@@ -91,12 +91,13 @@ pub struct TapState {
     pub history: Option<History>,
 }
 
-/// The summarised history of a state: the executions that finished before its cut, and the base64
-/// text they were read from, which the next state carries as it is while the cut stays put.
+/// The summarised history of a state (the executions that finished before its cut, read into the
+/// carry with the rest): the base64 text they were read from, which the next state carries as it is
+/// while the cut stays put, and how many there were.
 #[derive(Debug, Clone, Default)]
 pub struct History {
     pub text: String,
-    pub parts: Vec<ExecParts>,
+    pub rows: usize,
 }
 
 /// What the next state writes as its summarised history.
@@ -627,22 +628,20 @@ fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateErro
         zstd::decode_all(packed.as_slice()).map_err(|e| damaged("ledger is not zstd", &e))?;
     drop(packed);
     let ledger: Ledger = postcard::from_bytes(&bytes).map_err(|e| damaged("ledger layout", &e))?;
-    let parts = parts_of(ledger.texts, ledger.plugins, ledger.parts, &mut texts)?;
-    Ok((
-        Carry {
-            parts,
-            opt_outs: ledger.opt_outs,
-            structured: ledger.structured,
-            event_ids: ledger.ids,
-            newest_event_ms: ledger.newest,
-            texts,
-        },
-        ledger.projects,
-    ))
+    let mut carry = Carry {
+        opt_outs: ledger.opt_outs,
+        structured: ledger.structured,
+        event_ids: ledger.ids,
+        newest_event_ms: ledger.newest,
+        texts,
+        ..Carry::default()
+    };
+    add_rows(ledger.texts, ledger.plugins, ledger.parts, &mut carry)?;
+    Ok((carry, ledger.projects))
 }
 
-/// The rows of a version-4 history, their strings shared through `texts`.
-fn decode_history(text: &str, texts: &mut Interner) -> Result<Vec<ExecParts>, StateError> {
+/// Add the rows of a version-4 history to `carry`; returns how many there were.
+fn decode_history(text: &str, carry: &mut Carry) -> Result<usize, StateError> {
     let damaged =
         |what: &str, e: &dyn std::fmt::Display| StateError::Damaged(format!("{what}: {e}"));
     let packed = b64()
@@ -653,16 +652,27 @@ fn decode_history(text: &str, texts: &mut Interner) -> Result<Vec<ExecParts>, St
     drop(packed);
     let history: HistoryLedger =
         postcard::from_bytes(&bytes).map_err(|e| damaged("history layout", &e))?;
-    parts_of(history.texts, history.plugins, history.parts, texts)
+    add_rows(history.texts, history.plugins, history.parts, carry)
 }
 
-/// Rows of a ledger or history, with the tables they refer to, as folded parts.
-fn parts_of(
+/// Add a decoded row to `carry`: an execution with a project is built at once (its parts are not
+/// kept), the others stay parts until an event names their project.
+fn keep(part: ExecParts, carry: &mut Carry) {
+    match part.into_execution(&mut carry.tables) {
+        Ok(x) => carry.executions.push(x),
+        Err(p) => carry.parts.push(*p),
+    }
+}
+
+/// Add the rows of a ledger or history, with the tables they refer to, to `carry`; returns how many
+/// there were.
+fn add_rows(
     table: Vec<&str>,
     plugins: Vec<&str>,
     rows: Vec<Row>,
-    texts: &mut Interner,
-) -> Result<Vec<ExecParts>, StateError> {
+    carry: &mut Carry,
+) -> Result<usize, StateError> {
+    let texts = &mut carry.texts;
     let table: Vec<Text> = table.iter().map(|t| texts.get(t)).collect();
     let plugins: Vec<BTreeMap<String, Value>> = plugins
         .iter()
@@ -671,27 +681,29 @@ fn parts_of(
         })
         .collect::<Result<_, _>>()?;
     let infos = plugin_infos(plugins);
-    let mut parts = Vec::with_capacity(rows.len());
+    let n = rows.len();
+    carry.executions.reserve_exact(n);
     for Row(id, refs, is_ci, started, runtime, exit_code, ips, plugins, events, weight, months) in
         rows
     {
-        parts.push(part_of(
+        let part = part_of(
             RowParts {
                 execution_id: Text::from(id),
                 variant: variant_from_texts(refs, is_ci, &table)?,
                 started,
                 runtime,
                 exit_code,
-                ips: ips.into_iter().map(|t| texts.get(t)).collect(),
+                ips: ips.into_iter().map(|t| carry.texts.get(t)).collect(),
                 refs: plugins,
                 events,
                 weight,
                 months: months.into_iter().collect(),
             },
             &infos,
-        )?);
+        )?;
+        keep(part, carry);
     }
-    Ok(parts)
+    Ok(n)
 }
 
 fn plugin_infos(dicts: Vec<BTreeMap<String, Value>>) -> Vec<Arc<PluginInfo>> {
@@ -733,21 +745,18 @@ fn carry_from(
     texts: Interner,
 ) -> Result<(Carry, Projects), StateError> {
     let infos = plugin_infos(head.plugins);
-    let parts = rows
-        .into_iter()
-        .map(|r| part_of(r, &infos))
-        .collect::<Result<_, _>>()?;
-    Ok((
-        Carry {
-            parts,
-            opt_outs: head.opt_outs,
-            structured: head.structured,
-            event_ids: head.ids,
-            newest_event_ms: head.newest,
-            texts,
-        },
-        head.projects,
-    ))
+    let mut carry = Carry {
+        opt_outs: head.opt_outs,
+        structured: head.structured,
+        event_ids: head.ids,
+        newest_event_ms: head.newest,
+        texts,
+        ..Carry::default()
+    };
+    for r in rows {
+        keep(part_of(r, &infos)?, &mut carry);
+    }
+    Ok((carry, head.projects))
 }
 
 impl TapState {
@@ -792,7 +801,7 @@ impl TapState {
         let history = match tap.get("history") {
             _ if version < 4 => None,
             Some(Value::String(text)) => Some(History {
-                parts: decode_history(text, &mut carry.texts)?,
+                rows: decode_history(text, &mut carry)?,
                 text: text.clone(),
             }),
             _ => return Err(StateError::Damaged("no history".into())),
@@ -911,7 +920,7 @@ mod tests {
             structured: [("p2".to_string(), (1, 9))].into_iter().collect(),
             event_ids: vec![(u128::MAX - 3, -7), (42, 1_700_000_000_000)],
             newest_event_ms: Some(1_700_000_009_000),
-            texts: Interner::default(),
+            ..Carry::default()
         }
     }
 
@@ -937,11 +946,11 @@ mod tests {
             json!({"tap_kpis": {"version": 2, "inputs": [], "ledger": ledger_text(&ledger)}});
         assert_eq!(TapState::bookmarks_of(&state), Some(vec![]));
         let back = TapState::from_value(&state).unwrap().unwrap();
-        let p = &back.carry.parts[0];
-        assert_eq!(&*p.execution_id, "x1");
-        assert_eq!(p.variant.project_id.as_deref(), Some("p1"));
-        assert_eq!(p.variant.source.as_deref(), Some("explicit"));
-        assert_eq!((p.started_ms, p.finished_ms, p.event_count), (100, 105, 2));
+        let x = &back.carry.executions[0];
+        assert_eq!(&*x.execution_id, "x1");
+        assert_eq!(&*x.project_id, "p1");
+        assert_eq!(x.project_id_source.as_deref(), Some("explicit"));
+        assert_eq!((x.started_ms, x.finished_ms, x.event_count), (100, 105, 2));
     }
 
     #[test]
@@ -978,7 +987,7 @@ mod tests {
         };
         let good = TapState::from_value(&ledger(2)).unwrap().unwrap();
         assert_eq!(
-            good.carry.parts[0].variant.source.as_deref(),
+            good.carry.executions[0].project_id_source.as_deref(),
             Some("explicit")
         );
         let e = TapState::from_value(&ledger(7)).unwrap_err();
@@ -1041,23 +1050,26 @@ mod tests {
         assert_eq!(back.projects, state.projects);
         assert_eq!(back.cut_day, state.cut_day);
         assert_eq!(back.health, state.health);
-        assert_eq!(
-            back.carry.parts,
-            vec![part("x0", None), part("x1", Some("p1"))]
-        );
+        assert_eq!(back.carry.parts, vec![part("x0", None)]);
         let carried = back.history.clone().unwrap();
-        assert_eq!(carried.parts, vec![part("x2", Some("p1"))]);
+        assert_eq!(carried.rows, 1);
+        // rows with a project are read as executions, the history's after the ledger's
+        let [x1, x2] = &back.carry.executions[..] else {
+            panic!("{:?}", back.carry.executions)
+        };
+        assert_eq!(x1.clone().into_parts(), part("x1", Some("p1")));
+        assert_eq!(x2.clone().into_parts(), part("x2", Some("p1")));
         // the history read is written again as it was: the same as encoding its rows anew
         let again = back
             .to_value(
-                back.carry.parts.iter().map(LedgerEntry::Part),
-                HistoryOut::Carried(carried.text.clone(), carried.parts.len()),
+                [LedgerEntry::Execution(Kept::whole(x1))],
+                HistoryOut::Carried(carried.text.clone(), carried.rows),
             )
             .unwrap();
         let anew = back
             .to_value(
-                back.carry.parts.iter().map(LedgerEntry::Part),
-                HistoryOut::Rows(carried.parts.iter().map(LedgerEntry::Part).collect()),
+                [LedgerEntry::Execution(Kept::whole(x1))],
+                HistoryOut::Rows(vec![LedgerEntry::Execution(Kept::whole(x2))]),
             )
             .unwrap();
         assert_eq!(again, anew);

@@ -259,11 +259,8 @@ pub fn run<W: Write>(
                     .carry
                     .newest_event_ms
                     .map(|n| (day_of(n) - late_days) * DAY_MS);
-                if let Some(history) = e.history.take() {
-                    // the history's executions join the rest; its text may be written again as it is
-                    earlier_history = Some((history.text, history.parts.len()));
-                    e.carry.parts.extend(history.parts);
-                }
+                // the history's executions are read with the rest; its text may be written again
+                earlier_history = e.history.take().map(|h| (h.text, h.rows));
                 (
                     normalize::Normalizer::resume(e.carry, late_before),
                     e.as_of,

@@ -80,7 +80,7 @@ impl std::ops::DerefMut for Execution {
 }
 
 /// Hands out the shared profiles and pipeline ids of the executions being built.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ExecutionTables {
     profiles: std::collections::HashSet<Arc<Profile>, foldhash::fast::RandomState>,
     pipeline_ids: Interner,
@@ -98,7 +98,61 @@ impl ExecutionTables {
     }
 }
 
+/// Where an execution read from a state is held by the normaliser.
+#[derive(Debug, Clone, Copy)]
+enum Earlier {
+    Part(u32),
+    Execution(u32),
+}
+
 impl Execution {
+    /// A placeholder for a slot whose execution was taken out.
+    fn vacant() -> Self {
+        Execution {
+            execution_id: Text::from(""),
+            profile: Arc::default(),
+            started_ms: 0,
+            finished_ms: 0,
+            exit_code: None,
+            event_count: 0,
+            plugins: Box::default(),
+            pipeline_id: None,
+            ip_hashes: TextSet::new(),
+            weight: 0,
+            presence_months: Box::default(),
+        }
+    }
+
+    /// The parts this execution was folded from, to fold in events of a later run.
+    pub fn into_parts(self) -> ExecParts {
+        let mut plugins = self.plugins.into_vec();
+        plugins.sort_by(|a, b| a.key().cmp(b.key()));
+        let p = Arc::unwrap_or_clone(self.profile);
+        ExecParts {
+            execution_id: self.execution_id,
+            variant: Variant {
+                project_id: Some(p.project_id),
+                source: p.project_id_source,
+                environment_hash: p.environment_hash,
+                meltano_version: p.meltano_version,
+                python_version: p.python_version,
+                is_ci: p.is_ci,
+                command: p.cli_command,
+                sub_command: p.sub_command,
+                se_command: p.se_command,
+            },
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            exit_code: self.exit_code,
+            ip_hashes: self.ip_hashes,
+            plugins,
+            event_count: self.event_count,
+            position: Position::default(),
+            weight: self.weight,
+            presence_months: self.presence_months.into_vec().into_iter().collect(),
+        }
+    }
+
     /// invoke, el, elt, run or test.
     pub fn is_exec(&self) -> bool {
         self.command
@@ -154,11 +208,14 @@ pub struct NormalizeStats {
 
 /// What normalisation carries from one run to the next besides the executions themselves: the parts of
 /// executions no event has named a project for yet, opt-outs and structured-event sightings by
-/// project, and the ids of recent events (to recognise their copies). Read back from a state, `parts`
-/// holds every execution's parts.
+/// project, and the ids of recent events (to recognise their copies). Read back from a state,
+/// `executions` holds every execution the state kept, built with `tables`.
 #[derive(Debug, Clone, Default)]
 pub struct Carry {
     pub parts: Vec<ExecParts>,
+    pub executions: Vec<Execution>,
+    /// The shared profiles and pipeline ids of `executions`, for the rest to share.
+    pub tables: ExecutionTables,
     /// Earliest opt-out per project.
     pub opt_outs: BTreeMap<String, i64>,
     /// Earliest and latest structured event per project.
@@ -692,10 +749,14 @@ pub struct Normalizer {
     problems: Vec<Problem>,
     stats: NormalizeStats,
     shared: Shared,
-    /// Parts read from the state, taken out when new events merge into them.
+    /// Parts read from the state (executions without a project yet), taken out when new events
+    /// merge into them.
     earlier_parts: Vec<Option<ExecParts>>,
-    /// Index of `earlier_parts` by execution id.
-    earlier_index: HashMap<Text, u32>,
+    /// Executions read from the state.
+    earlier_executions: Vec<Execution>,
+    /// Where each execution id read from the state is.
+    earlier_index: HashMap<Text, Earlier>,
+    tables: ExecutionTables,
     earlier_opt_outs: BTreeMap<String, i64>,
     earlier_structured: BTreeMap<String, (i64, i64)>,
     earlier_newest_ms: Option<i64>,
@@ -722,13 +783,15 @@ impl Normalizer {
             .map(|(key, time)| (slot_key(key), time))
             .collect();
         n.shared.texts = carry.texts;
-        n.earlier_index = carry
-            .parts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.execution_id.clone(), i as u32))
+        let parts = carry.parts.iter().enumerate();
+        let executions = carry.executions.iter().enumerate();
+        n.earlier_index = parts
+            .map(|(i, p)| (p.execution_id.clone(), Earlier::Part(i as u32)))
+            .chain(executions.map(|(i, x)| (x.execution_id.clone(), Earlier::Execution(i as u32))))
             .collect();
         n.earlier_parts = carry.parts.into_iter().map(Some).collect();
+        n.earlier_executions = carry.executions;
+        n.tables = carry.tables;
         n.earlier_opt_outs = carry.opt_outs;
         n.earlier_structured = carry.structured;
         n.earlier_newest_ms = carry.newest_event_ms;
@@ -1074,40 +1137,45 @@ impl Normalizer {
                 None => out.stats.orphan_structured_events += 1,
             }
         }
-        let mut executions = Vec::with_capacity(self.builders.len() + self.earlier_parts.len());
+        // the executions read from the state stay where they are; those new events fold into are
+        // taken out, folded and built again
+        let mut executions = std::mem::take(&mut self.earlier_executions);
+        let mut refolded: Vec<u32> = Vec::new();
+        executions.reserve_exact(self.builders.len() + self.earlier_parts.len());
         // parts without a project id yet: carried, in case later events name it
         let mut orphans = Vec::new();
-        let mut tables = ExecutionTables::default();
-        let mut finish_part = |p: ExecParts, touched: &mut Touched, is_new: bool| match p
-            .into_execution(&mut tables)
-        {
-            Ok(x) => {
-                if is_new {
-                    // one allocation per project, not per execution
-                    if track && !touched.projects.contains(&*x.project_id) {
-                        touched.projects.insert(x.project_id.to_string());
+        let mut tables = std::mem::take(&mut self.tables);
+        let mut finish_part =
+            |p: ExecParts, executions: &mut Vec<Execution>, touched: &mut Touched, is_new: bool| {
+                match p.into_execution(&mut tables) {
+                    Ok(x) => {
+                        if is_new {
+                            // one allocation per project, not per execution
+                            if track && !touched.projects.contains(&*x.project_id) {
+                                touched.projects.insert(x.project_id.to_string());
+                            }
+                            touch(x.started_ms, &mut touched.earliest_ms);
+                        }
+                        executions.push(x)
                     }
-                    touch(x.started_ms, &mut touched.earliest_ms);
+                    Err(p) => {
+                        if is_new {
+                            let id = &p.execution_id;
+                            out.stats.executions_without_project += 1;
+                            out.problems.push(problem(
+                                &p.position,
+                                Reason::MissingProjectId,
+                                format!(
+                                    "execution {id} ({} events) has no project id and is dropped",
+                                    p.event_count
+                                ),
+                                format!("execution_id={id}"),
+                            ));
+                        }
+                        orphans.push(*p);
+                    }
                 }
-                executions.push(x)
-            }
-            Err(p) => {
-                if is_new {
-                    let id = &p.execution_id;
-                    out.stats.executions_without_project += 1;
-                    out.problems.push(problem(
-                        &p.position,
-                        Reason::MissingProjectId,
-                        format!(
-                            "execution {id} ({} events) has no project id and is dropped",
-                            p.event_count
-                        ),
-                        format!("execution_id={id}"),
-                    ));
-                }
-                orphans.push(*p);
-            }
-        };
+            };
         let mut earlier = std::mem::take(&mut self.earlier_parts);
         let mut events = std::mem::take(&mut self.events);
         let builders = std::mem::take(&mut self.builders);
@@ -1124,10 +1192,15 @@ impl Normalizer {
             if track {
                 touched.executions.insert(new.execution_id.clone());
             }
-            let earlier_part = self
-                .earlier_index
-                .get(&new.execution_id)
-                .and_then(|&i| earlier[i as usize].take());
+            let earlier_part = match self.earlier_index.get(&new.execution_id) {
+                Some(&Earlier::Part(i)) => earlier[i as usize].take(),
+                Some(&Earlier::Execution(i)) => {
+                    refolded.push(i);
+                    let x = std::mem::replace(&mut executions[i as usize], Execution::vacant());
+                    Some(x.into_parts())
+                }
+                None => None,
+            };
             let merged = match earlier_part {
                 Some(mut p) => {
                     p.merge(new);
@@ -1135,17 +1208,24 @@ impl Normalizer {
                 }
                 None => new,
             };
-            finish_part(merged, &mut touched, true);
+            finish_part(merged, &mut executions, &mut touched, true);
         }
         drop(events);
         // the fold tables are done with
         self.shared.variants = Table::default();
         self.shared.plugin_lists = Table::default();
         for p in earlier.into_iter().flatten() {
-            finish_part(p, &mut touched, false);
+            finish_part(p, &mut executions, &mut touched, false);
         }
-        executions
-            .sort_by(|a, b| (a.started_ms, &a.execution_id).cmp(&(b.started_ms, &b.execution_id)));
+        // the slots of refolded executions, built again above
+        refolded.sort_unstable();
+        for i in refolded.into_iter().rev() {
+            executions.swap_remove(i as usize);
+        }
+        // execution ids are unique: the order is total, and sorting in place needs no scratch copy
+        executions.sort_unstable_by(|a, b| {
+            (a.started_ms, &a.execution_id).cmp(&(b.started_ms, &b.execution_id))
+        });
         let structured_seen: Vec<(String, i64)> = structured
             .iter()
             .flat_map(|(p, (lo, hi))| [(p.clone(), *lo), (p.clone(), *hi)])
@@ -1156,6 +1236,8 @@ impl Normalizer {
         out.facts.newest_event_ms = newest;
         out.carry = Carry {
             parts: orphans,
+            executions: Vec::new(),
+            tables: ExecutionTables::default(),
             opt_outs,
             structured,
             event_ids,
@@ -1338,6 +1420,41 @@ mod tests {
                 .any(|m| m.contains("00000000-0000-4000-8000-abcdef000000"))
         );
         assert_eq!(n.carry.event_ids.len(), 90);
+    }
+
+    #[test]
+    fn events_of_a_later_run_fold_into_the_executions_read_from_the_state() {
+        let t0 = 1_600_000_000_000;
+        let first = normalize(vec![
+            ev(Some("e1"), "a", EventKind::Cli, t0, t0),
+            ev(Some("e2"), "b", exit(0), t0 + 5, t0 + 5),
+        ]);
+        let carry = Carry {
+            executions: first.facts.executions,
+            ..first.carry
+        };
+        let mut n = Normalizer::resume(carry, Some(t0 - 1));
+        // the rest of execution a, and a new execution c
+        n.push(ev(Some("e3"), "a", exit(2), t0 + 60_000, t0 + 60_000));
+        n.push(ev(Some("e4"), "c", exit(0), t0 + 70_000, t0 + 70_000));
+        let out = n.finish();
+        let by_id = |id: &str| {
+            out.facts
+                .executions
+                .iter()
+                .find(|x| &*x.execution_id == id)
+                .unwrap_or_else(|| panic!("execution {id}"))
+        };
+        assert_eq!(out.facts.executions.len(), 3);
+        let a = by_id("a");
+        assert_eq!((a.event_count, a.exit_code), (2, Some(2)));
+        assert_eq!((a.started_ms, a.finished_ms), (t0, t0 + 60_000));
+        let b = by_id("b");
+        assert_eq!((b.event_count, b.exit_code), (1, Some(0)));
+        let mut touched: Vec<&str> = out.touched.executions.iter().map(|t| &**t).collect();
+        touched.sort_unstable();
+        assert_eq!(touched, ["a", "c"]);
+        assert_eq!(out.facts.projects.len(), 1);
     }
 
     #[test]

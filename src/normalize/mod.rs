@@ -82,19 +82,51 @@ impl std::ops::DerefMut for Execution {
 /// Hands out the shared profiles and pipeline ids of the executions being built.
 #[derive(Debug, Clone, Default)]
 pub struct ExecutionTables {
-    profiles: std::collections::HashSet<Arc<Profile>, foldhash::fast::RandomState>,
+    /// By a hash of the addresses of their strings: the strings are shared copies, so the same
+    /// addresses are the same profile, found without hashing any text (a profile whose equal strings
+    /// are separate copies, or whose hash is taken, is merely not shared). The profile held keeps its
+    /// strings, so no address is reused while its entry exists.
+    profiles: HashMap<u64, Arc<Profile>>,
     pipeline_ids: Interner,
+}
+
+impl Profile {
+    /// The addresses of its strings (0 for none).
+    fn addresses(&self) -> [usize; 9] {
+        let at = |t: Option<&Text>| t.map_or(0, |t| Arc::as_ptr(t) as *const u8 as usize);
+        [
+            at(Some(&self.project_id)),
+            at(self.project_id_source.as_ref()),
+            at(self.command.as_ref()),
+            at(self.cli_command.as_ref()),
+            at(self.se_command.as_ref()),
+            at(self.sub_command.as_ref()),
+            at(self.environment_hash.as_ref()),
+            at(self.meltano_version.as_ref()),
+            at(self.python_version.as_ref()),
+        ]
+    }
 }
 
 impl ExecutionTables {
     /// The shared copy of `profile`.
     pub fn profile(&mut self, profile: Profile) -> Arc<Profile> {
-        if let Some(p) = self.profiles.get(&profile) {
-            return p.clone();
+        use std::hash::BuildHasher;
+        let addresses = profile.addresses();
+        let key = self.profiles.hasher().hash_one((addresses, profile.is_ci));
+        match self.profiles.entry(key) {
+            std::collections::hash_map::Entry::Occupied(held) => {
+                let held = held.get();
+                if held.addresses() == addresses && held.is_ci == profile.is_ci {
+                    held.clone()
+                } else {
+                    Arc::new(profile)
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Arc::new(profile)).clone()
+            }
         }
-        let p = Arc::new(profile);
-        self.profiles.insert(p.clone());
-        p
     }
 }
 
@@ -1420,6 +1452,39 @@ mod tests {
                 .any(|m| m.contains("00000000-0000-4000-8000-abcdef000000"))
         );
         assert_eq!(n.carry.event_ids.len(), 90);
+    }
+
+    #[test]
+    fn executions_saying_the_same_share_one_profile() {
+        let mut texts = Interner::default();
+        let mut tables = ExecutionTables::default();
+        let mut build = |id: &str, command: &str| {
+            let variant = Variant {
+                project_id: Some(texts.get("p")),
+                command: Some(texts.get(command)),
+                is_ci: Some(false),
+                ..Default::default()
+            };
+            ExecParts {
+                execution_id: id.into(),
+                variant,
+                started_ms: 0,
+                finished_ms: 1,
+                exit_code: Some(0),
+                ip_hashes: TextSet::new(),
+                plugins: Vec::new(),
+                event_count: 1,
+                position: Position::default(),
+                weight: 1,
+                presence_months: BTreeSet::new(),
+            }
+            .into_execution(&mut tables)
+            .unwrap()
+        };
+        let (a, b, c) = (build("a", "run"), build("b", "run"), build("c", "elt"));
+        assert!(Arc::ptr_eq(&a.profile, &b.profile));
+        assert!(!Arc::ptr_eq(&a.profile, &c.profile));
+        assert_eq!(c.command.as_deref(), Some("elt"));
     }
 
     #[test]

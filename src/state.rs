@@ -154,31 +154,6 @@ struct Row<'a>(
     Vec<i64>,
 );
 
-/// The ledger since version 3: postcard (a compact binary serde format), zstd-compressed. Strings a
-/// fleet repeats (project ids, versions, commands) are written once, in `texts`.
-#[derive(Serialize, Deserialize)]
-struct Ledger<'a> {
-    #[serde(borrow)]
-    texts: Vec<&'a str>,
-    /// The normalised plugin dicts, as JSON text.
-    plugins: Vec<&'a str>,
-    parts: Vec<Row<'a>>,
-    opt_outs: BTreeMap<String, i64>,
-    structured: BTreeMap<String, (i64, i64)>,
-    ids: Vec<(u128, i64)>,
-    newest: Option<i64>,
-    projects: Projects,
-}
-
-/// The summarised history since version 4: rows and the tables they refer to, like [`Ledger`].
-#[derive(Serialize, Deserialize)]
-struct HistoryLedger<'a> {
-    #[serde(borrow)]
-    texts: Vec<&'a str>,
-    plugins: Vec<&'a str>,
-    parts: Vec<Row<'a>>,
-}
-
 /// How many strings of a variant a row refers to.
 const VARIANT_TEXTS: usize = 8;
 
@@ -409,7 +384,9 @@ impl Serialize for Rows<'_> {
     }
 }
 
-/// [`Ledger`] as written, from borrowed data.
+/// The ledger since version 3: postcard (a compact binary serde format), zstd-compressed, in this
+/// field order (read back by [`LedgerInto`]). Strings a fleet repeats (project ids, versions,
+/// commands) are written once, in `texts`; `plugins` are the normalised plugin dicts as JSON text.
 #[derive(Serialize)]
 struct LedgerRef<'a> {
     texts: &'a [&'a str],
@@ -422,7 +399,8 @@ struct LedgerRef<'a> {
     projects: &'a Projects,
 }
 
-/// [`HistoryLedger`] as written, from borrowed data.
+/// The summarised history since version 4: rows and the tables they refer to, as in [`LedgerRef`]
+/// (read back by [`HistoryInto`]).
 #[derive(Serialize)]
 struct HistoryRef<'a> {
     texts: &'a [&'a str],
@@ -627,17 +605,14 @@ fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateErro
     let bytes =
         zstd::decode_all(packed.as_slice()).map_err(|e| damaged("ledger is not zstd", &e))?;
     drop(packed);
-    let ledger: Ledger = postcard::from_bytes(&bytes).map_err(|e| damaged("ledger layout", &e))?;
     let mut carry = Carry {
-        opt_outs: ledger.opt_outs,
-        structured: ledger.structured,
-        event_ids: ledger.ids,
-        newest_event_ms: ledger.newest,
         texts,
         ..Carry::default()
     };
-    add_rows(ledger.texts, ledger.plugins, ledger.parts, &mut carry)?;
-    Ok((carry, ledger.projects))
+    let mut failure = None;
+    let projects = postcard_seed(LedgerInto(&mut carry, &mut failure), &bytes)
+        .map_err(|e| failure.unwrap_or_else(|| damaged("ledger layout", &e)))?;
+    Ok((carry, projects))
 }
 
 /// Add the rows of a version-4 history to `carry`; returns how many there were.
@@ -650,9 +625,9 @@ fn decode_history(text: &str, carry: &mut Carry) -> Result<usize, StateError> {
     let bytes =
         zstd::decode_all(packed.as_slice()).map_err(|e| damaged("history is not zstd", &e))?;
     drop(packed);
-    let history: HistoryLedger =
-        postcard::from_bytes(&bytes).map_err(|e| damaged("history layout", &e))?;
-    add_rows(history.texts, history.plugins, history.parts, carry)
+    let mut failure = None;
+    postcard_seed(HistoryInto(carry, &mut failure), &bytes)
+        .map_err(|e| failure.unwrap_or_else(|| damaged("history layout", &e)))
 }
 
 /// Add a decoded row to `carry`: an execution with a project is built at once (its parts are not
@@ -664,46 +639,176 @@ fn keep(part: ExecParts, carry: &mut Carry) {
     }
 }
 
-/// Add the rows of a ledger or history, with the tables they refer to, to `carry`; returns how many
-/// there were.
-fn add_rows(
-    table: Vec<&str>,
-    plugins: Vec<&str>,
-    rows: Vec<Row>,
+/// postcard's `from_bytes`, for a seed.
+fn postcard_seed<'de, S: serde::de::DeserializeSeed<'de>>(
+    seed: S,
+    bytes: &'de [u8],
+) -> postcard::Result<S::Value> {
+    seed.deserialize(&mut postcard::Deserializer::from_bytes(bytes))
+}
+
+/// Reads a [`LedgerRef`] into a carry row by row (no row is held): returns its projects.
+struct LedgerInto<'c>(&'c mut Carry, &'c mut Option<StateError>);
+
+/// Reads a [`HistoryRef`] into a carry row by row: returns how many rows it had.
+struct HistoryInto<'c>(&'c mut Carry, &'c mut Option<StateError>);
+
+/// Reads a sequence of rows, whose strings and plugins are in these tables, into a carry.
+struct RowsInto<'c> {
+    table: &'c [Text],
+    infos: &'c [Arc<PluginInfo>],
+    carry: &'c mut Carry,
+    /// What was wrong with a row (postcard's errors carry no message of their own).
+    failure: &'c mut Option<StateError>,
+}
+
+/// Keep the state's own message of what is damaged, and stop the decoder.
+fn fail<E: serde::de::Error>(slot: &mut Option<StateError>, e: StateError) -> E {
+    let error = E::custom(&e);
+    slot.get_or_insert(e);
+    error
+}
+
+/// The strings and plugins rows refer to.
+type RowTables = (Vec<Text>, Vec<Arc<PluginInfo>>);
+
+/// The tables that come before the rows, shared through the carry's interner.
+fn tables_of<'de, A: serde::de::SeqAccess<'de>>(
+    seq: &mut A,
     carry: &mut Carry,
-) -> Result<usize, StateError> {
-    let texts = &mut carry.texts;
-    let table: Vec<Text> = table.iter().map(|t| texts.get(t)).collect();
-    let plugins: Vec<BTreeMap<String, Value>> = plugins
-        .iter()
-        .map(|text| {
-            serde_json::from_str(text).map_err(|e| StateError::Damaged(format!("plugin: {e}")))
-        })
-        .collect::<Result<_, _>>()?;
-    let infos = plugin_infos(plugins);
-    let n = rows.len();
-    carry.executions.reserve_exact(n);
-    for Row(id, refs, is_ci, started, runtime, exit_code, ips, plugins, events, weight, months) in
-        rows
-    {
-        let part = part_of(
-            RowParts {
-                execution_id: Text::from(id),
-                variant: variant_from_texts(refs, is_ci, &table)?,
+    failure: &mut Option<StateError>,
+) -> Result<RowTables, A::Error> {
+    use serde::de::Error;
+    let missing = || A::Error::custom("cut short");
+    let texts: Vec<&str> = seq.next_element()?.ok_or_else(missing)?;
+    let table = texts.iter().map(|t| carry.texts.get(t)).collect();
+    let plugins: Vec<&str> = seq.next_element()?.ok_or_else(missing)?;
+    let mut dicts: Vec<BTreeMap<String, Value>> = Vec::with_capacity(plugins.len());
+    for text in plugins {
+        match serde_json::from_str(text) {
+            Ok(dict) => dicts.push(dict),
+            Err(e) => return Err(fail(failure, StateError::Damaged(format!("plugin: {e}")))),
+        }
+    }
+    Ok((table, plugin_infos(dicts)))
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RowsInto<'_> {
+    type Value = usize;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RowsInto<'_> {
+    type Value = usize;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("ledger rows")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        if let Some(n) = seq.size_hint() {
+            self.carry.executions.reserve_exact(n);
+        }
+        let mut n = 0;
+        while let Some(row) = seq.next_element::<Row>()? {
+            let Row(
+                id,
+                refs,
+                is_ci,
                 started,
                 runtime,
                 exit_code,
-                ips: ips.into_iter().map(|t| carry.texts.get(t)).collect(),
-                refs: plugins,
+                ips,
+                plugins,
                 events,
                 weight,
-                months: months.into_iter().collect(),
-            },
-            &infos,
-        )?;
-        keep(part, carry);
+                months,
+            ) = row;
+            let variant = match variant_from_texts(refs, is_ci, self.table) {
+                Ok(v) => v,
+                Err(e) => return Err(fail(self.failure, e)),
+            };
+            let part = part_of(
+                RowParts {
+                    execution_id: Text::from(id),
+                    variant,
+                    started,
+                    runtime,
+                    exit_code,
+                    ips: ips.into_iter().map(|t| self.carry.texts.get(t)).collect(),
+                    refs: plugins,
+                    events,
+                    weight,
+                    months: months.into_iter().collect(),
+                },
+                self.infos,
+            );
+            match part {
+                Ok(part) => keep(part, self.carry),
+                Err(e) => return Err(fail(self.failure, e)),
+            }
+            n += 1;
+        }
+        Ok(n)
     }
-    Ok(n)
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for HistoryInto<'_> {
+    type Value = usize;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_tuple(3, self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for HistoryInto<'_> {
+    type Value = usize;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a summarised history")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        use serde::de::Error;
+        let (table, infos) = tables_of(&mut seq, self.0, self.1)?;
+        let rows = RowsInto {
+            table: &table,
+            infos: &infos,
+            carry: self.0,
+            failure: self.1,
+        };
+        seq.next_element_seed(rows)?
+            .ok_or_else(|| A::Error::custom("cut short"))
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for LedgerInto<'_> {
+    type Value = Projects;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Projects, D::Error> {
+        d.deserialize_tuple(8, self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for LedgerInto<'_> {
+    type Value = Projects;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a ledger")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Projects, A::Error> {
+        use serde::de::Error;
+        let missing = || A::Error::custom("cut short");
+        let LedgerInto(carry, failure) = self;
+        let (table, infos) = tables_of(&mut seq, carry, failure)?;
+        let rows = RowsInto {
+            table: &table,
+            infos: &infos,
+            carry,
+            failure,
+        };
+        seq.next_element_seed(rows)?.ok_or_else(missing)?;
+        carry.opt_outs = seq.next_element()?.ok_or_else(missing)?;
+        carry.structured = seq.next_element()?.ok_or_else(missing)?;
+        carry.event_ids = seq.next_element()?.ok_or_else(missing)?;
+        carry.newest_event_ms = seq.next_element()?.ok_or_else(missing)?;
+        seq.next_element()?.ok_or_else(missing)
+    }
 }
 
 fn plugin_infos(dicts: Vec<BTreeMap<String, Value>>) -> Vec<Arc<PluginInfo>> {
@@ -953,6 +1058,19 @@ mod tests {
         assert_eq!((x.started_ms, x.finished_ms, x.event_count), (100, 105, 2));
     }
 
+    /// A version-3 ledger, in [`LedgerRef`]'s layout, from rows written out by hand.
+    #[derive(Serialize)]
+    struct Ledger<'a> {
+        texts: Vec<&'a str>,
+        plugins: Vec<&'a str>,
+        parts: Vec<Row<'a>>,
+        opt_outs: BTreeMap<String, i64>,
+        structured: BTreeMap<String, (i64, i64)>,
+        ids: Vec<(u128, i64)>,
+        newest: Option<i64>,
+        projects: Projects,
+    }
+
     #[test]
     fn a_row_referring_to_a_missing_text_is_damage() {
         let row = |text: u32| {
@@ -1073,6 +1191,17 @@ mod tests {
             )
             .unwrap();
         assert_eq!(again, anew);
+        // a damaged or missing history is named as such
+        let mut damaged = value.clone();
+        damaged["tap_kpis"]["history"] = json!("AAAA");
+        let e = TapState::from_value(&damaged).unwrap_err();
+        assert!(e.to_string().contains("history"), "{e}");
+        damaged["tap_kpis"]
+            .as_object_mut()
+            .unwrap()
+            .remove("history");
+        let e = TapState::from_value(&damaged).unwrap_err();
+        assert!(e.to_string().contains("no history"), "{e}");
         assert_eq!(again["tap_kpis"]["history"], value["tap_kpis"]["history"]);
         assert_eq!(back.carry.opt_outs, state.carry.opt_outs);
         assert_eq!(back.carry.structured, state.carry.structured);

@@ -93,12 +93,12 @@ impl Progress {
     }
 }
 
-/// Read and decode every input, folding the events into `normalizer`; returns the decode problems.
+/// Read and decode every input, handing each event to `push`; returns the decode problems.
 pub fn read_inputs(
     inputs: &[Input],
     resumes: &[Resume],
-    normalizer: &mut normalize::Normalizer,
     report: &mut SyncReport,
+    mut push: impl FnMut(crate::event::Event),
 ) -> Result<(Vec<Problem>, Vec<Mark>), SyncError> {
     let mut problems = Vec::new();
     let mut progress = Progress {
@@ -111,13 +111,120 @@ pub fn read_inputs(
         report.bytes += d.bytes;
         report.events += d.events.len() as u64;
         for e in d.events {
-            normalizer.push(e);
+            push(e);
         }
         problems.extend(d.problems);
         progress.tick(report.bytes, report.events);
     })?;
     report.inputs = inputs.len();
     Ok((problems, ends))
+}
+
+/// The normaliser of a run and what the earlier state hands it.
+struct Resumed {
+    normalizer: normalize::Normalizer,
+    previous_as_of: Option<i64>,
+    previous_projects: BTreeMap<String, (String, i64)>,
+    previous_cut: Option<i64>,
+    health_carries: BTreeMap<String, crate::health::RuleCarry>,
+    /// The earlier state's summarised history: its text and how many executions it holds.
+    earlier_history: Option<(String, usize)>,
+    incremental: bool,
+}
+
+impl Resumed {
+    fn from(earlier: Option<TapState>, late_days: i64) -> Self {
+        let Some(mut e) = earlier else {
+            return Resumed {
+                normalizer: normalize::Normalizer::new().with_late_event_days(late_days),
+                previous_as_of: None,
+                previous_projects: BTreeMap::new(),
+                previous_cut: None,
+                health_carries: BTreeMap::new(),
+                earlier_history: None,
+                incremental: false,
+            };
+        };
+        let late_before = e
+            .carry
+            .newest_event_ms
+            .map(|n| (day_of(n) - late_days) * DAY_MS);
+        Resumed {
+            // the history's executions are read with the rest; its text may be written again
+            earlier_history: e.history.take().map(|h| (h.text, h.rows)),
+            normalizer: normalize::Normalizer::resume(e.carry, late_before)
+                .with_late_event_days(late_days),
+            previous_as_of: e.as_of,
+            previous_projects: e.projects,
+            previous_cut: e.cut_day,
+            health_carries: e.health,
+            incremental: true,
+        }
+    }
+}
+
+/// Where events go while the state is decoded beside the reading: held until the normaliser that
+/// extends the state is ready (a fraction of a second of reading), then folded as they come.
+enum EventSink<'s> {
+    Waiting {
+        decoding: Option<std::thread::ScopedJoinHandle<'s, Result<Option<TapState>, StateError>>>,
+        held: Vec<crate::event::Event>,
+        late_days: i64,
+    },
+    Ready(Box<Resumed>),
+    Failed(StateError),
+}
+
+impl EventSink<'_> {
+    fn push(&mut self, e: crate::event::Event) {
+        match self {
+            EventSink::Ready(r) => r.normalizer.push(e),
+            EventSink::Failed(_) => {}
+            EventSink::Waiting { decoding, held, .. } => {
+                held.push(e);
+                if decoding.as_ref().is_none_or(|d| d.is_finished()) {
+                    self.settle();
+                }
+            }
+        }
+    }
+
+    /// Wait for the state and fold the events held so far.
+    fn settle(&mut self) {
+        let EventSink::Waiting {
+            decoding,
+            held,
+            late_days,
+        } = self
+        else {
+            return;
+        };
+        let decoded = match decoding.take() {
+            Some(d) => d
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => Ok(None),
+        };
+        *self = match decoded {
+            Ok(earlier) => {
+                let mut r = Resumed::from(earlier, *late_days);
+                for e in std::mem::take(held) {
+                    r.normalizer.push(e);
+                }
+                EventSink::Ready(Box::new(r))
+            }
+            Err(e) => EventSink::Failed(e),
+        };
+    }
+
+    fn finish(mut self) -> Result<Resumed, SyncError> {
+        self.settle();
+        match self {
+            EventSink::Ready(r) => Ok(*r),
+            EventSink::Failed(e) => Err(e.into()),
+            EventSink::Waiting { .. } => unreachable!("settled above"),
+        }
+    }
 }
 
 /// Where each input resumes, from the state's bookmarks: unchanged inputs are skipped, appended ones
@@ -237,52 +344,11 @@ pub fn run<W: Write>(
         report.incremental = true;
         return Ok(report);
     }
-    let earlier = match state {
-        Some(v) => {
-            let s = TapState::from_value(v)?;
-            tracing::debug!(
-                "state decoded at {:.2}s ({})",
-                started.elapsed().as_secs_f64(),
-                rss()
-            );
-            s
-        }
-        None => None,
-    };
-    report.incremental = earlier.is_some();
     let late_days = config.late_event_days.max(0);
-    let mut earlier_history = None;
-    let (normalizer, previous_as_of, previous_projects, previous_cut, health_carries) =
-        match earlier {
-            Some(mut e) => {
-                let late_before = e
-                    .carry
-                    .newest_event_ms
-                    .map(|n| (day_of(n) - late_days) * DAY_MS);
-                // the history's executions are read with the rest; its text may be written again
-                earlier_history = e.history.take().map(|h| (h.text, h.rows));
-                (
-                    normalize::Normalizer::resume(e.carry, late_before),
-                    e.as_of,
-                    e.projects,
-                    e.cut_day,
-                    e.health,
-                )
-            }
-            None => (
-                normalize::Normalizer::new(),
-                None,
-                Default::default(),
-                None,
-                Default::default(),
-            ),
-        };
-    // rows of periods before this day are recomputed from summarised history: not exact
-    let exact_from = previous_cut.map(compact::exact_from_day);
     tracing::info!(
         "reading {} input file(s){}",
         inputs.len() - report.unchanged_inputs,
-        if report.incremental {
+        if bookmarks.is_some() {
             format!(
                 " ({} unchanged since the last run)",
                 report.unchanged_inputs
@@ -291,8 +357,42 @@ pub fn run<W: Write>(
             String::new()
         }
     );
-    let mut normalizer = normalizer.with_late_event_days(late_days);
-    let (mut problems, ends) = read_inputs(&inputs, &resumes, &mut normalizer, &mut report)?;
+    // the state is decoded on another core while the new input is read
+    let (resumed, mut problems, ends) = std::thread::scope(|scope| {
+        let decoding = state.map(|v| {
+            scope.spawn(move || {
+                let decoded = TapState::from_value(v);
+                tracing::debug!(
+                    "state decoded at {:.2}s ({})",
+                    started.elapsed().as_secs_f64(),
+                    rss()
+                );
+                decoded
+            })
+        });
+        let mut sink = EventSink::Waiting {
+            decoding,
+            held: Vec::new(),
+            late_days,
+        };
+        if state.is_none() {
+            sink.settle();
+        }
+        let (problems, ends) = read_inputs(&inputs, &resumes, &mut report, |e| sink.push(e))?;
+        Ok::<_, SyncError>((sink.finish()?, problems, ends))
+    })?;
+    let Resumed {
+        normalizer,
+        previous_as_of,
+        previous_projects,
+        previous_cut,
+        health_carries,
+        earlier_history,
+        incremental,
+    } = resumed;
+    report.incremental = incremental;
+    // rows of periods before this day are recomputed from summarised history: not exact
+    let exact_from = previous_cut.map(compact::exact_from_day);
     tracing::debug!(
         "read done at {:.2}s ({})",
         started.elapsed().as_secs_f64(),

@@ -68,10 +68,14 @@ fn project_active_days(model: &Model, pa: &ProjectActivity) -> Vec<Value> {
     let mut rows = Vec::new();
     {
         let mut flags_cache: HashMap<Month, Option<MonthFlags>> = HashMap::new();
-        let scope = model.project_scope.as_ref();
+        let scope = model
+            .project_scope
+            .as_ref()
+            .map(|sc| sc.days_of(&pa.project.project_id));
+        let first_day = scope.map_or(i64::MIN, |sc| sc.first_day());
         for (i, &(s, e)) in pa.intervals.iter().enumerate() {
-            for day in s..=e.min(model.as_of) {
-                if scope.is_some_and(|sc| !sc.keeps_day(&pa.project.project_id, day)) {
+            for day in s.max(first_day)..=e.min(model.as_of) {
+                if scope.is_some_and(|sc| !sc.keeps(day)) {
                     continue;
                 }
                 let m = month_of(day);

@@ -99,16 +99,49 @@ pub struct ProjectScope {
     pub completed: Option<(i64, i64)>,
 }
 
-impl ProjectScope {
-    /// Whether the project's day row of `day` is re-emitted.
-    pub fn keeps_day(&self, project: &str, day: i64) -> bool {
-        self.rewritten.contains(project)
+/// The day rows of one project an incremental run re-emits ([`ProjectScope::days_of`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DayScope {
+    every_day: bool,
+    touched: bool,
+    from: i64,
+    previous_as_of: i64,
+    completed: Option<(i64, i64)>,
+}
+
+impl DayScope {
+    /// No earlier day row is re-emitted.
+    pub fn first_day(&self) -> i64 {
+        if self.every_day { i64::MIN } else { self.from }
+    }
+
+    /// Whether the day row of `day` is re-emitted.
+    pub fn keeps(&self, day: i64) -> bool {
+        self.every_day
             || (day >= self.from
                 && (day > self.previous_as_of
                     || self
                         .completed
                         .is_some_and(|(first, last)| (first..=last).contains(&day))
-                    || self.touched.contains(project)))
+                    || self.touched))
+    }
+}
+
+impl ProjectScope {
+    /// Whether the project's day row of `day` is re-emitted.
+    pub fn keeps_day(&self, project: &str, day: i64) -> bool {
+        self.days_of(project).keeps(day)
+    }
+
+    /// Which day rows of the project are re-emitted (looked up once for all its days).
+    pub fn days_of(&self, project: &str) -> DayScope {
+        DayScope {
+            every_day: self.rewritten.contains(project),
+            touched: self.touched.contains(project),
+            from: self.from,
+            previous_as_of: self.previous_as_of,
+            completed: self.completed,
+        }
     }
 
     /// Whether the project's row of the month starting on `month_first_day` is re-emitted.

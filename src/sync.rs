@@ -176,13 +176,17 @@ enum EventSink<'s> {
 }
 
 impl EventSink<'_> {
+    /// Events held at most while the state is decoded.
+    const HOLD: usize = 8192;
+
     fn push(&mut self, e: crate::event::Event) {
         match self {
             EventSink::Ready(r) => r.normalizer.push(e),
             EventSink::Failed(_) => {}
             EventSink::Waiting { decoding, held, .. } => {
                 held.push(e);
-                if decoding.as_ref().is_none_or(|d| d.is_finished()) {
+                // past a few batches' worth, reading waits for the state rather than hold more
+                if held.len() >= Self::HOLD || decoding.as_ref().is_none_or(|d| d.is_finished()) {
                     self.settle();
                 }
             }

@@ -669,19 +669,17 @@ fn fail<E: serde::de::Error>(slot: &mut Option<StateError>, e: StateError) -> E 
     error
 }
 
-/// The strings and plugins rows refer to.
-type RowTables = (Vec<Text>, Vec<Arc<PluginInfo>>);
-
-/// The tables that come before the rows, shared through the carry's interner.
-fn tables_of<'de, A: serde::de::SeqAccess<'de>>(
+/// The rows that open a ledger or history, with the string and plugin tables before them (shared
+/// through the carry's interner), added to the carry; returns how many rows there were.
+fn rows_of<'de, A: serde::de::SeqAccess<'de>>(
     seq: &mut A,
     carry: &mut Carry,
     failure: &mut Option<StateError>,
-) -> Result<RowTables, A::Error> {
+) -> Result<usize, A::Error> {
     use serde::de::Error;
     let missing = || A::Error::custom("cut short");
     let texts: Vec<&str> = seq.next_element()?.ok_or_else(missing)?;
-    let table = texts.iter().map(|t| carry.texts.get(t)).collect();
+    let table: Vec<Text> = texts.iter().map(|t| carry.texts.get(t)).collect();
     let plugins: Vec<&str> = seq.next_element()?.ok_or_else(missing)?;
     let mut dicts: Vec<BTreeMap<String, Value>> = Vec::with_capacity(plugins.len());
     for text in plugins {
@@ -690,7 +688,14 @@ fn tables_of<'de, A: serde::de::SeqAccess<'de>>(
             Err(e) => return Err(fail(failure, StateError::Damaged(format!("plugin: {e}")))),
         }
     }
-    Ok((table, plugin_infos(dicts)))
+    let infos = plugin_infos(dicts);
+    let rows = RowsInto {
+        table: &table,
+        infos: &infos,
+        carry,
+        failure,
+    };
+    seq.next_element_seed(rows)?.ok_or_else(missing)
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for RowsInto<'_> {
@@ -766,16 +771,7 @@ impl<'de> serde::de::Visitor<'de> for HistoryInto<'_> {
         f.write_str("a summarised history")
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
-        use serde::de::Error;
-        let (table, infos) = tables_of(&mut seq, self.0, self.1)?;
-        let rows = RowsInto {
-            table: &table,
-            infos: &infos,
-            carry: self.0,
-            failure: self.1,
-        };
-        seq.next_element_seed(rows)?
-            .ok_or_else(|| A::Error::custom("cut short"))
+        rows_of(&mut seq, self.0, self.1)
     }
 }
 
@@ -795,14 +791,7 @@ impl<'de> serde::de::Visitor<'de> for LedgerInto<'_> {
         use serde::de::Error;
         let missing = || A::Error::custom("cut short");
         let LedgerInto(carry, failure) = self;
-        let (table, infos) = tables_of(&mut seq, carry, failure)?;
-        let rows = RowsInto {
-            table: &table,
-            infos: &infos,
-            carry,
-            failure,
-        };
-        seq.next_element_seed(rows)?.ok_or_else(missing)?;
+        rows_of(&mut seq, carry, failure)?;
         carry.opt_outs = seq.next_element()?.ok_or_else(missing)?;
         carry.structured = seq.next_element()?.ok_or_else(missing)?;
         carry.event_ids = seq.next_element()?.ok_or_else(missing)?;

@@ -74,6 +74,7 @@ impl Changes {
                 from: from_day,
                 previous_as_of,
                 completed: (now > was).then(|| (month_first_day(was + 1), month_last_day(now))),
+                exact_from: None,
             },
             ..Default::default()
         };

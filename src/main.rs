@@ -193,6 +193,7 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("cannot read state {}", path.display()))?;
             let value = serde_json::from_str(&text)
                 .with_context(|| format!("state {} is not JSON", path.display()))?;
+            tracing::debug!("state read: {} bytes", text.len());
             Some(value)
         }
         None => None,

@@ -40,15 +40,21 @@ impl<W: Write> SingerWriter<W> {
 
     /// RECORD message.
     pub fn record(&mut self, stream: &str, record: &Value) -> io::Result<()> {
-        self.out.write_all(br#"{"type":"RECORD","stream":"#)?;
-        serde_json::to_writer(&mut self.out, stream)?;
-        self.out.write_all(br#","record":"#)?;
-        serde_json::to_writer(&mut self.out, record)?;
-        self.out.write_all(br#","time_extracted":"#)?;
-        serde_json::to_writer(&mut self.out, &self.time_extracted)?;
-        self.out.write_all(b"}\n")?;
+        record_line(&mut self.out, stream, record, &self.time_extracted)?;
         *self.counts.entry(stream.to_string()).or_default() += 1;
         Ok(())
+    }
+
+    /// RECORD messages already formatted by [`record_line`] (on another thread), `count` of them.
+    pub fn record_lines(&mut self, stream: &str, lines: &[u8], count: u64) -> io::Result<()> {
+        self.out.write_all(lines)?;
+        *self.counts.entry(stream.to_string()).or_default() += count;
+        Ok(())
+    }
+
+    /// The `time_extracted` every RECORD carries.
+    pub fn time_extracted(&self) -> &str {
+        &self.time_extracted
     }
 
     /// STATE message; flushes so that everything before it is out.
@@ -116,7 +122,132 @@ impl<W: Write> SingerWriter<W> {
     }
 }
 
+/// Format one RECORD message line, so that records can be formatted apart from where they are
+/// written.
+pub fn record_line(
+    out: &mut impl Write,
+    stream: &str,
+    record: &Value,
+    time_extracted: &str,
+) -> io::Result<()> {
+    out.write_all(br#"{"type":"RECORD","stream":"#)?;
+    serde_json::to_writer(&mut *out, stream)?;
+    out.write_all(br#","record":"#)?;
+    serde_json::to_writer(&mut *out, record)?;
+    out.write_all(br#","time_extracted":"#)?;
+    serde_json::to_writer(&mut *out, time_extracted)?;
+    out.write_all(b"}\n")
+}
+
+/// RECORD lines formatted on another thread, with how many records they hold.
+pub struct Chunk {
+    pub lines: Vec<u8>,
+    pub count: u64,
+}
+
+/// Formatted lines are handed over in pieces of about this size.
+const CHUNK_BYTES: usize = 1 << 16;
+/// Pieces a stream formats ahead of the writer: what waits in memory is bounded per stream.
+const CHUNKS_AHEAD: usize = 4;
+
+/// Format the records of `stream` on a thread of `scope`, handing the RECORD lines over in order in
+/// bounded pieces: every selected stream is made at once on the cores there are, and written one
+/// after the other. The records are made on that thread by `records`. Formatting stops when the
+/// receiver is dropped.
+pub fn format_on<'scope, I>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    stream: &'static str,
+    time_extracted: String,
+    records: impl FnOnce() -> I + Send + 'scope,
+) -> std::sync::mpsc::Receiver<io::Result<Chunk>>
+where
+    I: Iterator<Item = Value>,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
+    scope.spawn(move || {
+        let mut chunk = Chunk {
+            lines: Vec::with_capacity(CHUNK_BYTES),
+            count: 0,
+        };
+        for record in records() {
+            if let Err(e) = record_line(&mut chunk.lines, stream, &record, &time_extracted) {
+                let _ = tx.send(Err(e));
+                return;
+            }
+            chunk.count += 1;
+            if chunk.lines.len() >= CHUNK_BYTES {
+                let full = std::mem::replace(
+                    &mut chunk,
+                    Chunk {
+                        lines: Vec::with_capacity(CHUNK_BYTES),
+                        count: 0,
+                    },
+                );
+                if tx.send(Ok(full)).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(Ok(chunk));
+    });
+    rx
+}
+
 /// Write a `METRIC: {...}` line on stderr, as Meltano SDK taps do.
 pub fn metric(value: Value) {
     tracing::info!("METRIC: {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_formatted_on_threads_arrive_whole_and_in_order() {
+        let n = 20_000u64;
+        let (lines, count) = std::thread::scope(|scope| {
+            let rx = format_on(scope, "s", "T".into(), move || {
+                (0..n).map(|i| json!({"i": i}))
+            });
+            let mut lines = Vec::new();
+            let (mut count, mut chunks) = (0, 0);
+            for chunk in rx {
+                let chunk = chunk.expect("formatted");
+                lines.extend_from_slice(&chunk.lines);
+                count += chunk.count;
+                chunks += 1;
+            }
+            assert!(chunks > 1, "more than one piece");
+            (lines, count)
+        });
+        assert_eq!(count, n);
+        let text = String::from_utf8(lines).expect("utf-8");
+        let mut seen = 0;
+        for (i, line) in text.lines().enumerate() {
+            let v: Value = serde_json::from_str(line).expect("a JSON line");
+            assert_eq!(v["type"], "RECORD");
+            assert_eq!(v["stream"], "s");
+            assert_eq!(v["time_extracted"], "T");
+            assert_eq!(v["record"]["i"], i as u64);
+            seen += 1;
+        }
+        assert_eq!(seen, n);
+    }
+
+    #[test]
+    fn formatting_stops_when_nobody_reads() {
+        let made = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            let made = &made;
+            let rx = format_on(scope, "s", "T".into(), move || {
+                (0..u64::MAX).map(move |i| {
+                    made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    json!({"i": i})
+                })
+            });
+            drop(rx);
+        });
+        // the thread ended (the scope returned) after at most a few pieces
+        assert!(made.load(std::sync::atomic::Ordering::Relaxed) < 1_000_000);
+    }
 }

@@ -17,7 +17,7 @@ use crate::kpi::calendar::{DAY_MS, day_of};
 use crate::kpi::{self, calendar};
 use crate::normalize::{self, NormalizeStats};
 use crate::read::{self, Mark, Resume};
-use crate::singer::SingerWriter;
+use crate::singer::{self, SingerWriter};
 use crate::source::{self, Input, SourceError};
 use crate::state::{EncodedState, HistoryOut, InputBookmark, LedgerEntry, StateError, TapState};
 use crate::streams::{Records, STREAMS};
@@ -329,6 +329,11 @@ pub fn run<W: Write>(
             .and_then(|b| b.http.clone())
     })?;
     let (resumes, prints) = plan_inputs(&inputs, bookmarks.as_deref().unwrap_or(&[]))?;
+    tracing::debug!(
+        "{} input(s) resolved and planned at {:.2}s",
+        inputs.len(),
+        started.elapsed().as_secs_f64()
+    );
     report.unchanged_inputs = resumes.iter().filter(|r| r.skip).count();
     let same_inputs = bookmarks.as_ref().is_some_and(|b| {
         b.len() == inputs.len() && inputs.iter().all(|i| b.iter().any(|x| x.name == i.name))
@@ -438,6 +443,17 @@ pub fn run<W: Write>(
     let changes = previous_as_of.map(|p| {
         let mut c = Changes::new(&facts, &touched, p, model.as_of, &previous_projects);
         c.exact_from = exact_from.map(calendar::fmt_day);
+        c.scope.exact_from = exact_from;
+        tracing::debug!(
+            "re-emitting rows from {}: {} touched and {} rewritten project(s), {} touched execution(s){}",
+            c.from,
+            c.scope.touched.len(),
+            c.scope.rewritten.len(),
+            c.executions.len(),
+            c.exact_from
+                .as_ref()
+                .map_or(String::new(), |e| format!(", none before {e}"))
+        );
         c
     });
     model.execution_scope = changes.as_ref().map(|c| c.executions.clone());
@@ -558,31 +574,51 @@ pub fn run<W: Write>(
             );
             value
         });
+        // every selected stream is made on its own thread and written in stream order
+        let mut lanes = Vec::new();
         for def in STREAMS {
             let Some(selection) = selections.get(def.name) else {
                 continue;
             };
+            // the health pass cached the series it watched; other streams are produced here, once
+            let cached = cache.remove(def.name);
+            let (model, health, problems, inputs, changes) =
+                (&model, &health, &problems, &inputs, &changes);
+            let full = selection.properties.len() == catalog::property_count(def);
+            let lines = singer::format_on(
+                scope,
+                def.name,
+                writer.time_extracted().to_string(),
+                move || {
+                    let records: Box<dyn Iterator<Item = Value>> = match def.records {
+                        Records::Kpi(f) => match cached {
+                            Some(rows) => Box::new(rows.into_iter()),
+                            None => f(model),
+                        },
+                        Records::Health => Box::new(health.records.iter().cloned()),
+                        Records::Quarantine => {
+                            Box::new(problems.iter().map(|p| problem_record(p, inputs)))
+                        }
+                    };
+                    records
+                        .filter(move |r| changes.as_ref().is_none_or(|c| c.keep(def.name, r)))
+                        .map(move |r| {
+                            if full {
+                                r
+                            } else {
+                                catalog::project_record(&r, selection)
+                            }
+                        })
+                },
+            );
+            lanes.push((def, selection, lines));
+        }
+        for (def, selection, lines) in lanes {
             let schema = catalog::selected_schema(def, selection);
             writer.schema(def.name, &schema, &selection.key_properties)?;
-            let records: Box<dyn Iterator<Item = Value>> = match def.records {
-                // the health pass cached the series it watched; other streams are produced here, once
-                Records::Kpi(f) => match cache.remove(def.name) {
-                    Some(rows) => Box::new(rows.into_iter()),
-                    None => f(&model),
-                },
-                Records::Health => Box::new(health.records.iter().cloned()),
-                Records::Quarantine => {
-                    Box::new(problems.iter().map(|p| problem_record(p, &inputs)))
-                }
-            };
-            let full = selection.properties.len() == catalog::property_count(def);
-            let records = records.filter(|r| changes.as_ref().is_none_or(|c| c.keep(def.name, r)));
-            for r in records {
-                if full {
-                    writer.record(def.name, &r)?;
-                } else {
-                    writer.record(def.name, &catalog::project_record(&r, selection))?;
-                }
+            for chunk in lines {
+                let chunk = chunk?;
+                writer.record_lines(def.name, &chunk.lines, chunk.count)?;
             }
             writer.metric_stream_done(def.name);
             tracing::debug!(
@@ -615,6 +651,9 @@ pub fn run<W: Write>(
             .or_default() += 1;
     }
     writer.finish("succeeded")?;
+    tracing::debug!("state written at {:.2}s", started.elapsed().as_secs_f64());
+    drop(model);
+    free_aside((facts, touched, changes, state));
     for (reason, n) in &report.problems_by_reason {
         tracing::warn!("skipped or flagged input: {reason}: {n}");
     }
@@ -643,6 +682,14 @@ pub fn run<W: Write>(
         return Err(SyncError::Alarms(report.recent_alarms));
     }
     Ok(report)
+}
+
+/// Free `value` on a thread of its own: a large run's facts take a tenth of a second or more to free,
+/// and the process usually exits right after the run.
+fn free_aside<T: Send + 'static>(value: T) {
+    let _ = std::thread::Builder::new()
+        .name("free".into())
+        .spawn(move || drop(value));
 }
 
 /// Resident and peak memory for the debug timings (Linux; empty elsewhere).

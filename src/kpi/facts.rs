@@ -1,6 +1,6 @@
 //! Fact streams: executions, pipeline runs, pipelines and projects (kpis.md §2–§4).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde_json::{Value, json};
 
@@ -78,8 +78,19 @@ pub fn pipeline_runs<'m>(model: &'m Model) -> RecordIter<'m> {
 /// `pipelines`: one record per pipeline id with runs on or before as_of.
 pub fn pipelines<'m>(model: &'m Model) -> RecordIter<'m> {
     let mut runs: BTreeMap<&str, Vec<&Execution>> = BTreeMap::new();
+    // an incremental run re-emits the pipelines of touched projects only: those with a run in one
+    let wanted: Option<HashSet<&str>> = model.project_scope.as_ref().map(|scope| {
+        model
+            .counted
+            .iter()
+            .filter(|x| scope.touched.contains(&*x.project_id))
+            .filter_map(|x| x.pipeline_id.as_deref())
+            .collect()
+    });
     for x in &model.counted {
-        if let Some(id) = &x.pipeline_id {
+        if let Some(id) = &x.pipeline_id
+            && wanted.as_ref().is_none_or(|w| w.contains(&**id))
+        {
             runs.entry(id).or_default().push(x);
         }
     }

@@ -97,12 +97,15 @@ pub struct ProjectScope {
     pub previous_as_of: i64,
     /// First and last day of the months complete at as_of but not at the previous as_of.
     pub completed: Option<(i64, i64)>,
+    /// Period rows before this day come from summarised history and are never re-emitted.
+    pub exact_from: Option<i64>,
 }
 
 /// The day rows of one project an incremental run re-emits ([`ProjectScope::days_of`]).
 #[derive(Debug, Clone, Copy)]
 pub struct DayScope {
     every_day: bool,
+    exact_from: Option<i64>,
     touched: bool,
     from: i64,
     previous_as_of: i64,
@@ -112,7 +115,8 @@ pub struct DayScope {
 impl DayScope {
     /// No earlier day row is re-emitted.
     pub fn first_day(&self) -> i64 {
-        if self.every_day { i64::MIN } else { self.from }
+        let from = if self.every_day { i64::MIN } else { self.from };
+        from.max(self.exact_from.unwrap_or(i64::MIN))
     }
 
     /// Whether the day row of `day` is re-emitted.
@@ -137,6 +141,7 @@ impl ProjectScope {
     pub fn days_of(&self, project: &str) -> DayScope {
         DayScope {
             every_day: self.rewritten.contains(project),
+            exact_from: self.exact_from,
             touched: self.touched.contains(project),
             from: self.from,
             previous_as_of: self.previous_as_of,
@@ -144,9 +149,30 @@ impl ProjectScope {
         }
     }
 
+    /// The first day of the project's month rows that can be re-emitted.
+    pub fn first_month_day(&self, project: &str) -> i64 {
+        let from = if self.rewritten.contains(project) {
+            i64::MIN
+        } else {
+            self.from
+        };
+        from.max(self.exact_from.unwrap_or(i64::MIN))
+    }
+
+    /// The first day of the fleet-wide period rows that can be re-emitted: none before `from`
+    /// unless a project was rewritten (then every row), and none before `exact_from`.
+    pub fn fleet_from(&self) -> Option<i64> {
+        let from = if self.rewritten.is_empty() {
+            Some(self.from)
+        } else {
+            None
+        };
+        from.max(self.exact_from)
+    }
+
     /// Whether the project's row of the month starting on `month_first_day` is re-emitted.
     pub fn keeps_month(&self, project: &str, month_first_day: i64) -> bool {
-        self.rewritten.contains(project) || month_first_day >= self.from
+        month_first_day >= self.first_month_day(project)
     }
 
     /// Whether the project's row is re-emitted, given its last active day.
@@ -249,6 +275,7 @@ mod tests {
             from: 100,
             previous_as_of: 140,
             completed: Some((120, 130)),
+            exact_from: None,
         };
         // an untouched project: only days after the previous as_of and those of completed months
         assert!(!scope.keeps_day("u", 119));
@@ -265,6 +292,26 @@ mod tests {
         assert!(scope.keeps_project("t", None));
         assert!(!scope.keeps_project("u", Some(139)) && scope.keeps_project("u", Some(140)));
         assert!(!scope.keeps_project("u", None));
+        // first days of what is built: from `from`, a rewritten project's from the start
+        assert_eq!(scope.first_month_day("u"), 100);
+        assert_eq!(scope.first_month_day("r"), i64::MIN);
+        assert_eq!(scope.days_of("r").first_day(), i64::MIN);
+        // fleet rows: every one when a project was rewritten
+        assert_eq!(scope.fleet_from(), None);
+        let untouched = ProjectScope {
+            rewritten: HashSet::new(),
+            ..scope.clone()
+        };
+        assert_eq!(untouched.fleet_from(), Some(100));
+        // none before exact_from, whatever else holds
+        let exact = ProjectScope {
+            exact_from: Some(110),
+            ..scope
+        };
+        assert_eq!(exact.fleet_from(), Some(110));
+        assert_eq!(exact.first_month_day("r"), 110);
+        assert_eq!(exact.days_of("r").first_day(), 110);
+        assert_eq!(exact.days_of("u").first_day(), 110);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use super::calendar::{Month, day_of, fmt_month, month_first_day, month_last_day, month_of};
-use super::{Model, RecordIter, ratio};
+use super::{Model, ProjectScope, RecordIter, ratio};
 
 /// One project's pipeline volume in one month.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,10 +30,18 @@ pub fn segment_name(runs: u64) -> &'static str {
 
 /// Segments of every (project, month) with an execution.
 pub fn segments<'a>(model: &Model<'a>) -> Vec<Segment<'a>> {
+    segments_from(model, |_| i64::MIN)
+}
+
+/// Segments of every (project, month) with an execution on or after the project's `from(project)`
+/// day (a month's first day: a month's segment depends only on that month's executions).
+fn segments_from<'a>(model: &Model<'a>, from: impl Fn(&str) -> i64) -> Vec<Segment<'a>> {
     let mut out = Vec::new();
     for pa in &model.projects {
         let mut months: BTreeMap<Month, (u64, u64, u64)> = BTreeMap::new();
-        for x in &pa.executions {
+        let from_ms = from(&pa.project.project_id).saturating_mul(super::calendar::DAY_MS);
+        let first = pa.executions.partition_point(|x| x.started_ms < from_ms);
+        for x in &pa.executions[first..] {
             let day = day_of(x.started_ms);
             let m = month_of(day);
             let entry = months.entry(m).or_default();
@@ -65,15 +73,14 @@ pub fn segments<'a>(model: &Model<'a>) -> Vec<Segment<'a>> {
 
 /// `project_monthly_segments`.
 pub fn project_monthly_segments<'m>(model: &'m Model) -> RecordIter<'m> {
-    // one row per project and month: made as they are written, never held all at once
+    // an incremental run builds only the months its scope keeps
+    let scope = model.project_scope.as_ref();
+    let from = |project: &str| scope.map_or(i64::MIN, |sc| sc.first_month_day(project));
     Box::new(
-        segments(model)
+        segments_from(model, from)
             .into_iter()
-            .filter(|s| {
-                model
-                    .project_scope
-                    .as_ref()
-                    .is_none_or(|scope| scope.keeps_month(s.project_id, month_first_day(s.month)))
+            .filter(move |s| {
+                scope.is_none_or(|sc| sc.keeps_month(s.project_id, month_first_day(s.month)))
             })
             .map(|s| {
                 json!({
@@ -95,7 +102,14 @@ pub fn plugin_usage<'m>(model: &'m Model) -> RecordIter<'m> {
 
 fn plugin_usage_rows(model: &Model) -> Vec<Value> {
     let mut usage: BTreeMap<(Month, &str), (u64, BTreeSet<&str>)> = BTreeMap::new();
-    for x in &model.counted {
+    // an incremental run re-emits the months from the scope's first day on
+    let from_ms = model
+        .project_scope
+        .as_ref()
+        .and_then(ProjectScope::fleet_from)
+        .map_or(i64::MIN, |d| d * super::calendar::DAY_MS);
+    let first = model.counted.partition_point(|x| x.started_ms < from_ms);
+    for x in &model.counted[first..] {
         let m = month_of(day_of(x.started_ms));
         let categories: BTreeSet<&str> = x.plugins.iter().map(|p| p.plugin_category()).collect();
         for c in categories {

@@ -150,47 +150,74 @@ const CHUNK_BYTES: usize = 1 << 16;
 /// Pieces a stream formats ahead of the writer: what waits in memory is bounded per stream.
 const CHUNKS_AHEAD: usize = 4;
 
-/// Format the records of `stream` on a thread of `scope`, handing the RECORD lines over in order in
-/// bounded pieces: every selected stream is made at once on the cores there are, and written one
-/// after the other. The records are made on that thread by `records`. Formatting stops when the
-/// receiver is dropped.
-pub fn format_on<'scope, I>(
+/// Format the records of every stream in `streams` on `workers` threads of `scope`, handing each
+/// stream's RECORD lines over in order, in bounded pieces, through its own receiver (returned in the
+/// order of `streams`). Streams are taken up in order, so the writer, reading the receivers in that
+/// order, always reads a stream that is being formatted or done: the streams are made on the cores
+/// there are and written one after the other. A stream's records are made on its worker by its
+/// function; formatting of a stream stops when its receiver is dropped.
+pub fn format_streams<'scope, F, I>(
     scope: &'scope std::thread::Scope<'scope, '_>,
-    stream: &'static str,
-    time_extracted: String,
-    records: impl FnOnce() -> I + Send + 'scope,
-) -> std::sync::mpsc::Receiver<io::Result<Chunk>>
+    workers: usize,
+    time_extracted: &str,
+    streams: Vec<(&'static str, F)>,
+) -> Vec<std::sync::mpsc::Receiver<io::Result<Chunk>>>
 where
+    F: FnOnce() -> I + Send + 'scope,
     I: Iterator<Item = Value>,
 {
-    let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
-    scope.spawn(move || {
-        let mut chunk = Chunk {
-            lines: Vec::with_capacity(CHUNK_BYTES),
-            count: 0,
-        };
-        for record in records() {
-            if let Err(e) = record_line(&mut chunk.lines, stream, &record, &time_extracted) {
-                let _ = tx.send(Err(e));
-                return;
-            }
-            chunk.count += 1;
-            if chunk.lines.len() >= CHUNK_BYTES {
-                let full = std::mem::replace(
-                    &mut chunk,
-                    Chunk {
-                        lines: Vec::with_capacity(CHUNK_BYTES),
-                        count: 0,
-                    },
-                );
-                if tx.send(Ok(full)).is_err() {
+    let mut receivers = Vec::with_capacity(streams.len());
+    let mut jobs = Vec::with_capacity(streams.len());
+    for (stream, records) in streams {
+        let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
+        receivers.push(rx);
+        jobs.push((stream, records, tx));
+    }
+    let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs.into_iter()));
+    for _ in 0..workers.clamp(1, receivers.len().max(1)) {
+        let jobs = std::sync::Arc::clone(&jobs);
+        let time_extracted = time_extracted.to_string();
+        scope.spawn(move || {
+            loop {
+                let next = match jobs.lock() {
+                    Ok(mut jobs) => jobs.next(),
+                    Err(_) => None,
+                };
+                let Some((stream, records, tx)) = next else {
                     return;
-                }
+                };
+                format_stream(stream, records(), &time_extracted, &tx);
             }
+        });
+    }
+    receivers
+}
+
+/// Format one stream's records into pieces sent on `tx`, until done or nobody reads.
+fn format_stream(
+    stream: &str,
+    records: impl Iterator<Item = Value>,
+    time_extracted: &str,
+    tx: &std::sync::mpsc::SyncSender<io::Result<Chunk>>,
+) {
+    let fresh = || Chunk {
+        lines: Vec::with_capacity(CHUNK_BYTES),
+        count: 0,
+    };
+    let mut chunk = fresh();
+    for record in records {
+        if let Err(e) = record_line(&mut chunk.lines, stream, &record, time_extracted) {
+            let _ = tx.send(Err(e));
+            return;
         }
-        let _ = tx.send(Ok(chunk));
-    });
-    rx
+        chunk.count += 1;
+        if chunk.lines.len() >= CHUNK_BYTES
+            && tx.send(Ok(std::mem::replace(&mut chunk, fresh()))).is_err()
+        {
+            return;
+        }
+    }
+    let _ = tx.send(Ok(chunk));
 }
 
 /// Write a `METRIC: {...}` line on stderr, as Meltano SDK taps do.
@@ -202,36 +229,50 @@ pub fn metric(value: Value) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn records_formatted_on_threads_arrive_whole_and_in_order() {
-        let n = 20_000u64;
-        let (lines, count) = std::thread::scope(|scope| {
-            let rx = format_on(scope, "s", "T".into(), move || {
-                (0..n).map(|i| json!({"i": i}))
-            });
-            let mut lines = Vec::new();
-            let (mut count, mut chunks) = (0, 0);
-            for chunk in rx {
-                let chunk = chunk.expect("formatted");
-                lines.extend_from_slice(&chunk.lines);
-                count += chunk.count;
-                chunks += 1;
+    /// Every stream's lines, read in stream order as the writer reads them.
+    fn formatted(workers: usize, streams: u64, n: u64) -> Vec<(u64, String)> {
+        std::thread::scope(|scope| {
+            let jobs = (0..streams)
+                .map(|s| {
+                    let name: &'static str = ["a", "b", "c", "d", "e", "f"][s as usize];
+                    (name, move || (0..n).map(move |i| json!({"i": i, "s": s})))
+                })
+                .collect();
+            let mut out = Vec::new();
+            for rx in format_streams(scope, workers, "T", jobs) {
+                let (mut lines, mut count) = (Vec::new(), 0);
+                for chunk in rx {
+                    let chunk = chunk.expect("formatted");
+                    lines.extend_from_slice(&chunk.lines);
+                    count += chunk.count;
+                }
+                out.push((count, String::from_utf8(lines).expect("utf-8")));
             }
-            assert!(chunks > 1, "more than one piece");
-            (lines, count)
-        });
-        assert_eq!(count, n);
-        let text = String::from_utf8(lines).expect("utf-8");
-        let mut seen = 0;
-        for (i, line) in text.lines().enumerate() {
-            let v: Value = serde_json::from_str(line).expect("a JSON line");
-            assert_eq!(v["type"], "RECORD");
-            assert_eq!(v["stream"], "s");
-            assert_eq!(v["time_extracted"], "T");
-            assert_eq!(v["record"]["i"], i as u64);
-            seen += 1;
+            out
+        })
+    }
+
+    #[test]
+    fn streams_formatted_on_threads_arrive_whole_and_in_order() {
+        let n = 20_000;
+        // fewer workers than streams, each stream many pieces: the writer never waits forever
+        for workers in [1, 2, 8] {
+            let streams = formatted(workers, 5, n);
+            assert_eq!(streams.len(), 5);
+            for (s, (count, text)) in streams.iter().enumerate() {
+                assert_eq!(*count, n);
+                let mut seen = 0;
+                for (i, line) in text.lines().enumerate() {
+                    let v: Value = serde_json::from_str(line).expect("a JSON line");
+                    assert_eq!(v["type"], "RECORD");
+                    assert_eq!(v["time_extracted"], "T");
+                    assert_eq!(v["record"]["i"], i as u64);
+                    assert_eq!(v["record"]["s"], s as u64);
+                    seen += 1;
+                }
+                assert_eq!(seen, n);
+            }
         }
-        assert_eq!(seen, n);
     }
 
     #[test]
@@ -239,15 +280,15 @@ mod tests {
         let made = std::sync::atomic::AtomicU64::new(0);
         std::thread::scope(|scope| {
             let made = &made;
-            let rx = format_on(scope, "s", "T".into(), move || {
+            let records = move || {
                 (0..u64::MAX).map(move |i| {
                     made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     json!({"i": i})
                 })
-            });
-            drop(rx);
+            };
+            drop(format_streams(scope, 2, "T", vec![("s", records)]));
         });
-        // the thread ended (the scope returned) after at most a few pieces
+        // the worker ended (the scope returned) after at most a few pieces
         assert!(made.load(std::sync::atomic::Ordering::Relaxed) < 1_000_000);
     }
 }

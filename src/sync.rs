@@ -574,8 +574,9 @@ pub fn run<W: Write>(
             );
             value
         });
-        // every selected stream is made on its own thread and written in stream order
-        let mut lanes = Vec::new();
+        // the selected streams are made on the cores there are and written in stream order
+        let mut selected = Vec::new();
+        let mut makers = Vec::new();
         for def in STREAMS {
             let Some(selection) = selections.get(def.name) else {
                 continue;
@@ -585,34 +586,35 @@ pub fn run<W: Write>(
             let (model, health, problems, inputs, changes) =
                 (&model, &health, &problems, &inputs, &changes);
             let full = selection.properties.len() == catalog::property_count(def);
-            let lines = singer::format_on(
-                scope,
-                def.name,
-                writer.time_extracted().to_string(),
-                move || {
-                    let records: Box<dyn Iterator<Item = Value>> = match def.records {
-                        Records::Kpi(f) => match cached {
-                            Some(rows) => Box::new(rows.into_iter()),
-                            None => f(model),
-                        },
-                        Records::Health => Box::new(health.records.iter().cloned()),
-                        Records::Quarantine => {
-                            Box::new(problems.iter().map(|p| problem_record(p, inputs)))
+            makers.push((def.name, move || {
+                let records: Box<dyn Iterator<Item = Value>> = match def.records {
+                    Records::Kpi(f) => match cached {
+                        Some(rows) => Box::new(rows.into_iter()),
+                        None => f(model),
+                    },
+                    Records::Health => Box::new(health.records.iter().cloned()),
+                    Records::Quarantine => {
+                        Box::new(problems.iter().map(|p| problem_record(p, inputs)))
+                    }
+                };
+                records
+                    .filter(move |r| changes.as_ref().is_none_or(|c| c.keep(def.name, r)))
+                    .map(move |r| {
+                        if full {
+                            r
+                        } else {
+                            catalog::project_record(&r, selection)
                         }
-                    };
-                    records
-                        .filter(move |r| changes.as_ref().is_none_or(|c| c.keep(def.name, r)))
-                        .map(move |r| {
-                            if full {
-                                r
-                            } else {
-                                catalog::project_record(&r, selection)
-                            }
-                        })
-                },
-            );
-            lanes.push((def, selection, lines));
+                    })
+            }));
+            selected.push((def, selection));
         }
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let formatted = singer::format_streams(scope, workers, writer.time_extracted(), makers);
+        let lanes = selected
+            .into_iter()
+            .zip(formatted)
+            .map(|((def, selection), lines)| (def, selection, lines));
         for (def, selection, lines) in lanes {
             let schema = catalog::selected_schema(def, selection);
             writer.schema(def.name, &schema, &selection.key_properties)?;

@@ -615,19 +615,21 @@ fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateErro
     Ok((carry, projects))
 }
 
-/// Add the rows of a version-4 history to `carry`; returns how many there were.
-fn decode_history(text: &str, carry: &mut Carry) -> Result<usize, StateError> {
+/// The bytes of a version-4 history, unpacked from its text.
+fn unpack_history(text: &str) -> Result<Vec<u8>, StateError> {
     let damaged =
         |what: &str, e: &dyn std::fmt::Display| StateError::Damaged(format!("{what}: {e}"));
     let packed = b64()
         .decode(text)
         .map_err(|e| damaged("history is not base64", &e))?;
-    let bytes =
-        zstd::decode_all(packed.as_slice()).map_err(|e| damaged("history is not zstd", &e))?;
-    drop(packed);
+    zstd::decode_all(packed.as_slice()).map_err(|e| damaged("history is not zstd", &e))
+}
+
+/// Add the rows of an unpacked version-4 history to `carry`; returns how many there were.
+fn decode_history(bytes: &[u8], carry: &mut Carry) -> Result<usize, StateError> {
     let mut failure = None;
-    postcard_seed(HistoryInto(carry, &mut failure), &bytes)
-        .map_err(|e| failure.unwrap_or_else(|| damaged("history layout", &e)))
+    postcard_seed(HistoryInto(carry, &mut failure), bytes)
+        .map_err(|e| failure.unwrap_or_else(|| StateError::Damaged(format!("history layout: {e}"))))
 }
 
 /// Add a decoded row to `carry`: an execution with a project is built at once (its parts are not
@@ -888,18 +890,31 @@ impl TapState {
         let inputs: Vec<InputBookmark> =
             serde_json::from_value(tap.get("inputs").cloned().unwrap_or(Value::Array(vec![])))
                 .map_err(|e| StateError::Damaged(format!("inputs: {e}")))?;
-        let (mut carry, projects) = match tap.get("ledger").and_then(Value::as_str) {
-            Some(text) => decode_carry(text, version)?,
-            None => return Err(StateError::Damaged("no ledger".into())),
-        };
-        let history = match tap.get("history") {
-            _ if version < 4 => None,
-            Some(Value::String(text)) => Some(History {
-                rows: decode_history(text, &mut carry)?,
-                text: text.clone(),
-            }),
-            _ => return Err(StateError::Damaged("no history".into())),
-        };
+        // the history is unpacked on another core while the ledger is read
+        let (carry, projects, history) = std::thread::scope(|scope| {
+            let unpacking = match tap.get("history") {
+                _ if version < 4 => None,
+                Some(Value::String(text)) => Some((text, scope.spawn(|| unpack_history(text)))),
+                _ => return Err(StateError::Damaged("no history".into())),
+            };
+            let (mut carry, projects) = match tap.get("ledger").and_then(Value::as_str) {
+                Some(text) => decode_carry(text, version)?,
+                None => return Err(StateError::Damaged("no ledger".into())),
+            };
+            let history = match unpacking {
+                Some((text, unpacking)) => {
+                    let bytes = unpacking
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                    Some(History {
+                        rows: decode_history(&bytes, &mut carry)?,
+                        text: text.clone(),
+                    })
+                }
+                None => None,
+            };
+            Ok((carry, projects, history))
+        })?;
         let as_of = tap
             .get("as_of")
             .and_then(Value::as_str)

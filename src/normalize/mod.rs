@@ -1317,22 +1317,30 @@ fn build_projects(
     stats: &mut NormalizeStats,
 ) -> Vec<Project> {
     struct Acc<'a> {
+        id: &'a str,
         first: i64,
         last: i64,
         source: Option<&'a str>,
         ci_only: bool,
-        ips: BTreeSet<&'a str>,
+        /// Every IP hash seen, repeats and all; only how many distinct there are counts.
+        ips: Vec<&'a str>,
     }
-    let mut acc: BTreeMap<&str, Acc> = BTreeMap::new();
+    let mut index: HashMap<&str, usize> = HashMap::default();
+    let mut accs: Vec<Acc> = Vec::new();
     // Executions are in time order, so the first non-null source of a non-init execution wins.
     for x in executions {
-        let a = acc.entry(&*x.project_id).or_insert(Acc {
-            first: x.started_ms,
-            last: x.started_ms,
-            source: None,
-            ci_only: true,
-            ips: BTreeSet::new(),
+        let i = *index.entry(&*x.project_id).or_insert_with(|| {
+            accs.push(Acc {
+                id: &x.project_id,
+                first: x.started_ms,
+                last: x.started_ms,
+                source: None,
+                ci_only: true,
+                ips: Vec::new(),
+            });
+            accs.len() - 1
         });
+        let a = &mut accs[i];
         a.first = a.first.min(x.started_ms);
         a.last = a.last.max(x.started_ms);
         if a.source.is_none() && x.command.as_deref() != Some("init") {
@@ -1342,7 +1350,7 @@ fn build_projects(
         a.ips.extend(x.ip_hashes.iter().map(|t| &**t));
     }
     for (project, time) in structured_seen {
-        match acc.get_mut(project.as_str()) {
+        match index.get(project.as_str()).map(|&i| &mut accs[i]) {
             Some(a) => {
                 a.first = a.first.min(*time);
                 a.last = a.last.max(*time);
@@ -1350,8 +1358,12 @@ fn build_projects(
             None => stats.orphan_structured_events += 1,
         }
     }
-    acc.into_iter()
-        .map(|(id, a)| {
+    accs.sort_unstable_by(|a, b| a.id.cmp(b.id));
+    accs.into_iter()
+        .map(|mut a| {
+            a.ips.sort_unstable();
+            a.ips.dedup();
+            let id = a.id;
             let lifespan_days = a.last.div_euclid(DAY_MS) - a.first.div_euclid(DAY_MS);
             let source = match a.source {
                 Some("random") if a.ips.len() > 1 && lifespan_days > 7 => {

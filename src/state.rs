@@ -103,7 +103,7 @@ pub struct History {
 /// What the next state writes as its summarised history.
 pub enum HistoryOut<'a> {
     /// Unchanged since it was read: the text is written as it is.
-    Carried(String, usize),
+    Carried(History),
     /// These executions, encoded.
     Rows(Vec<LedgerEntry<'a>>),
 }
@@ -956,7 +956,7 @@ impl TapState {
         history: HistoryOut<'a>,
     ) -> Result<EncodedState, StateError> {
         let (history, history_rows) = match history {
-            HistoryOut::Carried(text, rows) => (Blob::Text(text), rows),
+            HistoryOut::Carried(History { text, rows }) => (Blob::Text(text), rows),
             HistoryOut::Rows(rows) => {
                 let n = rows.len();
                 (Blob::Packed(encode_history(rows)?), n)
@@ -1185,7 +1185,7 @@ mod tests {
         let again = back
             .to_value(
                 [LedgerEntry::Execution(Kept::whole(x1))],
-                HistoryOut::Carried(carried.text.clone(), carried.rows),
+                HistoryOut::Carried(carried.clone()),
             )
             .unwrap();
         let anew = back

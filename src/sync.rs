@@ -13,13 +13,15 @@ use crate::compact;
 use crate::config::Config;
 use crate::decode::{Problem, Reason};
 use crate::health::alarm;
-use crate::kpi::calendar::{DAY_MS, day_of};
+use crate::kpi::calendar::DAY_MS;
 use crate::kpi::{self, calendar};
 use crate::normalize::{self, NormalizeStats};
 use crate::read::{self, Mark, Resume};
 use crate::singer::{self, SingerWriter};
 use crate::source::{self, Input, SourceError};
-use crate::state::{EncodedState, HistoryOut, InputBookmark, LedgerEntry, StateError, TapState};
+use crate::state::{
+    EncodedState, History, HistoryOut, InputBookmark, LedgerEntry, StateError, TapState,
+};
 use crate::streams::{Records, STREAMS};
 
 /// Errors that stop a sync.
@@ -127,8 +129,8 @@ struct Resumed {
     previous_projects: BTreeMap<String, (String, i64)>,
     previous_cut: Option<i64>,
     health_carries: BTreeMap<String, crate::health::RuleCarry>,
-    /// The earlier state's summarised history: its text and how many executions it holds.
-    earlier_history: Option<(String, usize)>,
+    /// The earlier state's summarised history, which may be written again as it was read.
+    earlier_history: Option<History>,
     incremental: bool,
 }
 
@@ -148,10 +150,10 @@ impl Resumed {
         let late_before = e
             .carry
             .newest_event_ms
-            .map(|n| (day_of(n) - late_days) * DAY_MS);
+            .map(|n| normalize::late_before_day(n, late_days) * DAY_MS);
         Resumed {
             // the history's executions are read with the rest; its text may be written again
-            earlier_history: e.history.take().map(|h| (h.text, h.rows)),
+            earlier_history: e.history.take(),
             normalizer: normalize::Normalizer::resume(e.carry, late_before)
                 .with_late_event_days(late_days),
             previous_as_of: e.as_of,
@@ -487,7 +489,9 @@ pub fn run<W: Write>(
     };
     // executions that finished before `cut` are summarised in the next state; rows from
     // `exact_from` on are recomputed exactly, and health carries its learned history across
-    let late_before = carry.newest_event_ms.map(|n| day_of(n) - late_days);
+    let late_before = carry
+        .newest_event_ms
+        .map(|n| normalize::late_before_day(n, late_days));
     let cut = late_before
         .map(|l| compact::cut_day(l).max(previous_cut.unwrap_or(i64::MIN)))
         .or(previous_cut);
@@ -554,15 +558,15 @@ pub fn run<W: Write>(
             // while the cut stays put, the history read is the history to write: what finished
             // before the cut can no longer change (a new event for it would make it finish later)
             let history = match earlier_history {
-                Some((text, rows))
+                Some(history)
                     if cut == previous_cut
-                        && rows == compacted.history_len()
+                        && history.rows == compacted.history_len()
                         && compacted
                             .passed
                             .iter()
                             .all(|x| !touched_executions.contains(&x.execution_id)) =>
                 {
-                    HistoryOut::Carried(text, rows)
+                    HistoryOut::Carried(history)
                 }
                 _ => HistoryOut::Rows(compacted.history().map(LedgerEntry::Execution).collect()),
             };

@@ -1114,7 +1114,7 @@ impl Normalizer {
         }
         // copies of events older than the next run accepts are late anyway: their ids need not be kept
         let keep_ids_from = match (newest, self.late_event_days) {
-            (Some(n), Some(days)) => (day_of(n) - days) * DAY_MS,
+            (Some(n), Some(days)) => late_before_day(n, days) * DAY_MS,
             _ => i64::MIN,
         };
         let mut event_ids: Vec<(u128, i64)> = std::mem::take(&mut self.earlier_ids)
@@ -1308,6 +1308,12 @@ impl Facts {
             newest_event_ms,
         }
     }
+}
+
+/// The first day the next run still accepts events on, given the newest event seen and
+/// `late_event_days`: older events are set aside as late, so what finished before it is final.
+pub fn late_before_day(newest_ms: i64, late_event_days: i64) -> i64 {
+    day_of(newest_ms) - late_event_days
 }
 
 fn build_projects(

@@ -105,7 +105,8 @@ pub struct ProjectScope {
 #[derive(Debug, Clone, Copy)]
 pub struct DayScope {
     every_day: bool,
-    exact_from: Option<i64>,
+    /// No earlier day row is re-emitted.
+    first: i64,
     touched: bool,
     from: i64,
     previous_as_of: i64,
@@ -115,8 +116,7 @@ pub struct DayScope {
 impl DayScope {
     /// No earlier day row is re-emitted.
     pub fn first_day(&self) -> i64 {
-        let from = if self.every_day { i64::MIN } else { self.from };
-        from.max(self.exact_from.unwrap_or(i64::MIN))
+        self.first
     }
 
     /// Whether the day row of `day` is re-emitted.
@@ -141,7 +141,7 @@ impl ProjectScope {
     pub fn days_of(&self, project: &str) -> DayScope {
         DayScope {
             every_day: self.rewritten.contains(project),
-            exact_from: self.exact_from,
+            first: self.first_month_day(project),
             touched: self.touched.contains(project),
             from: self.from,
             previous_as_of: self.previous_as_of,
@@ -149,7 +149,7 @@ impl ProjectScope {
         }
     }
 
-    /// The first day of the project's month rows that can be re-emitted.
+    /// The first day of the project's day and month rows that can be re-emitted.
     pub fn first_month_day(&self, project: &str) -> i64 {
         let from = if self.rewritten.contains(project) {
             i64::MIN

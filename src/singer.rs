@@ -38,14 +38,7 @@ impl<W: Write> SingerWriter<W> {
         self.out.write_all(b"\n")
     }
 
-    /// RECORD message.
-    pub fn record(&mut self, stream: &str, record: &Value) -> io::Result<()> {
-        record_line(&mut self.out, stream, record, &self.time_extracted)?;
-        *self.counts.entry(stream.to_string()).or_default() += 1;
-        Ok(())
-    }
-
-    /// RECORD messages already formatted by [`record_line`] (on another thread), `count` of them.
+    /// RECORD messages formatted by [`record_line`] (on a worker), `count` of them.
     pub fn record_lines(&mut self, stream: &str, lines: &[u8], count: u64) -> io::Result<()> {
         self.out.write_all(lines)?;
         *self.counts.entry(stream.to_string()).or_default() += count;

@@ -107,7 +107,7 @@ pub fn read_inputs(
         started: Instant::now(),
         last: Instant::now(),
     };
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = cores();
     let ends = read::read_parallel(inputs, resumes, threads, |d| {
         report.lines += d.lines;
         report.bytes += d.bytes;
@@ -613,7 +613,7 @@ pub fn run<W: Write>(
             }));
             selected.push((def, selection));
         }
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = cores();
         let formatted = singer::format_streams(scope, workers, writer.time_extracted(), makers);
         let lanes = selected
             .into_iter()
@@ -688,6 +688,11 @@ pub fn run<W: Write>(
         return Err(SyncError::Alarms(report.recent_alarms));
     }
     Ok(report)
+}
+
+/// The cores there are to read and to make streams on.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// Free `value` on a thread of its own: a large run's facts take a tenth of a second or more to free,

@@ -210,7 +210,7 @@ fn summarise_project<'a>(
     let mut last_candidate: Option<usize> = None;
     for (i, x) in xs.iter().enumerate() {
         let key = (
-            x.command.as_deref(),
+            x.command_line.command.as_deref(),
             x.is_success(),
             x.pipeline_id.as_deref(),
             x.is_ci,

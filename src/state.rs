@@ -322,9 +322,9 @@ impl<'a> LedgerEntry<'a> {
                 x.environment_hash.as_ref(),
                 x.meltano_version.as_ref(),
                 x.python_version.as_ref(),
-                x.cli_command.as_ref(),
-                x.sub_command.as_ref(),
-                x.se_command.as_ref(),
+                x.command_line.cli_command.as_ref(),
+                x.command_line.sub_command.as_ref(),
+                x.command_line.se_command.as_ref(),
             ],
         }
     }

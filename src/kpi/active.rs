@@ -164,7 +164,8 @@ fn rolling(
 fn busy_days(pa: &ProjectActivity) -> Vec<i64> {
     let mut per_day: BTreeMap<i64, u32> = BTreeMap::new();
     for x in &pa.executions {
-        if x.command
+        if x.command_line
+            .command
             .as_deref()
             .is_some_and(|c| c == "ui" || EXEC_COMMANDS.contains(&c))
         {

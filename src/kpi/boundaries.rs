@@ -43,7 +43,7 @@ mod usage {
         usage::cohort_retention(m).collect()
     }
 }
-use crate::normalize::{Execution, Facts, PIPELINE_COMMANDS, Profile, plugins};
+use crate::normalize::{CommandLine, Execution, Facts, PIPELINE_COMMANDS, Profile, plugins};
 use std::sync::Arc;
 
 /// Day number of 2024-01-01 (a Monday).
@@ -70,10 +70,13 @@ impl X {
             profile: Arc::new(Profile {
                 project_id: project.into(),
                 project_id_source: Some("explicit".into()),
-                command: Some(command.into()),
-                cli_command: Some(command.into()),
                 is_ci: Some(false),
                 ..Profile::default()
+            }),
+            command_line: Arc::new(CommandLine {
+                command: Some(command.into()),
+                cli_command: Some(command.into()),
+                ..CommandLine::default()
             }),
             started_ms: start,
             finished_ms: start + 1000,
@@ -100,7 +103,8 @@ impl X {
     }
     fn build(mut self) -> Execution {
         let x = &mut self.0;
-        if x.command
+        if x.command_line
+            .command
             .as_deref()
             .is_some_and(|c| PIPELINE_COMMANDS.contains(&c))
             && !x.plugins.is_empty()

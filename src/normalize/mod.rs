@@ -25,12 +25,22 @@ pub const EXEC_COMMANDS: [&str; 5] = ["invoke", "el", "elt", "run", "test"];
 /// Commands that make a pipeline run when plugins are present (kpis.md §3).
 pub const PIPELINE_COMMANDS: [&str; 3] = ["el", "elt", "run"];
 
-/// What an execution's events say about where and how it ran. Many executions of a project say the
-/// same, so executions share one copy ([`Execution`] derefs to it).
+/// What an execution's events say about where it ran: the project and its environment. Most
+/// executions of a project say the same, so they share one copy ([`Execution`] derefs to it); what
+/// was run differs from one execution to the next and is kept in the execution itself.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Profile {
     pub project_id: Text,
     pub project_id_source: Option<Text>,
+    pub environment_hash: Option<Text>,
+    pub meltano_version: Option<Text>,
+    pub python_version: Option<Text>,
+    pub is_ci: Option<bool>,
+}
+
+/// The command an execution ran, as its events say it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct CommandLine {
     /// The command: the cli contexts' one, else the legacy structured event's.
     pub command: Option<Text>,
     /// What the cli contexts said (kept apart from `se_command` so that later events fold exactly).
@@ -38,10 +48,6 @@ pub struct Profile {
     /// What the legacy structured events said.
     pub se_command: Option<Text>,
     pub sub_command: Option<Text>,
-    pub environment_hash: Option<Text>,
-    pub meltano_version: Option<Text>,
-    pub python_version: Option<Text>,
-    pub is_ci: Option<bool>,
 }
 
 /// One Meltano CLI invocation.
@@ -49,6 +55,8 @@ pub struct Profile {
 pub struct Execution {
     pub execution_id: Text,
     pub profile: Arc<Profile>,
+    /// What was run: a fleet runs few distinct commands, so executions share these too.
+    pub command_line: Arc<CommandLine>,
     pub started_ms: i64,
     pub finished_ms: i64,
     pub exit_code: Option<i64>,
@@ -79,7 +87,7 @@ impl std::ops::DerefMut for Execution {
     }
 }
 
-/// Hands out the shared profiles and pipeline ids of the executions being built.
+/// Hands out the shared profiles, command lines and pipeline ids of the executions being built.
 #[derive(Debug, Clone, Default)]
 pub struct ExecutionTables {
     /// By a hash of the addresses of their strings: the strings are shared copies, so the same
@@ -87,46 +95,74 @@ pub struct ExecutionTables {
     /// are separate copies, or whose hash is taken, is merely not shared). The profile held keeps its
     /// strings, so no address is reused while its entry exists.
     profiles: HashMap<u64, Arc<Profile>>,
+    /// As `profiles`.
+    command_lines: HashMap<u64, Arc<CommandLine>>,
     pipeline_ids: Interner,
 }
 
-impl Profile {
-    /// The addresses of its strings (0 for none).
-    fn addresses(&self) -> [usize; 9] {
-        let at = |t: Option<&Text>| t.map_or(0, |t| Arc::as_ptr(t) as *const u8 as usize);
+/// A value made of shared strings, found again by their addresses.
+trait ByAddress {
+    type Key: PartialEq + std::hash::Hash;
+    /// The addresses of its strings (0 for none), with any other field.
+    fn address_key(&self) -> Self::Key;
+}
+
+fn address(t: Option<&Text>) -> usize {
+    t.map_or(0, |t| Arc::as_ptr(t) as *const u8 as usize)
+}
+
+impl ByAddress for Profile {
+    type Key = ([usize; 5], Option<bool>);
+    fn address_key(&self) -> Self::Key {
+        let addresses = [
+            address(Some(&self.project_id)),
+            address(self.project_id_source.as_ref()),
+            address(self.environment_hash.as_ref()),
+            address(self.meltano_version.as_ref()),
+            address(self.python_version.as_ref()),
+        ];
+        (addresses, self.is_ci)
+    }
+}
+
+impl ByAddress for CommandLine {
+    type Key = [usize; 4];
+    fn address_key(&self) -> Self::Key {
         [
-            at(Some(&self.project_id)),
-            at(self.project_id_source.as_ref()),
-            at(self.command.as_ref()),
-            at(self.cli_command.as_ref()),
-            at(self.se_command.as_ref()),
-            at(self.sub_command.as_ref()),
-            at(self.environment_hash.as_ref()),
-            at(self.meltano_version.as_ref()),
-            at(self.python_version.as_ref()),
+            address(self.command.as_ref()),
+            address(self.cli_command.as_ref()),
+            address(self.se_command.as_ref()),
+            address(self.sub_command.as_ref()),
         ]
+    }
+}
+
+/// The shared copy of `value` in `held`.
+fn share<T: ByAddress>(held: &mut HashMap<u64, Arc<T>>, value: T) -> Arc<T> {
+    use std::hash::BuildHasher;
+    let key = value.address_key();
+    match held.entry(held.hasher().hash_one(&key)) {
+        std::collections::hash_map::Entry::Occupied(slot) => {
+            let shared = slot.get();
+            if shared.address_key() == key {
+                shared.clone()
+            } else {
+                Arc::new(value)
+            }
+        }
+        std::collections::hash_map::Entry::Vacant(slot) => slot.insert(Arc::new(value)).clone(),
     }
 }
 
 impl ExecutionTables {
     /// The shared copy of `profile`.
     pub fn profile(&mut self, profile: Profile) -> Arc<Profile> {
-        use std::hash::BuildHasher;
-        let addresses = profile.addresses();
-        let key = self.profiles.hasher().hash_one((addresses, profile.is_ci));
-        match self.profiles.entry(key) {
-            std::collections::hash_map::Entry::Occupied(held) => {
-                let held = held.get();
-                if held.addresses() == addresses && held.is_ci == profile.is_ci {
-                    held.clone()
-                } else {
-                    Arc::new(profile)
-                }
-            }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(Arc::new(profile)).clone()
-            }
-        }
+        share(&mut self.profiles, profile)
+    }
+
+    /// The shared copy of `command_line`.
+    pub fn command_line(&mut self, command_line: CommandLine) -> Arc<CommandLine> {
+        share(&mut self.command_lines, command_line)
     }
 }
 
@@ -143,6 +179,7 @@ impl Execution {
         Execution {
             execution_id: Text::from(""),
             profile: Arc::default(),
+            command_line: Arc::default(),
             started_ms: 0,
             finished_ms: 0,
             exit_code: None,
@@ -160,6 +197,7 @@ impl Execution {
         let mut plugins = self.plugins.into_vec();
         plugins.sort_by(|a, b| a.key().cmp(b.key()));
         let p = Arc::unwrap_or_clone(self.profile);
+        let c = Arc::unwrap_or_clone(self.command_line);
         ExecParts {
             execution_id: self.execution_id,
             variant: Variant {
@@ -169,9 +207,9 @@ impl Execution {
                 meltano_version: p.meltano_version,
                 python_version: p.python_version,
                 is_ci: p.is_ci,
-                command: p.cli_command,
-                sub_command: p.sub_command,
-                se_command: p.se_command,
+                command: c.cli_command,
+                sub_command: c.sub_command,
+                se_command: c.se_command,
             },
             started_ms: self.started_ms,
             finished_ms: self.finished_ms,
@@ -187,7 +225,8 @@ impl Execution {
 
     /// invoke, el, elt, run or test.
     pub fn is_exec(&self) -> bool {
-        self.command
+        self.command_line
+            .command
             .as_deref()
             .is_some_and(|c| EXEC_COMMANDS.contains(&c))
     }
@@ -524,14 +563,16 @@ impl ExecParts {
             profile: tables.profile(Profile {
                 project_id,
                 project_id_source: v.source,
-                command,
-                cli_command: v.command,
-                se_command: v.se_command,
-                sub_command: v.sub_command,
                 environment_hash: v.environment_hash,
                 meltano_version: v.meltano_version,
                 python_version: v.python_version,
                 is_ci: v.is_ci,
+            }),
+            command_line: tables.command_line(CommandLine {
+                command,
+                cli_command: v.command,
+                se_command: v.se_command,
+                sub_command: v.sub_command,
             }),
             started_ms: self.started_ms,
             finished_ms: self.finished_ms,
@@ -1349,7 +1390,7 @@ fn build_projects(
         let a = &mut accs[i];
         a.first = a.first.min(x.started_ms);
         a.last = a.last.max(x.started_ms);
-        if a.source.is_none() && x.command.as_deref() != Some("init") {
+        if a.source.is_none() && x.command_line.command.as_deref() != Some("init") {
             a.source = x.project_id_source.as_deref();
         }
         a.ci_only &= x.is_ci == Some(true);
@@ -1473,13 +1514,14 @@ mod tests {
     }
 
     #[test]
-    fn executions_saying_the_same_share_one_profile() {
+    fn executions_share_their_profile_and_command_line() {
         let mut texts = Interner::default();
         let mut tables = ExecutionTables::default();
-        let mut build = |id: &str, command: &str| {
+        let mut build = |id: &str, command: &str, environment: Option<&str>| {
             let variant = Variant {
                 project_id: Some(texts.get("p")),
                 command: Some(texts.get(command)),
+                environment_hash: environment.map(|e| texts.get(e)),
                 is_ci: Some(false),
                 ..Default::default()
             };
@@ -1499,10 +1541,17 @@ mod tests {
             .into_execution(&mut tables)
             .unwrap()
         };
-        let (a, b, c) = (build("a", "run"), build("b", "run"), build("c", "elt"));
+        let (a, b, c) = (
+            build("a", "run", None),
+            build("b", "elt", None),
+            build("c", "elt", Some("dev")),
+        );
         assert!(Arc::ptr_eq(&a.profile, &b.profile));
         assert!(!Arc::ptr_eq(&a.profile, &c.profile));
-        assert_eq!(c.command.as_deref(), Some("elt"));
+        assert_eq!(a.command_line.command.as_deref(), Some("run"));
+        assert_eq!(b.command_line.command.as_deref(), Some("elt"));
+        assert!(Arc::ptr_eq(&b.command_line, &c.command_line));
+        assert!(!Arc::ptr_eq(&a.command_line, &b.command_line));
     }
 
     #[test]

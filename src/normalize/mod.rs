@@ -27,7 +27,7 @@ pub const PIPELINE_COMMANDS: [&str; 3] = ["el", "elt", "run"];
 
 /// What an execution's events say about where it ran: the project and its environment. Most
 /// executions of a project say the same, so they share one copy ([`Execution`] derefs to it); what
-/// was run differs from one execution to the next and is kept in the execution itself.
+/// was run varies within a project, so it is a [`CommandLine`] of its own, shared across the fleet.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Profile {
     pub project_id: Text,
@@ -107,6 +107,7 @@ trait ByAddress {
     fn address_key(&self) -> Self::Key;
 }
 
+/// Where a shared string is held (0 for none).
 fn address(t: Option<&Text>) -> usize {
     t.map_or(0, |t| Arc::as_ptr(t) as *const u8 as usize)
 }

@@ -11,22 +11,15 @@
 //! that month on they are re-emitted for touched projects, for days after the previous as_of, and for
 //! months that as_of has just completed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use crate::kpi::ProjectScope;
 use crate::kpi::calendar::{
-    day_of, fmt_day, is_complete, month_first_day, month_last_day, month_of,
+    day_of, fmt_day, is_complete, month_first_day, month_last_day, month_of, parse_day,
 };
-use crate::normalize::{Facts, Text, Touched};
-
-/// The day number of a `YYYY-MM-DD` field.
-fn parse_day(text: &str) -> Option<i64> {
-    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .map(crate::kpi::calendar::day_number)
-}
+use crate::normalize::{Facts, FastSet, Text, Touched};
 
 /// The row filter of one incremental run.
 #[derive(Debug, Default)]
@@ -35,9 +28,9 @@ pub struct Changes {
     pub from: String,
     /// The previous run's as_of, `YYYY-MM-DD`.
     pub previous_as_of: String,
-    pub executions: HashSet<Text>,
+    pub executions: FastSet<Text>,
     /// Cohort months (`YYYY-MM-01`) of touched projects.
-    pub cohorts: HashSet<String>,
+    pub cohorts: FastSet<String>,
     /// Period rows before this day (`YYYY-MM-DD`) come from summarised history and are never
     /// re-emitted (they are final).
     pub exact_from: Option<String>,
@@ -70,7 +63,7 @@ impl Changes {
             executions: touched.executions.clone(),
             scope: ProjectScope {
                 touched: touched.projects.clone(),
-                rewritten: HashSet::new(),
+                rewritten: FastSet::default(),
                 from: from_day,
                 previous_as_of,
                 completed: (now > was).then(|| (month_first_day(was + 1), month_last_day(now))),

@@ -25,6 +25,10 @@ use crate::normalize::plugins::{PluginInfo, info_from_normalised};
 use crate::normalize::{Carry, ExecParts, Interner, Plugin, Text, TextSet, Variant};
 use crate::source::Fingerprint;
 
+/// The state's text and plugin numbering, probed for every string of every row written.
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type FastIndex<T> = indexmap::IndexSet<T, foldhash::fast::RandomState>;
+
 /// Version of the state layout; a state of any other version is refused.
 pub const STATE_VERSION: u64 = 4;
 
@@ -332,8 +336,8 @@ impl<'a> LedgerEntry<'a> {
 
 struct Rows<'a> {
     entries: &'a [LedgerEntry<'a>],
-    plugin_index: &'a BTreeMap<&'a str, u32>,
-    text_index: &'a indexmap::IndexSet<&'a str>,
+    plugin_index: &'a FastMap<&'a str, u32>,
+    text_index: &'a FastIndex<&'a str>,
 }
 
 impl Serialize for Rows<'_> {
@@ -411,9 +415,9 @@ struct HistoryRef<'a> {
 /// Rows in their written order with the string and plugin tables they refer to.
 struct Tables<'a> {
     order: Vec<LedgerEntry<'a>>,
-    plugin_index: BTreeMap<&'a str, u32>,
+    plugin_index: FastMap<&'a str, u32>,
     plugins: Vec<String>,
-    text_index: indexmap::IndexSet<&'a str>,
+    text_index: FastIndex<&'a str>,
     texts: Vec<&'a str>,
 }
 
@@ -422,9 +426,9 @@ impl<'a> Tables<'a> {
     /// strings and plugins they refer to in order of first use.
     fn of(mut order: Vec<LedgerEntry<'a>>) -> Result<Self, StateError> {
         order.sort_unstable_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-        let mut plugin_index: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut plugin_index: FastMap<&str, u32> = FastMap::default();
         let mut plugins = Vec::new();
-        let mut text_index: indexmap::IndexSet<&str> = indexmap::IndexSet::new();
+        let mut text_index: FastIndex<&str> = FastIndex::default();
         for entry in &order {
             for plugin in entry.plugins() {
                 if !plugin_index.contains_key(plugin.key()) {
@@ -890,11 +894,25 @@ impl TapState {
         let inputs: Vec<InputBookmark> =
             serde_json::from_value(tap.get("inputs").cloned().unwrap_or(Value::Array(vec![])))
                 .map_err(|e| StateError::Damaged(format!("inputs: {e}")))?;
-        // the history is unpacked on another core while the ledger is read
+        // the history is unpacked and read on another core while the ledger is read
         let (carry, projects, history) = std::thread::scope(|scope| {
             let unpacking = match tap.get("history") {
                 _ if version < 4 => None,
-                Some(Value::String(text)) => Some((text, scope.spawn(|| unpack_history(text)))),
+                Some(Value::String(text)) => Some((
+                    text,
+                    scope.spawn(|| -> Result<(Carry, usize), StateError> {
+                        let bytes = unpack_history(text)?;
+                        // room for every execution the state holds and the new ones of a run
+                        let total = tap.get("executions").and_then(Value::as_u64).unwrap_or(0);
+                        let total = usize::try_from(total).unwrap_or(0).min(bytes.len() / 8);
+                        let mut rows = Carry {
+                            executions: Vec::with_capacity(total + total / 16 + 4096),
+                            ..Carry::default()
+                        };
+                        let n = decode_history(&bytes, &mut rows)?;
+                        Ok((rows, n))
+                    }),
+                )),
                 _ => return Err(StateError::Damaged("no history".into())),
             };
             let (mut carry, projects) = match tap.get("ledger").and_then(Value::as_str) {
@@ -903,11 +921,12 @@ impl TapState {
             };
             let history = match unpacking {
                 Some((text, unpacking)) => {
-                    let bytes = unpacking
+                    let (rows, n) = unpacking
                         .join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                    carry.absorb_rows(rows);
                     Some(History {
-                        rows: decode_history(&bytes, &mut carry)?,
+                        rows: n,
                         text: text.clone(),
                     })
                 }
@@ -1175,8 +1194,10 @@ mod tests {
         assert_eq!(back.carry.parts, vec![part("x0", None)]);
         let carried = back.history.clone().unwrap();
         assert_eq!(carried.rows, 1);
-        // rows with a project are read as executions, the history's after the ledger's
-        let [x1, x2] = &back.carry.executions[..] else {
+        // rows with a project are read as executions, the ledger's and the history's (in no set order)
+        let mut read: Vec<&crate::normalize::Execution> = back.carry.executions.iter().collect();
+        read.sort_by(|a, b| a.execution_id.cmp(&b.execution_id));
+        let [x1, x2] = read[..] else {
             panic!("{:?}", back.carry.executions)
         };
         assert_eq!(x1.clone().into_parts(), part("x1", Some("p1")));

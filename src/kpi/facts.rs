@@ -1,12 +1,12 @@
 //! Fact streams: executions, pipeline runs, pipelines and projects (kpis.md §2–§4).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
 use super::calendar::{day_of, fmt_day, fmt_ms, runtime_bin};
 use super::{Model, RecordIter};
-use crate::normalize::{Execution, Plugin};
+use crate::normalize::{Execution, FastSet, Plugin};
 
 /// How many executions a set stands for (summarised history carries weights).
 pub fn weight<'a>(xs: impl Iterator<Item = &'a Execution>) -> u64 {
@@ -79,7 +79,7 @@ pub fn pipeline_runs<'m>(model: &'m Model) -> RecordIter<'m> {
 pub fn pipelines<'m>(model: &'m Model) -> RecordIter<'m> {
     let mut runs: BTreeMap<&str, Vec<&Execution>> = BTreeMap::new();
     // an incremental run re-emits the pipelines of touched projects only: those with a run in one
-    let wanted: Option<HashSet<&str>> = model.project_scope.as_ref().map(|scope| {
+    let wanted: Option<FastSet<&str>> = model.project_scope.as_ref().map(|scope| {
         model
             .counted
             .iter()

@@ -9,13 +9,11 @@ pub mod calendar;
 pub mod facts;
 pub mod usage;
 
-use std::collections::HashSet;
-
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use serde_json::Value;
 
-use crate::normalize::{Execution, Facts, Project};
+use crate::normalize::{Execution, Facts, FastSet, Project};
 use calendar::{DAY_MS, day_of};
 
 /// The North Star window: a qualifying day d makes a project active on d..=d+28.
@@ -76,7 +74,7 @@ pub struct Model<'a> {
     pub first_day: Option<i64>,
     /// When set, the per-execution streams yield only these executions (an incremental run re-emits
     /// only what new events touched, and need not build the rest).
-    pub execution_scope: Option<HashSet<crate::normalize::Text>>,
+    pub execution_scope: Option<FastSet<crate::normalize::Text>>,
     /// When set, the per-project streams build only the rows this scope keeps.
     pub project_scope: Option<ProjectScope>,
 }
@@ -88,9 +86,9 @@ pub struct Model<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct ProjectScope {
     /// Projects that new events touched.
-    pub touched: HashSet<String>,
+    pub touched: FastSet<String>,
     /// Projects whose source or first event changed: all their rows.
-    pub rewritten: HashSet<String>,
+    pub rewritten: FastSet<String>,
     /// First day of the day rows that can be re-emitted.
     pub from: i64,
     /// The previous run's as_of: later days are new.
@@ -299,7 +297,7 @@ mod tests {
         // fleet rows: every one when a project was rewritten
         assert_eq!(scope.fleet_from(), None);
         let untouched = ProjectScope {
-            rewritten: HashSet::new(),
+            rewritten: FastSet::default(),
             ..scope.clone()
         };
         assert_eq!(untouched.fleet_from(), Some(100));

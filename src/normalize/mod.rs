@@ -18,7 +18,7 @@ use crate::event::{Event, EventKind, Position};
 use crate::kpi::calendar::day_of;
 use arena::Arena;
 pub use plugins::Plugin;
-pub use text::{Interner, Text, TextSet};
+pub use text::{FastSet, Interner, Text, TextSet};
 
 /// Commands that count as executing something (kpis.md §2).
 pub const EXEC_COMMANDS: [&str; 5] = ["invoke", "el", "elt", "run", "test"];
@@ -156,6 +156,18 @@ fn share<T: ByAddress>(held: &mut HashMap<u64, Arc<T>>, value: T) -> Arc<T> {
 }
 
 impl ExecutionTables {
+    /// Take in the tables of executions built apart (on another thread). Their strings are other
+    /// copies, so their profiles are kept beside these rather than merged: sharing is only thrift.
+    pub fn absorb(&mut self, other: ExecutionTables) {
+        for (key, profile) in other.profiles {
+            self.profiles.entry(key).or_insert(profile);
+        }
+        for (key, command_line) in other.command_lines {
+            self.command_lines.entry(key).or_insert(command_line);
+        }
+        self.pipeline_ids.absorb(other.pipeline_ids);
+    }
+
     /// The shared copy of `profile`.
     pub fn profile(&mut self, profile: Profile) -> Arc<Profile> {
         share(&mut self.profiles, profile)
@@ -299,12 +311,27 @@ pub struct Carry {
     pub texts: Interner,
 }
 
+impl Carry {
+    /// Take in the executions and parts of a carry read apart (the state's history, decoded on
+    /// another thread). Their order is of no account (executions are sorted once all are built), so
+    /// the vector with the more room takes in the other and a million-row vector is not copied.
+    pub fn absorb_rows(&mut self, mut other: Carry) {
+        if other.executions.capacity() > self.executions.capacity() {
+            std::mem::swap(&mut self.executions, &mut other.executions);
+        }
+        self.executions.append(&mut other.executions);
+        self.parts.append(&mut other.parts);
+        self.tables.absorb(other.tables);
+        self.texts.absorb(other.texts);
+    }
+}
+
 /// What the events read in this run changed (the sets are left empty in a run that extends no earlier
 /// one: everything is new).
 #[derive(Debug, Clone, Default)]
 pub struct Touched {
-    pub executions: std::collections::HashSet<Text>,
-    pub projects: std::collections::HashSet<String>,
+    pub executions: FastSet<Text>,
+    pub projects: FastSet<String>,
     /// Earliest start among the touched executions and time of any other touched event.
     pub earliest_ms: Option<i64>,
 }

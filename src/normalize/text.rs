@@ -6,6 +6,11 @@ use std::sync::Arc;
 /// A shared, immutable string; cloning it copies a pointer.
 pub type Text = Arc<str>;
 
+/// A hash set with a fast, non-cryptographic hasher: the sets of touched executions and projects are
+/// probed for every row an incremental run considers, and nothing in them comes from an adversary
+/// that could aim at collisions in one process's run.
+pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
 /// Hands out one shared copy of each distinct string, and a number for it.
 #[derive(Debug, Clone, Default)]
 pub struct Interner {
@@ -46,6 +51,17 @@ impl Interner {
     /// The shared copy of an optional string.
     pub fn opt(&mut self, s: Option<&str>) -> Option<Text> {
         s.map(|s| self.get(s))
+    }
+
+    /// Take in the strings of an interner filled apart (on another thread): a string both hold keeps
+    /// this one's copy, so what was handed out from either stays valid and equal by value.
+    pub fn absorb(&mut self, other: Interner) {
+        self.texts.reserve(other.texts.len());
+        for t in other.texts {
+            if !self.texts.contains(&t) {
+                self.texts.insert(t);
+            }
+        }
     }
 
     /// Replace `t` by its shared copy (for text read from a state, allocated one by one).

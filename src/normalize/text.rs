@@ -6,9 +6,9 @@ use std::sync::Arc;
 /// A shared, immutable string; cloning it copies a pointer.
 pub type Text = Arc<str>;
 
-/// A hash set with a fast, non-cryptographic hasher: the sets of touched executions and projects are
-/// probed for every row an incremental run considers, and nothing in them comes from an adversary
-/// that could aim at collisions in one process's run.
+/// A hash set with a fast, non-cryptographic hasher (foldhash, seeded afresh in every process, as the
+/// normaliser's other tables are): the sets of touched executions and projects are probed for every
+/// row an incremental run considers.
 pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
 /// Hands out one shared copy of each distinct string, and a number for it.

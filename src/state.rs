@@ -937,8 +937,7 @@ impl TapState {
         let as_of = tap
             .get("as_of")
             .and_then(Value::as_str)
-            .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-            .map(crate::kpi::calendar::day_number);
+            .and_then(crate::kpi::calendar::parse_day);
         // kept as JSON text: Singer targets read numbers in STATE as decimals they cannot write back
         let health = match tap.get("health").and_then(Value::as_str) {
             Some(text) => serde_json::from_str(text)

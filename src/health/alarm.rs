@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::webhook::Webhook;
 use super::{Rule, RuleCarry, evaluate_from, period_of, record, series};
-use crate::kpi::calendar::{day_number, fmt_day, month_first_day, month_of};
+use crate::kpi::calendar::{fmt_day, month_first_day, month_of};
 
 /// What a health pass produced.
 #[derive(Debug, Default)]
@@ -148,11 +148,4 @@ pub fn sent_from_state(state: Option<&Value>) -> BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Day number of a `YYYY-MM-DD` period (for tests and tools).
-pub fn period_day(period: &str) -> Option<i64> {
-    chrono::NaiveDate::parse_from_str(period, "%Y-%m-%d")
-        .ok()
-        .map(day_number)
 }

@@ -57,11 +57,8 @@ impl Interner {
     /// this one's copy, so what was handed out from either stays valid and equal by value.
     pub fn absorb(&mut self, other: Interner) {
         self.texts.reserve(other.texts.len());
-        for t in other.texts {
-            if !self.texts.contains(&t) {
-                self.texts.insert(t);
-            }
-        }
+        // an equal string already held stays (inserting keeps the first)
+        self.texts.extend(other.texts);
     }
 
     /// Replace `t` by its shared copy (for text read from a state, allocated one by one).

@@ -22,12 +22,10 @@ use serde_json::{Value, json};
 use crate::compact::Kept;
 use crate::decode::Format;
 use crate::normalize::plugins::{PluginInfo, info_from_normalised};
-use crate::normalize::{Carry, ExecParts, Interner, Plugin, Text, TextSet, Variant};
+use crate::normalize::{
+    Carry, ExecParts, FastIndex, FastMap, Interner, Plugin, Text, TextSet, Variant,
+};
 use crate::source::Fingerprint;
-
-/// The state's text and plugin numbering, probed for every string of every row written.
-type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type FastIndex<T> = indexmap::IndexSet<T, foldhash::fast::RandomState>;
 
 /// Version of the state layout; a state of any other version is refused.
 pub const STATE_VERSION: u64 = 4;

@@ -9,7 +9,7 @@ pub mod calendar;
 pub mod facts;
 pub mod usage;
 
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashMap<K, V> = crate::normalize::FastMap<K, V>;
 
 use serde_json::Value;
 

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Hash maps keyed by ids from the input: a fast hash with a per-run random seed.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashMap<K, V> = FastMap<K, V>;
 
 use crate::decode::{Problem, Reason, excerpt};
 
@@ -18,7 +18,7 @@ use crate::event::{Event, EventKind, Position};
 use crate::kpi::calendar::day_of;
 use arena::Arena;
 pub use plugins::Plugin;
-pub use text::{FastSet, Interner, Text, TextSet};
+pub use text::{FastIndex, FastMap, FastSet, Interner, Text, TextSet};
 
 /// Commands that count as executing something (kpis.md §2).
 pub const EXEC_COMMANDS: [&str; 5] = ["invoke", "el", "elt", "run", "test"];
@@ -707,7 +707,7 @@ fn dedup_bits(dedup_ms: Option<i64>) -> i64 {
 
 /// Gives each distinct value one index, the value stored once: what events say repeats across the
 /// events of an execution and the executions of a project.
-type Table<T> = indexmap::IndexSet<T, foldhash::fast::RandomState>;
+type Table<T> = FastIndex<T>;
 
 fn intern<T: std::hash::Hash + Eq>(table: &mut Table<T>, value: T) -> u32 {
     table.insert_full(value).0 as u32

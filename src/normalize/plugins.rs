@@ -52,7 +52,7 @@ impl Plugin {
 #[derive(Debug, Default)]
 pub struct PluginTable {
     /// By the dict's text as sent: the same Meltano sends byte-identical dicts, so this is the usual hit.
-    by_raw: std::collections::HashMap<String, u32, foldhash::fast::RandomState>,
+    by_raw: super::FastMap<String, u32>,
     /// By canonical text of the normalised dict: the same plugin sent in another layout.
     by_text: HashMap<String, u32>,
     infos: Vec<Arc<PluginInfo>>,

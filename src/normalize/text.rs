@@ -6,10 +6,16 @@ use std::sync::Arc;
 /// A shared, immutable string; cloning it copies a pointer.
 pub type Text = Arc<str>;
 
-/// A hash set with a fast, non-cryptographic hasher (foldhash, seeded afresh in every process, as the
-/// normaliser's other tables are): the sets of touched executions and projects are probed for every
-/// row an incremental run considers.
+/// A hash set with a fast, non-cryptographic hasher (foldhash, seeded afresh in every process): the
+/// sets of touched executions and projects are probed for every row an incremental run considers.
 pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
+/// A hash map with the same hasher: the normaliser's, the KPI engine's and the state's indexes are
+/// probed once or more per event, execution or row.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// An insertion-ordered set with the same hasher: numbers each distinct value in order of first use.
+pub type FastIndex<T> = indexmap::IndexSet<T, foldhash::fast::RandomState>;
 
 /// Hands out one shared copy of each distinct string, and a number for it.
 #[derive(Debug, Clone, Default)]

@@ -27,12 +27,15 @@ use crate::normalize::{
 };
 use crate::source::Fingerprint;
 
+mod dormant;
+pub use dormant::{Dormant, DormantEntry, DormantOut};
+
 /// Version of the state layout; a state of any other version is refused.
-pub const STATE_VERSION: u64 = 4;
+pub const STATE_VERSION: u64 = 5;
 
 /// State versions this tap resumes from: version 2 wrote every row's strings out in full, version 3
-/// kept the summarised history in the one ledger.
-const READS: [u64; 3] = [2, 3, STATE_VERSION];
+/// kept the summarised history in the one ledger, version 4 kept dormant projects in the history.
+const READS: [u64; 4] = [2, 3, 4, STATE_VERSION];
 
 /// Errors reading a state.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +94,8 @@ pub struct TapState {
     pub health: BTreeMap<String, crate::health::RuleCarry>,
     /// The summarised history as read (version 4 on); `None` when the state had none of its own.
     pub history: Option<History>,
+    /// The dormant projects' history as read (version 5 on), see [`Dormant`].
+    pub dormant: Option<Dormant>,
 }
 
 /// The summarised history of a state (the executions that finished before its cut, read into the
@@ -100,6 +105,14 @@ pub struct TapState {
 pub struct History {
     pub text: String,
     pub rows: usize,
+}
+
+/// What the next state writes as its dormant projects' history.
+pub enum DormantPart<'a> {
+    /// Unchanged since it was read: the text is written as it is.
+    Carried(Dormant),
+    /// These projects, encoded, as dormant since this cut day.
+    Rows(Vec<DormantOut<'a>>, Option<i64>),
 }
 
 /// What the next state writes as its summarised history.
@@ -227,6 +240,7 @@ const ZSTD_LEVEL: i32 = 3;
 pub struct EncodedState {
     /// The value without the ledger and the history.
     value: Value,
+    dormant: Blob,
     history: Blob,
     ledger: Blob,
 }
@@ -253,7 +267,7 @@ impl Serialize for EncodedState {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         /// The tap's part, with the blobs in their sorted places among the other keys.
-        struct Tap<'a>(&'a serde_json::Map<String, Value>, [(&'a str, &'a Blob); 2]);
+        struct Tap<'a>(&'a serde_json::Map<String, Value>, [(&'a str, &'a Blob); 3]);
         impl Serialize for Tap<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let mut map = s.serialize_map(Some(self.0.len() + self.1.len()))?;
@@ -278,7 +292,14 @@ impl Serialize for EncodedState {
             match v {
                 Value::Object(tap) if k == "tap_kpis" => map.serialize_entry(
                     k,
-                    &Tap(tap, [("history", &self.history), ("ledger", &self.ledger)]),
+                    &Tap(
+                        tap,
+                        [
+                            ("dormant", &self.dormant),
+                            ("history", &self.history),
+                            ("ledger", &self.ledger),
+                        ],
+                    ),
                 )?,
                 _ => map.serialize_entry(k, v)?,
             }
@@ -604,8 +625,7 @@ fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateErro
         };
         return carry_from(head, rows, texts);
     }
-    let bytes =
-        zstd::decode_all(packed.as_slice()).map_err(|e| damaged("ledger is not zstd", &e))?;
+    let bytes = unzstd(&packed).map_err(|e| damaged("ledger is not zstd", &e))?;
     drop(packed);
     let mut carry = Carry {
         texts,
@@ -617,6 +637,15 @@ fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateErro
     Ok((carry, projects))
 }
 
+/// Decompress a packed part into a buffer reserved at once: room for four times the packed size
+/// (about twice what it unpacks to) costs only the pages written, where growing by doubling would
+/// copy it again and again.
+fn unzstd(packed: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(packed.len() * 4 + 4096);
+    zstd::stream::copy_decode(packed, &mut bytes)?;
+    Ok(bytes)
+}
+
 /// The bytes of a version-4 history, unpacked from its text.
 fn unpack_history(text: &str) -> Result<Vec<u8>, StateError> {
     let damaged =
@@ -624,7 +653,7 @@ fn unpack_history(text: &str) -> Result<Vec<u8>, StateError> {
     let packed = b64()
         .decode(text)
         .map_err(|e| damaged("history is not base64", &e))?;
-    zstd::decode_all(packed.as_slice()).map_err(|e| damaged("history is not zstd", &e))
+    unzstd(&packed).map_err(|e| damaged("history is not zstd", &e))
 }
 
 /// Add the rows of an unpacked version-4 history to `carry`; returns how many there were.
@@ -892,13 +921,14 @@ impl TapState {
         let inputs: Vec<InputBookmark> =
             serde_json::from_value(tap.get("inputs").cloned().unwrap_or(Value::Array(vec![])))
                 .map_err(|e| StateError::Damaged(format!("inputs: {e}")))?;
-        // the history is unpacked and read on another core while the ledger is read
-        let (carry, projects, history) = std::thread::scope(|scope| {
+        // the history (and the dormant part's entries) are unpacked and read on another core while
+        // the ledger is read
+        let (carry, projects, history, dormant) = std::thread::scope(|scope| {
             let unpacking = match tap.get("history") {
                 _ if version < 4 => None,
                 Some(Value::String(text)) => Some((
                     text,
-                    scope.spawn(|| -> Result<(Carry, usize), StateError> {
+                    scope.spawn(|| -> Result<(Carry, usize, Option<Dormant>), StateError> {
                         let bytes = unpack_history(text)?;
                         // room for every execution the state holds and the new ones of a run
                         let total = tap.get("executions").and_then(Value::as_u64).unwrap_or(0);
@@ -908,7 +938,15 @@ impl TapState {
                             ..Carry::default()
                         };
                         let n = decode_history(&bytes, &mut rows)?;
-                        Ok((rows, n))
+                        drop(bytes);
+                        let dormant = match (tap.get("dormant"), tap.get("dormant_cut")) {
+                            _ if version < 5 => None,
+                            (Some(Value::String(text)), Some(cut)) => {
+                                Some(Dormant::read(text, cut.as_i64().unwrap_or(i64::MIN))?)
+                            }
+                            _ => return Err(StateError::Damaged("no dormant history".into())),
+                        };
+                        Ok((rows, n, dormant))
                     }),
                 )),
                 _ => return Err(StateError::Damaged("no history".into())),
@@ -917,20 +955,21 @@ impl TapState {
                 Some(text) => decode_carry(text, version)?,
                 None => return Err(StateError::Damaged("no ledger".into())),
             };
-            let history = match unpacking {
+            let (history, dormant) = match unpacking {
                 Some((text, unpacking)) => {
-                    let (rows, n) = unpacking
+                    let (rows, n, dormant) = unpacking
                         .join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
                     carry.absorb_rows(rows);
-                    Some(History {
+                    let history = History {
                         rows: n,
                         text: text.clone(),
-                    })
+                    };
+                    (Some(history), dormant)
                 }
-                None => None,
+                None => (None, None),
             };
-            Ok((carry, projects, history))
+            Ok((carry, projects, history, dormant))
         })?;
         let as_of = tap
             .get("as_of")
@@ -951,6 +990,7 @@ impl TapState {
             cut_day: tap.get("cut_day").and_then(Value::as_i64),
             health,
             history,
+            dormant,
         }))
     }
 
@@ -959,8 +999,9 @@ impl TapState {
         &'a self,
         executions: impl IntoIterator<Item = LedgerEntry<'a>>,
         history: HistoryOut<'a>,
+        dormant: DormantPart<'a>,
     ) -> Result<Value, StateError> {
-        serde_json::to_value(self.encode(executions, history)?)
+        serde_json::to_value(self.encode(executions, history, dormant)?)
             .map_err(|e| StateError::Damaged(e.to_string()))
     }
 
@@ -970,7 +1011,15 @@ impl TapState {
         &'a self,
         executions: impl IntoIterator<Item = LedgerEntry<'a>>,
         history: HistoryOut<'a>,
+        dormant: DormantPart<'a>,
     ) -> Result<EncodedState, StateError> {
+        let (dormant, dormant_cut, dormant_projects) = match dormant {
+            DormantPart::Carried(d) => (Blob::Text(d.text), Some(d.cut_day), d.entries.len()),
+            DormantPart::Rows(projects, cut) => {
+                let n = projects.len();
+                (Blob::Packed(dormant::encode(projects)?), cut, n)
+            }
+        };
         let (history, history_rows) = match history {
             HistoryOut::Carried(History { text, rows }) => (Blob::Text(text), rows),
             HistoryOut::Rows(rows) => {
@@ -987,6 +1036,8 @@ impl TapState {
                 "inputs": self.inputs,
                 "projects": self.projects.len(),
                 "executions": rows + history_rows,
+                "dormant_projects": dormant_projects,
+                "dormant_cut": dormant_cut,
                 "cut_day": self.cut_day,
                 "health": serde_json::to_string(&self.health)
                     .map_err(|e| StateError::Damaged(e.to_string()))?,
@@ -995,6 +1046,7 @@ impl TapState {
         });
         Ok(EncodedState {
             value,
+            dormant,
             history,
             ledger: Blob::Packed(ledger),
         })
@@ -1144,6 +1196,7 @@ mod tests {
             alarms_sent: json!([]),
             cut_day: Some(19_600),
             history: None,
+            dormant: None,
             health: [(
                 "r|k".to_string(),
                 crate::health::RuleCarry {
@@ -1162,8 +1215,26 @@ mod tests {
             .into_execution(&mut Default::default())
             .unwrap();
         let history = || HistoryOut::Rows(vec![LedgerEntry::Execution(Kept::whole(&old))]);
+        let asleep = part("x9", Some("p9"))
+            .into_execution(&mut Default::default())
+            .unwrap();
+        let dormant = || {
+            DormantPart::Rows(
+                vec![DormantOut {
+                    project_id: "p9",
+                    months: vec![24_300, 24_301],
+                    multi: true,
+                    rows: vec![LedgerEntry::Execution(Kept::whole(&asleep))],
+                }],
+                Some(19_600),
+            )
+        };
         let value = state
-            .to_value([LedgerEntry::Execution(Kept::whole(&execution))], history())
+            .to_value(
+                [LedgerEntry::Execution(Kept::whole(&execution))],
+                history(),
+                dormant(),
+            )
             .unwrap();
         fn no_floats(v: &Value) -> bool {
             match v {
@@ -1177,9 +1248,11 @@ mod tests {
         assert!(no_floats(&value), "{value}");
         // written as it streams, the message is the plain JSON of the same value, keys in order
         let entry = LedgerEntry::Execution(Kept::whole(&execution));
-        let streamed = serde_json::to_string(&state.encode([entry], history()).unwrap()).unwrap();
+        let streamed =
+            serde_json::to_string(&state.encode([entry], history(), dormant()).unwrap()).unwrap();
         assert_eq!(streamed, value.to_string());
         let at = |key: &str| streamed.find(&format!("\"{key}\":")).unwrap();
+        assert!(at("dormant") < at("health"));
         assert!(at("health") < at("history") && at("history") < at("inputs"));
         assert!(at("inputs") < at("ledger") && at("ledger") < at("projects"));
         assert_eq!(value["tap_kpis"]["executions"], 3);
@@ -1191,6 +1264,31 @@ mod tests {
         assert_eq!(back.carry.parts, vec![part("x0", None)]);
         let carried = back.history.clone().unwrap();
         assert_eq!(carried.rows, 1);
+        // the dormant project is read as its cohort's counts; its rows only when asked for
+        let asleep_back = back.dormant.clone().unwrap();
+        assert_eq!(asleep_back.cut_day, 19_600);
+        let [entry] = &asleep_back.entries[..] else {
+            panic!("{:?}", asleep_back.entries)
+        };
+        assert_eq!(entry.project_id, "p9");
+        assert_eq!(
+            (entry.months.as_slice(), entry.multi),
+            (&[24_300, 24_301][..], true)
+        );
+        let mut unpacked = Carry::default();
+        assert!(
+            asleep_back
+                .load(|_| false, &mut unpacked)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(unpacked.executions.is_empty());
+        let loaded = asleep_back.load(|p| p == "p9", &mut unpacked).unwrap();
+        assert!(loaded.contains("p9"));
+        let [x9] = &unpacked.executions[..] else {
+            panic!("{:?}", unpacked.executions)
+        };
+        assert_eq!(x9.clone().into_parts(), part("x9", Some("p9")));
         // rows with a project are read as executions, the ledger's and the history's (in no set order)
         let mut read: Vec<&crate::normalize::Execution> = back.carry.executions.iter().collect();
         read.sort_by(|a, b| a.execution_id.cmp(&b.execution_id));
@@ -1204,12 +1302,22 @@ mod tests {
             .to_value(
                 [LedgerEntry::Execution(Kept::whole(x1))],
                 HistoryOut::Carried(carried.clone()),
+                DormantPart::Carried(asleep_back.clone()),
             )
             .unwrap();
         let anew = back
             .to_value(
                 [LedgerEntry::Execution(Kept::whole(x1))],
                 HistoryOut::Rows(vec![LedgerEntry::Execution(Kept::whole(x2))]),
+                DormantPart::Rows(
+                    vec![DormantOut {
+                        project_id: "p9",
+                        months: vec![24_300, 24_301],
+                        multi: true,
+                        rows: vec![LedgerEntry::Execution(Kept::whole(x9))],
+                    }],
+                    Some(19_600),
+                ),
             )
             .unwrap();
         assert_eq!(again, anew);

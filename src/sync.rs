@@ -13,14 +13,17 @@ use crate::compact;
 use crate::config::Config;
 use crate::decode::{Problem, Reason};
 use crate::health::alarm;
+use crate::kpi::DormantFleet;
 use crate::kpi::calendar::DAY_MS;
 use crate::kpi::{self, calendar};
+use crate::normalize::Carry;
 use crate::normalize::{self, NormalizeStats};
 use crate::read::{self, Mark, Resume};
 use crate::singer::{self, SingerWriter};
 use crate::source::{self, Input, SourceError};
 use crate::state::{
-    EncodedState, History, HistoryOut, InputBookmark, LedgerEntry, StateError, TapState,
+    Dormant, DormantOut, DormantPart, EncodedState, History, HistoryOut, InputBookmark,
+    LedgerEntry, StateError, TapState,
 };
 use crate::streams::{Records, STREAMS};
 
@@ -59,6 +62,10 @@ pub struct SyncReport {
     pub unchanged_inputs: usize,
     /// Whether the run resumed from a state (and re-emitted only changed rows).
     pub incremental: bool,
+    /// Dormant projects of the state whose history this run unpacked (its events named them), and
+    /// those it left packed.
+    pub dormant_unpacked: usize,
+    pub dormant_left_packed: usize,
 }
 
 impl Reason {
@@ -131,29 +138,51 @@ struct Resumed {
     health_carries: BTreeMap<String, crate::health::RuleCarry>,
     /// The earlier state's summarised history, which may be written again as it was read.
     earlier_history: Option<History>,
+    /// The earlier state's dormant projects, when this run unpacks only those its events name.
+    dormant: Option<Dormant>,
     incremental: bool,
 }
 
 impl Resumed {
-    fn from(earlier: Option<TapState>, late_days: i64) -> Self {
+    fn from(
+        earlier: Option<TapState>,
+        late_days: i64,
+        as_of: Option<i64>,
+    ) -> Result<Self, StateError> {
         let Some(mut e) = earlier else {
-            return Resumed {
+            return Ok(Resumed {
                 normalizer: normalize::Normalizer::new().with_late_event_days(late_days),
                 previous_as_of: None,
                 previous_projects: BTreeMap::new(),
                 previous_cut: None,
                 health_carries: BTreeMap::new(),
                 earlier_history: None,
+                dormant: None,
                 incremental: false,
-            };
+            });
+        };
+        let dormant = match e.dormant.take() {
+            Some(d) if can_leave_packed(&d, &e, as_of) => Some(d),
+            Some(d) => {
+                // the cut moved since the dormant projects were set apart (or as_of went back):
+                // every one is unpacked, and the next state sets them apart anew
+                let earlier = earlier_projects(&e.carry);
+                let mut rows = Carry::default();
+                d.load(|p| !earlier.contains(p), &mut rows)?;
+                drop(earlier);
+                e.carry.absorb_rows(rows);
+                None
+            }
+            None => None,
         };
         let late_before = e
             .carry
             .newest_event_ms
             .map(|n| normalize::late_before_day(n, late_days) * DAY_MS);
-        Resumed {
+        Ok(Resumed {
             // the history's executions are read with the rest; its text may be written again
             earlier_history: e.history.take(),
+            dormant,
             normalizer: normalize::Normalizer::resume(e.carry, late_before)
                 .with_late_event_days(late_days),
             previous_as_of: e.as_of,
@@ -161,8 +190,80 @@ impl Resumed {
             previous_cut: e.cut_day,
             health_carries: e.health,
             incremental: true,
-        }
+        })
     }
+
+    /// Unpack the dormant projects the new events name into the normaliser, before it folds them;
+    /// what the others add to the fleet's rows, and their ids, are returned.
+    fn unpack_named(&mut self) -> Result<LeftOut, StateError> {
+        let mut left_out = LeftOut::default();
+        let Some(dormant) = &self.dormant else {
+            return Ok(left_out);
+        };
+        let mut rows = Carry::default();
+        {
+            let earlier = self.normalizer.earlier_projects();
+            let named = self.normalizer.named_projects();
+            let known = &self.previous_projects;
+            // a project also read as an execution of the ledger or the history was unpacked by a
+            // run since the dormant part was written: that copy is the one that counts
+            let loaded = dormant.load(
+                |p| !earlier.contains(p) && (named.contains(p) || !known.contains_key(p)),
+                &mut rows,
+            )?;
+            for entry in &dormant.entries {
+                let id = entry.project_id.as_str();
+                if earlier.contains(id) || loaded.contains(id) {
+                    continue;
+                }
+                if let Some((_, first_ms)) = known.get(id) {
+                    left_out
+                        .fleet
+                        .add(calendar::day_of(*first_ms), &entry.months, entry.multi);
+                    left_out.projects.push(id.to_string());
+                }
+            }
+            left_out.unpacked = loaded.len();
+            tracing::debug!(
+                "{} of {} dormant project(s) unpacked, {} left packed",
+                loaded.len(),
+                dormant.entries.len(),
+                left_out.projects.len()
+            );
+        }
+        self.normalizer.absorb_earlier(rows);
+        Ok(left_out)
+    }
+}
+
+/// Dormant projects an incremental run left packed: what they add to the fleet's rows, and their
+/// ids (the next state keeps them).
+#[derive(Default)]
+struct LeftOut {
+    fleet: DormantFleet,
+    projects: Vec<String>,
+    unpacked: usize,
+}
+
+/// Whether a run may leave a state's dormant projects packed: the cut has not moved since they were
+/// set apart (so each one's active windows closed before the first period recomputed exactly), and
+/// as_of does not go back before the state's.
+fn can_leave_packed(dormant: &Dormant, state: &TapState, as_of: Option<i64>) -> bool {
+    let Some(previous_as_of) = state.as_of else {
+        return false;
+    };
+    state.cut_day == Some(dormant.cut_day)
+        && previous_as_of >= compact::exact_from_day(dormant.cut_day)
+        && as_of.is_none_or(|d| d >= previous_as_of)
+}
+
+/// The projects of a carry's executions and parts.
+fn earlier_projects(carry: &Carry) -> crate::normalize::FastSet<&str> {
+    let parts = carry.parts.iter();
+    parts
+        .filter_map(|p| p.variant.project_id.as_deref())
+        .chain(carry.executions.iter().map(|x| &*x.project_id))
+        .collect()
 }
 
 /// Where events go while the state is decoded beside the reading: held until the normaliser that
@@ -172,6 +273,7 @@ enum EventSink<'s> {
         decoding: Option<std::thread::ScopedJoinHandle<'s, Result<Option<TapState>, StateError>>>,
         held: Vec<crate::event::Event>,
         late_days: i64,
+        as_of: Option<i64>,
     },
     Ready(Box<Resumed>),
     Failed(StateError),
@@ -201,6 +303,7 @@ impl EventSink<'_> {
             decoding,
             held,
             late_days,
+            as_of,
         } = self
         else {
             return;
@@ -211,9 +314,8 @@ impl EventSink<'_> {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
             None => Ok(None),
         };
-        *self = match decoded {
-            Ok(earlier) => {
-                let mut r = Resumed::from(earlier, *late_days);
+        *self = match decoded.and_then(|earlier| Resumed::from(earlier, *late_days, *as_of)) {
+            Ok(mut r) => {
                 for e in std::mem::take(held) {
                     r.normalizer.push(e);
                 }
@@ -385,6 +487,7 @@ pub fn run<W: Write>(
             decoding,
             held: Vec::new(),
             late_days,
+            as_of: config.as_of.map(calendar::day_number),
         };
         if state.is_none() {
             sink.settle();
@@ -392,6 +495,10 @@ pub fn run<W: Write>(
         let (problems, ends) = read_inputs(&inputs, &resumes, &mut report, |e| sink.push(e))?;
         Ok::<_, SyncError>((sink.finish()?, problems, ends))
     })?;
+    let mut resumed = resumed;
+    let left_out = resumed.unpack_named()?;
+    report.dormant_unpacked = left_out.unpacked;
+    report.dormant_left_packed = left_out.projects.len();
     let Resumed {
         normalizer,
         previous_as_of,
@@ -399,6 +506,7 @@ pub fn run<W: Write>(
         previous_cut,
         health_carries,
         earlier_history,
+        dormant,
         incremental,
     } = resumed;
     report.incremental = incremental;
@@ -436,6 +544,13 @@ pub fn run<W: Write>(
     let facts = normalized.facts;
     let as_of = config.as_of.map(calendar::day_number);
     let mut model = kpi::Model::new(&facts, as_of);
+    if dormant.is_some() {
+        model.first_day = match (model.first_day, left_out.fleet.first_day) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        model.dormant = Some(left_out.fleet);
+    }
     tracing::debug!(
         "model built at {:.2}s ({})",
         started.elapsed().as_secs_f64(),
@@ -515,6 +630,9 @@ pub fn run<W: Write>(
     let executions = &facts.executions;
     let inputs_ref = &inputs;
     let touched_executions = &touched.executions;
+    let as_of_day = model.as_of;
+    let left_packed = left_out.projects;
+    let previous_projects = &previous_projects;
     let state = std::thread::scope(|scope| -> Result<EncodedState, SyncError> {
         // the next state is summarised and encoded on the other core while the records are written
         let next_state = scope.spawn(move || -> Result<EncodedState, StateError> {
@@ -530,12 +648,19 @@ pub fn run<W: Write>(
                 started.elapsed().as_secs_f64(),
                 rss()
             );
+            let mut known: BTreeMap<String, (String, i64)> = projects
+                .iter()
+                .map(|p| (p.project_id.clone(), (p.source.clone(), p.first_event_ms)))
+                .collect();
+            // the dormant projects left packed are still known as they were
+            for id in left_packed {
+                if let Some(p) = previous_projects.get(&id) {
+                    known.insert(id, p.clone());
+                }
+            }
             let next = TapState {
-                as_of: Some(model.as_of),
-                projects: projects
-                    .iter()
-                    .map(|p| (p.project_id.clone(), (p.source.clone(), p.first_event_ms)))
-                    .collect(),
+                as_of: Some(as_of_day),
+                projects: known,
                 inputs: inputs_ref
                     .iter()
                     .zip(prints)
@@ -554,23 +679,42 @@ pub fn run<W: Write>(
                 cut_day: cut,
                 health: health_carries,
                 history: None,
+                dormant: None,
             };
-            // while the cut stays put, the history read is the history to write: what finished
-            // before the cut can no longer change (a new event for it would make it finish later)
-            let history = match earlier_history {
-                Some(history)
-                    if cut == previous_cut
-                        && history.rows == compacted.history_len()
-                        && compacted
-                            .passed
-                            .iter()
-                            .all(|x| !touched_executions.contains(&x.execution_id)) =>
-                {
-                    HistoryOut::Carried(history)
+            let (history, dormant) = match dormant {
+                // the dormant part is written as it was read; what was unpacked of it is written
+                // with the rest of the history (the next run reads that copy)
+                Some(d) => {
+                    // while the cut stays put, the history read is the history to write: what
+                    // finished before the cut can no longer change (a new event for it would make
+                    // it finish later)
+                    let history = match earlier_history {
+                        Some(history)
+                            if cut == previous_cut
+                                && history.rows == compacted.history_len()
+                                && compacted
+                                    .passed
+                                    .iter()
+                                    .all(|x| !touched_executions.contains(&x.execution_id)) =>
+                        {
+                            HistoryOut::Carried(history)
+                        }
+                        _ => HistoryOut::Rows(
+                            compacted.history().map(LedgerEntry::Execution).collect(),
+                        ),
+                    };
+                    (history, DormantPart::Carried(d))
                 }
-                _ => HistoryOut::Rows(compacted.history().map(LedgerEntry::Execution).collect()),
+                None => {
+                    let (live, dormant) = set_dormant_apart(&compacted, as_of_day, cut);
+                    (HistoryOut::Rows(live), DormantPart::Rows(dormant, cut))
+                }
             };
-            let value = next.encode(compacted.recent().map(LedgerEntry::Execution), history);
+            let value = next.encode(
+                compacted.recent().map(LedgerEntry::Execution),
+                history,
+                dormant,
+            );
             tracing::debug!(
                 "state encoded at {:.2}s ({})",
                 started.elapsed().as_secs_f64(),
@@ -688,6 +832,61 @@ pub fn run<W: Write>(
         return Err(SyncError::Alarms(report.recent_alarms));
     }
     Ok(report)
+}
+
+/// Split the summarised history of a state being written into what stays with the live projects and
+/// the dormant projects: those with no execution on or after the cut (and none after as_of), each
+/// with what its cohort counts.
+fn set_dormant_apart<'a>(
+    compacted: &'a compact::Compacted<'a>,
+    as_of: i64,
+    cut: Option<i64>,
+) -> (Vec<LedgerEntry<'a>>, Vec<DormantOut<'a>>) {
+    let history = compacted.history().map(LedgerEntry::Execution);
+    let Some(cut) = cut.filter(|c| *c <= as_of) else {
+        return (history.collect(), Vec::new());
+    };
+    let live: crate::normalize::FastSet<&str> = compacted
+        .recent()
+        .map(|k| &*k.execution.project_id)
+        .collect();
+    let end_ms = (as_of + 1) * DAY_MS;
+    let mut by_project: BTreeMap<&str, Vec<crate::compact::Kept<'a>>> = BTreeMap::new();
+    let mut kept = Vec::new();
+    for k in compacted.history() {
+        let id = &*k.execution.project_id;
+        if live.contains(id) || k.execution.finished_ms >= cut * DAY_MS {
+            kept.push(LedgerEntry::Execution(k));
+        } else {
+            by_project.entry(id).or_default().push(k);
+        }
+    }
+    let mut dormant = Vec::with_capacity(by_project.len());
+    for (project_id, rows) in by_project {
+        if rows.iter().any(|k| k.execution.started_ms >= end_ms) {
+            kept.extend(rows.into_iter().map(LedgerEntry::Execution));
+            continue;
+        }
+        let months: std::collections::BTreeSet<i64> = rows
+            .iter()
+            .flat_map(|k| {
+                let started = calendar::month_of(calendar::day_of(k.execution.started_ms));
+                std::iter::once(started).chain(k.presence_months().iter().copied())
+            })
+            .collect();
+        let exec_weight: u64 = rows
+            .iter()
+            .filter(|k| k.execution.is_exec())
+            .map(|k| u64::from(k.weight))
+            .sum();
+        dormant.push(DormantOut {
+            project_id,
+            months: months.into_iter().collect(),
+            multi: exec_weight > 1,
+            rows: rows.into_iter().map(LedgerEntry::Execution).collect(),
+        });
+    }
+    (kept, dormant)
 }
 
 /// The cores there are to read and to make streams on.

@@ -12,21 +12,30 @@ use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 use tap_kpis::catalog::Selections;
 use tap_kpis::config;
+use tap_kpis::sync::SyncReport;
 
 fn run(config: &Value, state: Option<&Value>) -> (common::Output, Value) {
     let (out, last, _) = run_counting(config, state);
     (out, last)
 }
 
-/// A run, with the number of lines it read.
-fn run_counting(config: &Value, state: Option<&Value>) -> (common::Output, Value, u64) {
+/// A run, with its report.
+fn run_counting(config: &Value, state: Option<&Value>) -> (common::Output, Value, SyncReport) {
     let cfg = config::validate(config.as_object().unwrap()).unwrap();
     let mut buf = Vec::new();
     let report =
         tap_kpis::sync::run(&cfg, &Selections::all(), state, &mut buf).expect("sync succeeds");
     let out = common::parse(&buf);
     let last = out.states.last().cloned().expect("a STATE message");
-    (out, last, report.lines)
+    (out, last, report)
+}
+
+/// What the incremental runs of [`check_pieces`] did with the state's dormant projects.
+#[derive(Debug, Default)]
+struct DormantUse {
+    /// Runs that left dormant projects packed, and the projects unpacked over all runs.
+    runs_leaving_packed: usize,
+    unpacked: usize,
 }
 
 /// How a fleet is delivered: cut days between deliveries, and the share of lines arriving one
@@ -37,6 +46,8 @@ struct Pieces<'a> {
     late: f64,
     copies: f64,
     torn: f64,
+    /// The generator's activity (1: the usual fleet).
+    activity: f64,
 }
 
 /// Deliver a generated fleet in pieces and compare incremental runs with one full run.
@@ -47,16 +58,17 @@ fn check_pieces(
     projects: usize,
     days: u32,
     pieces: Pieces,
-) -> (Value, usize) {
+) -> (Value, usize, DormantUse) {
     let Pieces {
         cuts,
         late_event_days,
         late,
         copies,
         torn,
+        activity,
     } = pieces;
     let root = common::temp_dir(&format!("incremental-{case}"));
-    let files = fleet(&root.join("fleet"), projects, days, seed);
+    let files = common::fleet_at(&root.join("fleet"), projects, days, seed, activity);
     let deliveries = cuts.len() + 1;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     // portions[file][delivery] = text appended to the file in that delivery
@@ -84,6 +96,7 @@ fn check_pieces(
     let mut tables = Tables::new();
     let mut state: Option<Value> = None;
     let (mut lines_read, mut torn_lines) = (0u64, 0u64);
+    let mut dormant = DormantUse::default();
     for k in 0..deliveries {
         for (f, (name, _)) in files.iter().enumerate() {
             let mut content: String = portions[f][..=k].concat();
@@ -105,15 +118,26 @@ fn check_pieces(
             }
             std::fs::write(src.join(name), content).unwrap();
         }
-        let (out, next, lines) = run_counting(&config, state.as_ref());
+        let (out, next, report) = run_counting(&config, state.as_ref());
+        let lines = report.lines;
+        dormant.runs_leaving_packed += usize::from(report.dormant_left_packed > 0);
+        dormant.unpacked += report.dormant_unpacked;
         if let Some(before) = &state {
-            // summarised history is final: while the cut stays put it is carried as it was
+            // summarised history is final: while the cut stays put the dormant projects' part is
+            // carried as it was (a project unpacked from it moves its rows into the history), and
+            // a run that unpacked none carries the history as it was too
             let (was, now) = (&before["tap_kpis"], &next["tap_kpis"]);
-            if was["cut_day"] == now["cut_day"] {
+            if was["cut_day"] == now["cut_day"] && was["dormant_cut"] == was["cut_day"] {
                 assert_eq!(
-                    was["history"], now["history"],
-                    "history before the cut changed"
+                    was["dormant"], now["dormant"],
+                    "dormant history before the cut changed"
                 );
+                if was["executions"] == now["executions"] {
+                    assert_eq!(
+                        was["history"], now["history"],
+                        "history before the cut changed"
+                    );
+                }
             }
         }
         lines_read += lines;
@@ -138,7 +162,7 @@ fn check_pieces(
     let executions = full_out.records("cli_executions").len();
     assert_same(&kpi_tables(full), &kpi_tables(tables));
     let _ = std::fs::remove_dir_all(&root);
-    (state.unwrap_or_default(), executions)
+    (state.unwrap_or_default(), executions, dormant)
 }
 
 #[test]
@@ -154,6 +178,7 @@ fn files_arriving_day_by_day_equal_one_run() {
             late: 0.0,
             copies: 0.0,
             torn: 0.0,
+            activity: 1.0,
         },
     );
 }
@@ -171,6 +196,7 @@ fn torn_lines_late_events_and_copies_equal_one_run() {
             late: 0.1,
             copies: 0.05,
             torn: 0.5,
+            activity: 1.0,
         },
     );
 }
@@ -188,7 +214,7 @@ proptest! {
     ) {
         cuts.sort_unstable();
         cuts.dedup();
-        check_pieces(&format!("prop-{seed}"), seed, projects, 40, Pieces { cuts: &cuts, late_event_days: 400, late, copies, torn });
+        check_pieces(&format!("prop-{seed}"), seed, projects, 40, Pieces { cuts: &cuts, late_event_days: 400, late, copies, torn, activity: 1.0 });
     }
 }
 
@@ -196,7 +222,7 @@ proptest! {
 fn a_long_history_summarised_in_the_state_equals_one_run() {
     // deliveries every 5 days over 5 months with a 12-day horizon: old executions are summarised
     let cuts: Vec<u32> = (1..30).map(|i| i * 5).collect();
-    let (state, executions) = check_pieces(
+    let (state, executions, _) = check_pieces(
         "summarised",
         6,
         14,
@@ -207,6 +233,7 @@ fn a_long_history_summarised_in_the_state_equals_one_run() {
             late: 0.1,
             copies: 0.03,
             torn: 0.3,
+            activity: 1.0,
         },
     );
     let kept = state["tap_kpis"]["executions"].as_u64().unwrap() as usize;
@@ -214,6 +241,36 @@ fn a_long_history_summarised_in_the_state_equals_one_run() {
         kept * 2 < executions,
         "the state keeps {kept} of {executions} executions"
     );
+}
+
+#[test]
+fn dormant_projects_left_packed_or_unpacked_equal_one_run() {
+    // a quiet fleet over most of a year, delivered weekly at the end: most projects have gone
+    // quiet for months (dormant in the state), some come back and are unpacked
+    let cuts: Vec<u32> = (0..8).map(|i| 250 + i * 7).collect();
+    let (state, _, dormant) = check_pieces(
+        "dormant",
+        21,
+        400,
+        310,
+        Pieces {
+            cuts: &cuts,
+            late_event_days: 7,
+            // a line a delivery late (or the rest of a torn file) would be older than the
+            // horizon for the first delivery
+            late: 0.0,
+            copies: 0.02,
+            torn: 0.0,
+            activity: 0.05,
+        },
+    );
+    let tap = &state["tap_kpis"];
+    assert!(
+        tap["dormant_projects"].as_u64().unwrap_or(0) > 0,
+        "no dormant project in the state"
+    );
+    assert!(dormant.runs_leaving_packed > 0, "{dormant:?}");
+    assert!(dormant.unpacked > 0, "{dormant:?}");
 }
 
 #[test]

@@ -77,6 +77,45 @@ pub struct Model<'a> {
     pub execution_scope: Option<FastSet<crate::normalize::Text>>,
     /// When set, the per-project streams build only the rows this scope keeps.
     pub project_scope: Option<ProjectScope>,
+    /// What projects left out of the facts (dormant ones an incremental run did not unpack) add to
+    /// the rows it can re-emit.
+    pub dormant: Option<DormantFleet>,
+}
+
+/// Per cohort month: its projects, and per month those active and those active with more than one
+/// exec execution.
+pub type Cohort = (
+    u64,
+    std::collections::BTreeMap<i64, u64>,
+    std::collections::BTreeMap<i64, u64>,
+);
+
+/// What dormant projects, left out of the facts, add to the fleet: their cohorts' counts and the
+/// first day of the day series. Nothing else of a row an incremental run re-emits depends on them
+/// (their active windows closed before the first period it recomputes).
+#[derive(Debug, Clone, Default)]
+pub struct DormantFleet {
+    pub cohorts: std::collections::BTreeMap<i64, Cohort>,
+    pub first_day: Option<i64>,
+}
+
+impl DormantFleet {
+    /// Count a project first seen on `first_day`, active in `months`, with more than one exec
+    /// execution when `multi`.
+    pub fn add(&mut self, first_day: i64, months: &[i64], multi: bool) {
+        self.first_day = Some(self.first_day.map_or(first_day, |d| d.min(first_day)));
+        let entry = self
+            .cohorts
+            .entry(calendar::month_of(first_day))
+            .or_default();
+        entry.0 += 1;
+        for &m in months {
+            *entry.1.entry(m).or_default() += 1;
+            if multi {
+                *entry.2.entry(m).or_default() += 1;
+            }
+        }
+    }
 }
 
 /// The per-project rows an incremental run re-emits (`crate::changes` holds the whole rule): a
@@ -237,6 +276,7 @@ impl<'a> Model<'a> {
             first_day,
             execution_scope: None,
             project_scope: None,
+            dormant: None,
         }
     }
 

@@ -131,8 +131,7 @@ fn plugin_usage_rows(model: &Model) -> Vec<Value> {
         .collect()
 }
 
-/// A cohort: its size, and per month its active projects and those with more than one exec.
-type Cohort = (u64, BTreeMap<Month, u64>, BTreeMap<Month, u64>);
+use super::Cohort;
 
 /// `cohort_retention`: per cohort month and month number, projects still executing.
 pub fn cohort_retention<'m>(model: &'m Model) -> RecordIter<'m> {
@@ -163,6 +162,17 @@ fn cohort_retention_rows(model: &Model) -> Vec<Value> {
             if multi {
                 *entry.2.entry(m).or_default() += 1;
             }
+        }
+    }
+    // projects an incremental run left packed still count in their cohorts
+    for (cohort, (size, active, multi)) in model.dormant.iter().flat_map(|d| &d.cohorts) {
+        let entry = cohorts.entry(*cohort).or_default();
+        entry.0 += size;
+        for (m, n) in active {
+            *entry.1.entry(*m).or_default() += n;
+        }
+        for (m, n) in multi {
+            *entry.2.entry(*m).or_default() += n;
         }
     }
     let mut rows = Vec::new();

@@ -866,6 +866,8 @@ pub struct Normalizer {
     late_event_days: Option<i64>,
     /// Whether this extends earlier runs: only then is what the events touched worth recording.
     resumed: bool,
+    /// Projects the events of a resumed run name (their dormant history is needed).
+    named: FastSet<Text>,
 }
 
 impl Normalizer {
@@ -955,9 +957,46 @@ impl Normalizer {
         }
     }
 
+    /// Projects the events pushed so far name (by context, state change or structured event), in a
+    /// resumed run.
+    pub fn named_projects(&self) -> &FastSet<Text> {
+        &self.named
+    }
+
+    /// The projects of the executions (and parts) read from the state.
+    pub fn earlier_projects(&self) -> FastSet<&str> {
+        let parts = self.earlier_parts.iter().flatten();
+        parts
+            .filter_map(|p| p.variant.project_id.as_deref())
+            .chain(self.earlier_executions.iter().map(|x| &*x.project_id))
+            .collect()
+    }
+
+    /// Take in executions read from the state after it was resumed (a dormant project's history):
+    /// new events fold into them as into the others.
+    pub fn absorb_earlier(&mut self, carry: Carry) {
+        for x in carry.executions {
+            let i = self.earlier_executions.len() as u32;
+            self.earlier_index
+                .insert(x.execution_id.clone(), Earlier::Execution(i));
+            self.earlier_executions.push(x);
+        }
+        for p in carry.parts {
+            let i = self.earlier_parts.len() as u32;
+            self.earlier_index
+                .insert(p.execution_id.clone(), Earlier::Part(i));
+            self.earlier_parts.push(Some(p));
+        }
+        self.tables.absorb(carry.tables);
+        self.shared.texts.absorb(carry.texts);
+    }
+
     /// Add one decoded event.
     pub fn push(&mut self, e: Event) {
         self.stats.events_in += 1;
+        if self.resumed {
+            self.name_project(&e);
+        }
         let Some(time) = e.time_ms() else {
             let summary = event_summary(&e);
             self.problems.push(problem(
@@ -1074,6 +1113,18 @@ impl Normalizer {
                 key,
                 home: home.pack(),
             });
+        }
+    }
+
+    fn name_project(&mut self, e: &Event) {
+        let named = match &e.kind {
+            EventKind::Structured { label, .. } if !e.has_contexts => label.as_deref(),
+            _ => e.project.as_ref().and_then(|p| p.project_uuid.as_deref()),
+        };
+        if let Some(p) = named
+            && !self.named.contains(p)
+        {
+            self.named.insert(Text::from(p));
         }
     }
 

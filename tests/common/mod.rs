@@ -141,6 +141,17 @@ pub fn assert_same(full: &Tables, incremental: &Tables) {
 
 /// The lines of each day file of a generated fleet.
 pub fn fleet(dir: &Path, projects: usize, days: u32, seed: u64) -> Vec<(String, Vec<String>)> {
+    fleet_at(dir, projects, days, seed, 1.0)
+}
+
+/// [`fleet`] with the generator's activity (below 1, projects go quiet and some come back).
+pub fn fleet_at(
+    dir: &Path,
+    projects: usize,
+    days: u32,
+    seed: u64,
+    activity: f64,
+) -> Vec<(String, Vec<String>)> {
     generate(&GenerateArgs {
         projects,
         days,
@@ -151,7 +162,7 @@ pub fn fleet(dir: &Path, projects: usize, days: u32, seed: u64) -> Vec<(String, 
         outage: None,
         ramp_days: Some(5),
         profile: Profile::Mixed,
-        activity: 1.0,
+        activity,
     })
     .unwrap();
     let mut files: Vec<(String, Vec<String>)> = std::fs::read_dir(dir)

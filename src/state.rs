@@ -230,8 +230,9 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
-/// zstd level of the ledger: fast to write and to read, about as small as gzip's default.
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level of the state's packed parts: the fastest. Level 3 writes a state about 1% smaller and
+/// costs an incremental run about 8% more CPU.
+const ZSTD_LEVEL: i32 = 1;
 
 /// A STATE value whose ledger and history are held compressed: it serialises as the value with their
 /// base64 text in `tap_kpis.history` and `tap_kpis.ledger`, made as it is written (they are most of

@@ -335,7 +335,8 @@ impl EventSink<'_> {
     }
 }
 
-/// Where each input resumes, from the state's bookmarks: unchanged inputs are skipped, appended ones
+/// Where each input resumes, from the state's bookmarks: unchanged inputs (the same size and
+/// modification time, as make and rsync judge it) are skipped unopened, appended ones
 /// resume after their last complete line, replaced or rotated ones (their first bytes differ) and new
 /// ones are read whole.
 fn plan_inputs(
@@ -354,6 +355,18 @@ fn plan_inputs(
             && let Some(b) = bookmark
         {
             // the server says the content is what the bookmark read: nothing new
+            resumes.push(Resume {
+                at: b.mark(),
+                skip: true,
+            });
+            prints.push(b.fingerprint.clone());
+            continue;
+        }
+        if let Some(b) = bookmark
+            && source::size_and_mtime(&input.path).map_err(io)?
+                == (b.fingerprint.size, b.fingerprint.mtime_ms)
+        {
+            // the same size and modification time as when it was read: unchanged, not opened
             resumes.push(Resume {
                 at: b.mark(),
                 skip: true,

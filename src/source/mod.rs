@@ -352,17 +352,23 @@ pub fn head_digest(path: &std::path::Path, len: u64) -> io::Result<String> {
     Ok(hex::encode(Sha256::digest(&head)))
 }
 
-/// The fingerprint of a file now.
-pub fn fingerprint(path: &std::path::Path) -> io::Result<Fingerprint> {
+/// A file's size and modification time (epoch ms), the quick check of whether it changed.
+pub fn size_and_mtime(path: &std::path::Path) -> io::Result<(u64, i64)> {
     let meta = std::fs::metadata(path)?;
     let mtime_ms = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_millis() as i64);
-    let head_len = meta.len().min(HEAD_BYTES);
+    Ok((meta.len(), mtime_ms))
+}
+
+/// The fingerprint of a file now.
+pub fn fingerprint(path: &std::path::Path) -> io::Result<Fingerprint> {
+    let (size, mtime_ms) = size_and_mtime(path)?;
+    let head_len = size.min(HEAD_BYTES);
     Ok(Fingerprint {
-        size: meta.len(),
+        size,
         mtime_ms,
         head_len,
         head_sha256: head_digest(path, head_len)?,

@@ -4,13 +4,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Value, json};
 
+use super::calendar::DAY_MS;
 use super::calendar::{
     Month, day_of, fmt_day, fmt_month, is_complete, month_first_day, month_last_day, month_of,
 };
 use super::{
     ACTIVE_WINDOW_DAYS, Model, ProjectActivity, RecordIter, ratio, usage, windows_to_intervals,
 };
-use crate::normalize::EXEC_COMMANDS;
+use crate::normalize::{EXEC_COMMANDS, Execution};
 
 /// Month flags of one project in one complete month.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -146,14 +147,13 @@ impl DaySeries {
 }
 
 /// Projects counted in the rolling variants: some single day in [D-28, D] meets `hot_day`.
-fn rolling(
-    model: &Model,
-    first: i64,
-    hot_days: impl Fn(&ProjectActivity) -> Vec<i64>,
-) -> DaySeries {
+fn rolling(model: &Model, first: i64, hot_days: impl Fn(&[&Execution]) -> Vec<i64>) -> DaySeries {
     let mut series = DaySeries::new(first, model.as_of);
+    // only days whose window reaches `first` count
+    let from_ms = (first - ACTIVE_WINDOW_DAYS) * DAY_MS;
     for pa in &model.projects {
-        for (s, e) in windows_to_intervals(hot_days(pa), ACTIVE_WINDOW_DAYS) {
+        let recent = &pa.executions[pa.executions.partition_point(|x| x.started_ms < from_ms)..];
+        for (s, e) in windows_to_intervals(hot_days(recent), ACTIVE_WINDOW_DAYS) {
             series.add_interval(s, e);
         }
     }
@@ -161,9 +161,9 @@ fn rolling(
 }
 
 /// Days on which a project ran at least two executions of invoke/el/elt/run/test/ui.
-fn busy_days(pa: &ProjectActivity) -> Vec<i64> {
+fn busy_days(executions: &[&Execution]) -> Vec<i64> {
     let mut per_day: BTreeMap<i64, u32> = BTreeMap::new();
-    for x in &pa.executions {
+    for x in executions {
         if x.command_line
             .command
             .as_deref()
@@ -180,9 +180,9 @@ fn busy_days(pa: &ProjectActivity) -> Vec<i64> {
 }
 
 /// Days on which a project ran at least two distinct pipelines.
-fn multi_pipeline_days(pa: &ProjectActivity) -> Vec<i64> {
-    let mut per_day: BTreeMap<i64, BTreeSet<&str>> = BTreeMap::new();
-    for x in &pa.executions {
+fn multi_pipeline_days<'a>(executions: &[&'a Execution]) -> Vec<i64> {
+    let mut per_day: BTreeMap<i64, BTreeSet<&'a str>> = BTreeMap::new();
+    for x in executions {
         if let Some(id) = &x.pipeline_id {
             per_day.entry(day_of(x.started_ms)).or_default().insert(id);
         }
@@ -203,6 +203,11 @@ fn active_projects_daily_rows(model: &Model) -> Vec<Value> {
     let Some(first) = model.first_day.filter(|f| *f <= model.as_of) else {
         return Vec::new();
     };
+    // an incremental run reads no day before the summarised history's end again
+    let first = first.max(model.series_from().unwrap_or(i64::MIN));
+    if first > model.as_of {
+        return Vec::new();
+    }
     let as_of = model.as_of;
     let mut active = DaySeries::new(first, as_of);
     let (mut added, mut reactivated, mut churned) = (
@@ -233,7 +238,10 @@ fn active_projects_daily_rows(model: &Model) -> Vec<Value> {
         DaySeries::new(first, as_of),
     );
     let mut pipelines_per_day: BTreeSet<(i64, &str)> = BTreeSet::new();
-    for x in &model.counted {
+    let from = model
+        .counted
+        .partition_point(|x| x.started_ms < first * DAY_MS);
+    for x in &model.counted[from..] {
         let day = day_of(x.started_ms);
         executions.add(day);
         if x.is_exec() {
@@ -296,6 +304,14 @@ fn monthly_kpis_rows(model: &Model) -> Vec<Value> {
     let Some(first) = model.first_day.filter(|f| *f <= model.as_of) else {
         return Vec::new();
     };
+    // an incremental run reads no month before the summarised history's end again
+    let first = match model.series_from() {
+        Some(from) if from > first => month_first_day(month_of(from)),
+        _ => first,
+    };
+    if first > model.as_of {
+        return Vec::new();
+    }
     let as_of = model.as_of;
     let mut months: BTreeMap<Month, MonthAcc> = (month_of(first)..=month_of(as_of))
         .map(|m| (m, MonthAcc::default()))
@@ -332,7 +348,10 @@ fn monthly_kpis_rows(model: &Model) -> Vec<Value> {
             }
         }
     }
-    for x in &model.counted {
+    let from = model
+        .counted
+        .partition_point(|x| x.started_ms < first * DAY_MS);
+    for x in &model.counted[from..] {
         let Some(acc) = months.get_mut(&month_of(day_of(x.started_ms))) else {
             continue;
         };
@@ -343,7 +362,7 @@ fn monthly_kpis_rows(model: &Model) -> Vec<Value> {
             acc.pipelines.insert(id);
         }
     }
-    for s in usage::segments(model) {
+    for s in usage::segments_from(model, |_| first) {
         if let Some(acc) = months.get_mut(&s.month) {
             *acc.segments.entry(s.segment).or_default() += 1;
         }

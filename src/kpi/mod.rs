@@ -280,6 +280,13 @@ impl<'a> Model<'a> {
         }
     }
 
+    /// The first day of the fleet-wide series anything reads in an incremental run: rows before it
+    /// come from summarised history, are never re-emitted, and health resumes after them from its
+    /// carried state. `None`: every day from the first.
+    pub fn series_from(&self) -> Option<i64> {
+        self.project_scope.as_ref().and_then(|s| s.exact_from)
+    }
+
     /// Counted executions within the execution scope, in time order.
     pub fn scoped_executions(&self) -> impl Iterator<Item = &&'a Execution> {
         self.counted.iter().filter(|x| {

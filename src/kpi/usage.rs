@@ -35,7 +35,7 @@ pub fn segments<'a>(model: &Model<'a>) -> Vec<Segment<'a>> {
 
 /// Segments of every (project, month) with an execution on or after the project's `from(project)`
 /// day (a month's first day: a month's segment depends only on that month's executions).
-fn segments_from<'a>(model: &Model<'a>, from: impl Fn(&str) -> i64) -> Vec<Segment<'a>> {
+pub fn segments_from<'a>(model: &Model<'a>, from: impl Fn(&str) -> i64) -> Vec<Segment<'a>> {
     let mut out = Vec::new();
     for pa in &model.projects {
         let mut months: BTreeMap<Month, (u64, u64, u64)> = BTreeMap::new();

@@ -197,8 +197,8 @@ def bench(projects, days, activity):
         f"{db_rss / tap_rss:.1f}x.",
         f"Full refresh / one-thread parse floor wall time: **{tap_wall / floor_wall:.2f}x**.",
         f"Incremental run ({100 * new_events / events:.1f}% new events, the last files) / full refresh wall "
-        f"time: **{100 * inc_wall / tap_wall:.0f}%**"
-        + (f"; the same ending on a month's 20th (no month completes): **{100 * month_run[0] / tap_wall:.0f}%**."
+        f"time: **{100 * inc_wall / tap_wall:.1f}%**"
+        + (f"; the same ending on a month's 20th (no month completes): **{100 * month_run[0] / tap_wall:.1f}%**."
            if month_run else "."),
     ])
     print(text, flush=True)

@@ -159,7 +159,8 @@ pub struct DormantOut<'a> {
     pub rows: Vec<LedgerEntry<'a>>,
 }
 
-/// Pack projects into the bytes of a dormant part.
+/// Pack projects into the bytes of a dormant part. Each project's rows are packed as the part is
+/// written, one at a time, so that no unpacked copy of them all is held.
 pub fn encode(mut projects: Vec<DormantOut<'_>>) -> Result<Vec<u8>, StateError> {
     projects.sort_unstable_by(|a, b| a.project_id.cmp(b.project_id));
     let counts: Vec<usize> = projects.iter().map(|p| p.rows.len()).collect();
@@ -171,22 +172,38 @@ pub fn encode(mut projects: Vec<DormantOut<'_>>) -> Result<Vec<u8>, StateError> 
     }
     // rows sort by project first, so each project's rows stay together, in project order
     let tables = Tables::of(all)?;
-    let mut packed = Vec::with_capacity(heads.len());
-    let mut at = 0;
-    for n in counts {
-        let rows = Rows {
-            entries: &tables.order[at..at + n],
-            plugin_index: &tables.plugin_index,
-            text_index: &tables.text_index,
-        };
-        at += n;
-        packed.push(postcard::to_allocvec(&rows).map_err(|e| StateError::Damaged(e.to_string()))?);
-    }
-    let rows: Vec<DormantRow> = heads
-        .iter()
-        .zip(&packed)
-        .map(|((id, months, multi), bytes)| DormantRow(id, months.clone(), *multi, Bytes(bytes)))
-        .collect();
     let plugins: Vec<&str> = tables.plugins.iter().map(String::as_str).collect();
-    pack(&Section(tables.texts.clone(), plugins, rows), at)
+    let projects = Packed {
+        heads: &heads,
+        counts: &counts,
+        tables: &tables,
+    };
+    let rows = tables.order.len();
+    pack(&(&tables.texts, plugins, projects), rows)
+}
+
+/// The projects of a dormant part, written as [`DormantRow`]s.
+struct Packed<'a> {
+    heads: &'a [(&'a str, Vec<i64>, bool)],
+    counts: &'a [usize],
+    tables: &'a Tables<'a>,
+}
+
+impl Serialize for Packed<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut seq = s.serialize_seq(Some(self.heads.len()))?;
+        let mut at = 0;
+        for ((id, months, multi), &n) in self.heads.iter().zip(self.counts) {
+            let rows = Rows {
+                entries: &self.tables.order[at..at + n],
+                plugin_index: &self.tables.plugin_index,
+                text_index: &self.tables.text_index,
+            };
+            at += n;
+            let bytes = postcard::to_allocvec(&rows).map_err(S::Error::custom)?;
+            seq.serialize_element(&DormantRow(id, months.clone(), *multi, Bytes(&bytes)))?;
+        }
+        seq.end()
+    }
 }

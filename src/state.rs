@@ -715,14 +715,10 @@ fn rows_of<'de, A: serde::de::SeqAccess<'de>>(
     let texts: Vec<&str> = seq.next_element()?.ok_or_else(missing)?;
     let table: Vec<Text> = texts.iter().map(|t| carry.texts.get(t)).collect();
     let plugins: Vec<&str> = seq.next_element()?.ok_or_else(missing)?;
-    let mut dicts: Vec<BTreeMap<String, Value>> = Vec::with_capacity(plugins.len());
-    for text in plugins {
-        match serde_json::from_str(text) {
-            Ok(dict) => dicts.push(dict),
-            Err(e) => return Err(fail(failure, StateError::Damaged(format!("plugin: {e}")))),
-        }
-    }
-    let infos = plugin_infos(dicts);
+    let infos = match plugins_of(plugins) {
+        Ok(infos) => infos,
+        Err(e) => return Err(fail(failure, e)),
+    };
     let rows = RowsInto {
         table: &table,
         infos: &infos,
@@ -832,6 +828,19 @@ impl<'de> serde::de::Visitor<'de> for LedgerInto<'_> {
         carry.newest_event_ms = seq.next_element()?.ok_or_else(missing)?;
         seq.next_element()?.ok_or_else(missing)
     }
+}
+
+/// The plugins of a table written as their dicts' JSON text.
+fn plugins_of<'t>(
+    texts: impl IntoIterator<Item = &'t str>,
+) -> Result<Vec<Arc<PluginInfo>>, StateError> {
+    let mut dicts: Vec<BTreeMap<String, Value>> = Vec::new();
+    for text in texts {
+        let dict =
+            serde_json::from_str(text).map_err(|e| StateError::Damaged(format!("plugin: {e}")))?;
+        dicts.push(dict);
+    }
+    Ok(plugin_infos(dicts))
 }
 
 fn plugin_infos(dicts: Vec<BTreeMap<String, Value>>) -> Vec<Arc<PluginInfo>> {

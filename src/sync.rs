@@ -138,8 +138,10 @@ struct Resumed {
     health_carries: BTreeMap<String, crate::health::RuleCarry>,
     /// The earlier state's summarised history, which may be written again as it was read.
     earlier_history: Option<History>,
-    /// The earlier state's dormant projects, when this run unpacks only those its events name.
+    /// The earlier state's dormant projects: this run unpacks those its events name, or all of
+    /// them when `unpack_all`.
     dormant: Option<Dormant>,
+    unpack_all: bool,
     incremental: bool,
 }
 
@@ -158,23 +160,16 @@ impl Resumed {
                 health_carries: BTreeMap::new(),
                 earlier_history: None,
                 dormant: None,
+                unpack_all: false,
                 incremental: false,
             });
         };
-        let dormant = match e.dormant.take() {
-            Some(d) if can_leave_packed(&d, &e, as_of) => Some(d),
-            Some(d) => {
-                // the cut moved since the dormant projects were set apart (or as_of went back):
-                // every one is unpacked, and the next state sets them apart anew
-                let earlier = earlier_projects(&e.carry);
-                let mut rows = Carry::default();
-                d.load(|p| !earlier.contains(p), &mut rows)?;
-                drop(earlier);
-                e.carry.absorb_rows(rows);
-                None
-            }
-            None => None,
-        };
+        let dormant = e.dormant.take();
+        // when the cut moved since the dormant projects were set apart (or as_of went back), every
+        // one is unpacked, and the next state sets them apart anew
+        let unpack_all = dormant
+            .as_ref()
+            .is_some_and(|d| !can_leave_packed(d, &e, as_of));
         let late_before = e
             .carry
             .newest_event_ms
@@ -183,6 +178,7 @@ impl Resumed {
             // the history's executions are read with the rest; its text may be written again
             earlier_history: e.history.take(),
             dormant,
+            unpack_all,
             normalizer: normalize::Normalizer::resume(e.carry, late_before)
                 .with_late_event_days(late_days),
             previous_as_of: e.as_of,
@@ -207,8 +203,9 @@ impl Resumed {
             let known = &self.previous_projects;
             // a project also read as an execution of the ledger or the history was unpacked by a
             // run since the dormant part was written: that copy is the one that counts
+            let all = self.unpack_all;
             let loaded = dormant.load(
-                |p| !earlier.contains(p) && (named.contains(p) || !known.contains_key(p)),
+                |p| !earlier.contains(p) && (all || named.contains(p) || !known.contains_key(p)),
                 &mut rows,
             )?;
             for entry in &dormant.entries {
@@ -232,6 +229,9 @@ impl Resumed {
             );
         }
         self.normalizer.absorb_earlier(rows);
+        if self.unpack_all {
+            self.dormant = None;
+        }
         Ok(left_out)
     }
 }
@@ -255,15 +255,6 @@ fn can_leave_packed(dormant: &Dormant, state: &TapState, as_of: Option<i64>) -> 
     state.cut_day == Some(dormant.cut_day)
         && previous_as_of >= compact::exact_from_day(dormant.cut_day)
         && as_of.is_none_or(|d| d >= previous_as_of)
-}
-
-/// The projects of a carry's executions and parts.
-fn earlier_projects(carry: &Carry) -> crate::normalize::FastSet<&str> {
-    let parts = carry.parts.iter();
-    parts
-        .filter_map(|p| p.variant.project_id.as_deref())
-        .chain(carry.executions.iter().map(|x| &*x.project_id))
-        .collect()
 }
 
 /// Where events go while the state is decoded beside the reading: held until the normaliser that
@@ -521,6 +512,7 @@ pub fn run<W: Write>(
         earlier_history,
         dormant,
         incremental,
+        ..
     } = resumed;
     report.incremental = incremental;
     // rows of periods before this day are recomputed from summarised history: not exact

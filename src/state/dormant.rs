@@ -4,20 +4,17 @@
 //! apart, as its own small packed history beside what its cohort needs; a run unpacks only the
 //! projects its new events name, and carries the rest as it read it.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::{
-    LedgerEntry, Rows, RowsInto, StateError, Tables, b64, pack, plugin_infos, postcard_seed, unzstd,
+    LedgerEntry, Rows, RowsInto, StateError, Tables, b64, pack, plugins_of, postcard_seed, unzstd,
 };
 use crate::normalize::{Carry, FastSet, Text};
 use base64::Engine;
 
-/// The dormant part as written: the string and plugin tables of every dormant project's rows (as
-/// in the history), then the projects, sorted by id.
-#[derive(Serialize, Deserialize)]
+/// The dormant part as read: the string and plugin tables of every dormant project's rows (as in
+/// the history), then the projects, sorted by id ([`encode`] writes the same layout).
+#[derive(Deserialize)]
 struct Section<'a>(
     #[serde(borrow)] Vec<&'a str>,
     #[serde(borrow)] Vec<&'a str>,
@@ -121,13 +118,7 @@ impl Dormant {
             return Ok(loaded);
         }
         let table: Vec<Text> = self.texts.iter().map(|t| carry.texts.get(t)).collect();
-        let mut dicts: Vec<BTreeMap<String, Value>> = Vec::with_capacity(self.plugins.len());
-        for text in &self.plugins {
-            let dict = serde_json::from_str(text)
-                .map_err(|e| StateError::Damaged(format!("dormant plugin: {e}")))?;
-            dicts.push(dict);
-        }
-        let infos = plugin_infos(dicts);
+        let infos = plugins_of(self.plugins.iter().map(String::as_str))?;
         for e in picked {
             let rows = self
                 .bytes

@@ -7,9 +7,11 @@
 //! arrive. The ledger is postcard (a compact binary serde format, strings a fleet repeats written once),
 //! zstd-compressed and base64-encoded in one string field. Since version 4 the summarised history
 //! (what finished before the cut, see [`crate::compact`]) is a field of its own, written again as it
-//! was read while the cut stays where it is, so a run within a month does not encode it anew.
-//! Versions 2 (JSON, gzip) and 3 (one ledger) are still read and are written anew as version 4; a
-//! state of another version is rejected with a message, never misread.
+//! was read while the cut stays where it is, so a run within a month does not encode it anew. Since
+//! version 5 the dormant projects' history is a field of its own too ([`Dormant`]): a run unpacks
+//! only the projects its events name. Versions 2 (JSON, gzip), 3 (one ledger) and 4 (no dormant part)
+//! are still read and are written anew as version 5; a state of another version is rejected with a
+//! message, never misread.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;

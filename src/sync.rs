@@ -872,22 +872,14 @@ fn set_dormant_apart<'a>(
             kept.extend(rows.into_iter().map(LedgerEntry::Execution));
             continue;
         }
-        let months: std::collections::BTreeSet<i64> = rows
-            .iter()
-            .flat_map(|k| {
-                let started = calendar::month_of(calendar::day_of(k.execution.started_ms));
-                std::iter::once(started).chain(k.presence_months().iter().copied())
-            })
-            .collect();
-        let exec_weight: u64 = rows
-            .iter()
-            .filter(|k| k.execution.is_exec())
-            .map(|k| u64::from(k.weight))
-            .sum();
+        let (months, multi) = crate::kpi::usage::cohort_activity(rows.iter().map(|k| {
+            let x = k.execution;
+            (x.started_ms, x.is_exec(), k.weight, k.presence_months())
+        }));
         dormant.push(DormantOut {
             project_id,
             months: months.into_iter().collect(),
-            multi: exec_weight > 1,
+            multi,
             rows: rows.into_iter().map(LedgerEntry::Execution).collect(),
         });
     }

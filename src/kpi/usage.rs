@@ -133,6 +133,25 @@ fn plugin_usage_rows(model: &Model) -> Vec<Value> {
 
 use super::Cohort;
 
+/// What one project adds to its cohort: the months it was active in, and whether it ran more than
+/// one exec execution. Each execution is given as its start, whether it is an exec, its weight and
+/// the months of summarised presence it carries. The state counts a dormant project's share with
+/// the same rule ([`super::DormantFleet`]).
+pub fn cohort_activity<'x>(
+    executions: impl Iterator<Item = (i64, bool, u32, &'x [i64])>,
+) -> (BTreeSet<Month>, bool) {
+    let mut months = BTreeSet::new();
+    let mut exec_weight = 0u64;
+    for (started_ms, is_exec, weight, presence) in executions {
+        months.insert(month_of(day_of(started_ms)));
+        months.extend(presence.iter().copied());
+        if is_exec {
+            exec_weight += u64::from(weight);
+        }
+    }
+    (months, exec_weight > 1)
+}
+
 /// `cohort_retention`: per cohort month and month number, projects still executing.
 pub fn cohort_retention<'m>(model: &'m Model) -> RecordIter<'m> {
     Box::new(cohort_retention_rows(model).into_iter())
@@ -144,17 +163,11 @@ fn cohort_retention_rows(model: &Model) -> Vec<Value> {
     let mut cohorts: BTreeMap<Month, Cohort> = BTreeMap::new();
     for pa in &model.projects {
         let cohort = month_of(pa.first_day);
-        let multi = super::facts::weight(pa.executions.iter().copied().filter(|x| x.is_exec())) > 1;
-        let months: BTreeSet<Month> = pa
-            .executions
-            .iter()
-            .map(|x| month_of(day_of(x.started_ms)))
-            .chain(
-                pa.executions
-                    .iter()
-                    .flat_map(|x| x.presence_months.iter().copied()),
-            )
-            .collect();
+        let (months, multi) = cohort_activity(
+            pa.executions
+                .iter()
+                .map(|x| (x.started_ms, x.is_exec(), x.weight, &*x.presence_months)),
+        );
         let entry = cohorts.entry(cohort).or_default();
         entry.0 += 1;
         for m in months {

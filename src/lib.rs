@@ -34,6 +34,7 @@ pub mod event;
 pub mod generate;
 pub mod health;
 pub mod kpi;
+pub mod memory;
 pub mod normalize;
 pub mod read;
 pub mod report;

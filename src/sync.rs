@@ -443,6 +443,16 @@ pub fn run<W: Write>(
         started.elapsed().as_secs_f64()
     );
     report.unchanged_inputs = resumes.iter().filter(|r| r.skip).count();
+    let new_bytes: u64 = resumes
+        .iter()
+        .zip(&prints)
+        .filter(|(r, _)| !r.skip)
+        .map(|(r, p)| p.size.saturating_sub(r.at.offset))
+        .sum();
+    if state.is_some() && new_bytes <= crate::memory::SHORT_RUN_INPUT_BYTES {
+        // a short incremental run: reusing freed pages beats having the kernel zero new ones
+        crate::memory::keep_freed_memory();
+    }
     let same_inputs = bookmarks.as_ref().is_some_and(|b| {
         b.len() == inputs.len() && inputs.iter().all(|i| b.iter().any(|x| x.name == i.name))
     });

@@ -22,7 +22,7 @@
 //! as capture files the tap reads.
 //!
 //! [`sync::run`] wires the stages together; `main.rs` is the command-line edge that reads settings
-//! ([`config`]) and reports errors.
+//! ([`config`]) and reports errors; [`memory`] lets a short run keep its freed memory.
 
 pub mod catalog;
 pub mod changes;

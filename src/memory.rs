@@ -31,8 +31,8 @@ mod tests {
 
     #[test]
     fn the_purge_delay_option_is_the_one_set() {
-        // only the purge delay defaults to 10 among v2's options: the default names the index; setting
-        // it is read back, then the default is restored for the other tests
+        // the purge delay defaults to 10, unlike its neighbours in the enum (eager_commit_delay 1,
+        // use_numa_nodes 0); setting it is read back, then the default is restored
         let before = unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) };
         assert_eq!(before, 10, "mimalloc v2's default purge delay is 10 ms");
         keep_freed_memory();

@@ -115,18 +115,29 @@ impl<W: Write> SingerWriter<W> {
     }
 }
 
+/// A record to write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Value(Value),
+    /// One JSON object, already written as text.
+    Json(String),
+}
+
 /// Format one RECORD message line, so that records can be formatted apart from where they are
 /// written.
 pub fn record_line(
     out: &mut impl Write,
     stream: &str,
-    record: &Value,
+    record: &Record,
     time_extracted: &str,
 ) -> io::Result<()> {
     out.write_all(br#"{"type":"RECORD","stream":"#)?;
     serde_json::to_writer(&mut *out, stream)?;
     out.write_all(br#","record":"#)?;
-    serde_json::to_writer(&mut *out, record)?;
+    match record {
+        Record::Value(value) => serde_json::to_writer(&mut *out, value)?,
+        Record::Json(text) => out.write_all(text.as_bytes())?,
+    }
     out.write_all(br#","time_extracted":"#)?;
     serde_json::to_writer(&mut *out, time_extracted)?;
     out.write_all(b"}\n")
@@ -157,7 +168,7 @@ pub fn format_streams<'scope, F, I>(
 ) -> Vec<std::sync::mpsc::Receiver<io::Result<Chunk>>>
 where
     F: FnOnce() -> I + Send + 'scope,
-    I: Iterator<Item = Value>,
+    I: Iterator<Item = Record>,
 {
     let mut receivers = Vec::with_capacity(streams.len());
     let mut jobs = Vec::with_capacity(streams.len());
@@ -189,7 +200,7 @@ where
 /// Format one stream's records into pieces sent on `tx`, until done or nobody reads.
 fn format_stream(
     stream: &str,
-    records: impl Iterator<Item = Value>,
+    records: impl Iterator<Item = Record>,
     time_extracted: &str,
     tx: &std::sync::mpsc::SyncSender<io::Result<Chunk>>,
 ) {
@@ -228,7 +239,16 @@ mod tests {
             let jobs = (0..streams)
                 .map(|s| {
                     let name: &'static str = ["a", "b", "c", "d", "e", "f"][s as usize];
-                    (name, move || (0..n).map(move |i| json!({"i": i, "s": s})))
+                    (name, move || {
+                        (0..n).map(move |i| {
+                            // both kinds of record, written alike
+                            if i % 2 == 0 {
+                                Record::Value(json!({"i": i, "s": s}))
+                            } else {
+                                Record::Json(format!(r#"{{"i":{i},"s":{s}}}"#))
+                            }
+                        })
+                    })
                 })
                 .collect();
             let mut out = Vec::new();
@@ -276,7 +296,7 @@ mod tests {
             let records = move || {
                 (0..u64::MAX).map(move |i| {
                     made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    json!({"i": i})
+                    Record::Value(json!({"i": i}))
                 })
             };
             drop(format_streams(scope, 2, "T", vec![("s", records)]));

@@ -3,13 +3,16 @@
 
 use serde_json::Value;
 
-use crate::kpi::{RecordsFn, active, facts, usage};
+use crate::kpi::{JsonRecordsFn, RecordsFn, active, facts, usage};
 
 /// Where a stream's records come from.
 #[derive(Clone, Copy)]
 pub enum Records {
     /// A KPI engine function over the normalised facts.
     Kpi(RecordsFn),
+    /// A KPI engine function, and the same rows as JSON text (written when every property is
+    /// selected: a large stream then builds no JSON tree per row).
+    KpiJson(RecordsFn, JsonRecordsFn),
     /// The quarantine of bad input, gathered by the decoders and the normaliser.
     Quarantine,
     /// Health evaluations of KPI series against the configured rules.
@@ -61,7 +64,10 @@ pub const STREAMS: &[StreamDef] = &[
     stream!(
         "daily_active_projects",
         ["project_id", "date"],
-        Records::Kpi(active::daily_active_projects)
+        Records::KpiJson(
+            active::daily_active_projects,
+            active::daily_active_projects_json
+        )
     ),
     stream!(
         "active_projects_daily",
@@ -91,6 +97,16 @@ pub const STREAMS: &[StreamDef] = &[
     stream!("kpi_health", ["rule", "period"], Records::Health),
     stream!("telemetry_errors", ["error_id"], Records::Quarantine),
 ];
+
+impl Records {
+    /// The KPI engine function of a KPI stream.
+    pub fn kpi(&self) -> Option<RecordsFn> {
+        match self {
+            Records::Kpi(f) | Records::KpiJson(f, _) => Some(*f),
+            Records::Quarantine | Records::Health => None,
+        }
+    }
+}
 
 /// Look a stream up by name.
 pub fn find(name: &str) -> Option<&'static StreamDef> {

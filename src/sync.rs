@@ -19,7 +19,7 @@ use crate::kpi::{self, calendar};
 use crate::normalize::Carry;
 use crate::normalize::{self, NormalizeStats};
 use crate::read::{self, Mark, Resume};
-use crate::singer::{self, SingerWriter};
+use crate::singer::{self, Record, SingerWriter};
 use crate::source::{self, Input, SourceError};
 use crate::state::{
     Dormant, DormantOut, DormantPart, EncodedState, History, HistoryOut, InputBookmark,
@@ -607,12 +607,12 @@ pub fn run<W: Write>(
     let mut records_of = |name: &str| -> Vec<Value> {
         // only the few series health rules watch go through here
         match crate::streams::find(name) {
-            Some(def) => match def.records {
-                Records::Kpi(f) => cache
+            Some(def) => match def.records.kpi() {
+                Some(f) => cache
                     .entry(def.name)
                     .or_insert_with(|| f(&model).collect())
                     .clone(),
-                _ => Vec::new(),
+                None => Vec::new(),
             },
             None => Vec::new(),
         }
@@ -750,25 +750,38 @@ pub fn run<W: Write>(
                 (&model, &health, &problems, &inputs, &changes);
             let full = selection.properties.len() == catalog::property_count(def);
             makers.push((def.name, move || {
-                let records: Box<dyn Iterator<Item = Value>> = match def.records {
-                    Records::Kpi(f) => match cached {
-                        Some(rows) => Box::new(rows.into_iter()),
-                        None => f(model),
-                    },
-                    Records::Health => Box::new(health.records.iter().cloned()),
-                    Records::Quarantine => {
-                        Box::new(problems.iter().map(|p| problem_record(p, inputs)))
-                    }
+                let json_rows = match def.records {
+                    // every property selected and nothing cached: the rows as text, which the KPI
+                    // engine builds within the run's scopes already
+                    Records::KpiJson(_, text) if full && cached.is_none() => Some(text(model)),
+                    _ => None,
                 };
-                records
+                let values: Box<dyn Iterator<Item = Value>> =
+                    match (json_rows.is_some(), def.records) {
+                        (true, _) => Box::new(std::iter::empty()),
+                        (false, Records::Kpi(f) | Records::KpiJson(f, _)) => match cached {
+                            Some(rows) => Box::new(rows.into_iter()),
+                            None => f(model),
+                        },
+                        (false, Records::Health) => Box::new(health.records.iter().cloned()),
+                        (false, Records::Quarantine) => {
+                            Box::new(problems.iter().map(|p| problem_record(p, inputs)))
+                        }
+                    };
+                let values = values
                     .filter(move |r| changes.as_ref().is_none_or(|c| c.keep(def.name, r)))
                     .map(move |r| {
-                        if full {
+                        Record::Value(if full {
                             r
                         } else {
                             catalog::project_record(&r, selection)
-                        }
-                    })
+                        })
+                    });
+                json_rows
+                    .into_iter()
+                    .flatten()
+                    .map(Record::Json)
+                    .chain(values)
             }));
             selected.push((def, selection));
         }

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::calendar::DAY_MS;
@@ -9,7 +10,8 @@ use super::calendar::{
     Month, day_of, fmt_day, fmt_month, is_complete, month_first_day, month_last_day, month_of,
 };
 use super::{
-    ACTIVE_WINDOW_DAYS, Model, ProjectActivity, RecordIter, ratio, usage, windows_to_intervals,
+    ACTIVE_WINDOW_DAYS, JsonIter, Model, ProjectActivity, RecordIter, ratio, usage,
+    windows_to_intervals,
 };
 use crate::normalize::{EXEC_COMMANDS, Execution};
 
@@ -54,51 +56,83 @@ fn active_months(pa: &ProjectActivity, as_of: i64) -> BTreeSet<Month> {
     months
 }
 
+/// One `daily_active_projects` row, typed so that the largest stream is written without a JSON tree
+/// per row. The fields are declared in the order a JSON object's keys are written (alphabetical), so
+/// both ways of writing a row give the same text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActiveDay<'m> {
+    #[serde(serialize_with = "serialize_day")]
+    pub date: i64,
+    pub eom_active_unchanged: Option<bool>,
+    pub eom_added: Option<bool>,
+    pub eom_churned: Option<bool>,
+    pub eom_inactive_unchanged: Option<bool>,
+    pub eom_reactivated: Option<bool>,
+    pub is_active_month_end: Option<bool>,
+    pub is_active_month_start: Option<bool>,
+    pub is_added: bool,
+    pub is_churn_day: bool,
+    pub is_reactivated: bool,
+    pub project_id: &'m str,
+}
+
+fn serialize_day<S: serde::Serializer>(day: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&fmt_day(*day))
+}
+
+/// The rows of `daily_active_projects`, typed: one per (project, active day ≤ as_of), within the
+/// model's project scope.
+pub fn active_days<'m>(model: &'m Model) -> impl Iterator<Item = ActiveDay<'m>> + 'm {
+    model
+        .projects
+        .iter()
+        .flat_map(move |pa| project_active_days(model, pa))
+}
+
 /// `daily_active_projects`: one record per (project, active day ≤ as_of).
 pub fn daily_active_projects<'m>(model: &'m Model) -> RecordIter<'m> {
-    Box::new(
-        model
-            .projects
-            .iter()
-            .flat_map(move |pa| project_active_days(model, pa)),
-    )
+    // a row of strings and booleans always converts
+    Box::new(active_days(model).map(|row| serde_json::to_value(row).unwrap_or(Value::Null)))
+}
+
+/// `daily_active_projects` as JSON text, one object per row.
+pub fn daily_active_projects_json<'m>(model: &'m Model) -> JsonIter<'m> {
+    Box::new(active_days(model).map(|row| serde_json::to_string(&row).unwrap_or_default()))
 }
 
 /// The active-day rows of one project.
-fn project_active_days(model: &Model, pa: &ProjectActivity) -> Vec<Value> {
+fn project_active_days<'m>(model: &Model, pa: &ProjectActivity<'m>) -> Vec<ActiveDay<'m>> {
     let mut rows = Vec::new();
-    {
-        let mut flags_cache: HashMap<Month, Option<MonthFlags>> = HashMap::new();
-        let scope = model
-            .project_scope
-            .as_ref()
-            .map(|sc| sc.days_of(&pa.project.project_id));
-        let first_day = scope.map_or(i64::MIN, |sc| sc.first_day());
-        for (i, &(s, e)) in pa.intervals.iter().enumerate() {
-            for day in s.max(first_day)..=e.min(model.as_of) {
-                if scope.is_some_and(|sc| !sc.keeps(day)) {
-                    continue;
-                }
-                let m = month_of(day);
-                let flags = *flags_cache
-                    .entry(m)
-                    .or_insert_with(|| is_complete(m, model.as_of).then(|| month_flags(pa, m)));
-                let f = |get: fn(&MonthFlags) -> bool| flags.as_ref().map(get);
-                rows.push(json!({
-                    "project_id": pa.project.project_id,
-                    "date": fmt_day(day),
-                    "is_added": i == 0 && day == s,
-                    "is_reactivated": i > 0 && day == s,
-                    "is_churn_day": day == e,
-                    "is_active_month_start": f(|x| x.active_at_start),
-                    "is_active_month_end": f(|x| x.active_at_end),
-                    "eom_active_unchanged": f(|x| x.active_unchanged),
-                    "eom_inactive_unchanged": f(|x| x.inactive_unchanged),
-                    "eom_churned": f(|x| x.churned),
-                    "eom_added": f(|x| x.added),
-                    "eom_reactivated": f(|x| x.reactivated),
-                }));
+    let mut flags_cache: HashMap<Month, Option<MonthFlags>> = HashMap::new();
+    let scope = model
+        .project_scope
+        .as_ref()
+        .map(|sc| sc.days_of(&pa.project.project_id));
+    let first_day = scope.map_or(i64::MIN, |sc| sc.first_day());
+    for (i, &(s, e)) in pa.intervals.iter().enumerate() {
+        for day in s.max(first_day)..=e.min(model.as_of) {
+            if scope.is_some_and(|sc| !sc.keeps(day)) {
+                continue;
             }
+            let m = month_of(day);
+            let flags = *flags_cache
+                .entry(m)
+                .or_insert_with(|| is_complete(m, model.as_of).then(|| month_flags(pa, m)));
+            let f = |get: fn(&MonthFlags) -> bool| flags.as_ref().map(get);
+            rows.push(ActiveDay {
+                project_id: &pa.project.project_id,
+                date: day,
+                is_added: i == 0 && day == s,
+                is_reactivated: i > 0 && day == s,
+                is_churn_day: day == e,
+                is_active_month_start: f(|x| x.active_at_start),
+                is_active_month_end: f(|x| x.active_at_end),
+                eom_active_unchanged: f(|x| x.active_unchanged),
+                eom_inactive_unchanged: f(|x| x.inactive_unchanged),
+                eom_churned: f(|x| x.churned),
+                eom_added: f(|x| x.added),
+                eom_reactivated: f(|x| x.reactivated),
+            });
         }
     }
     rows

@@ -414,3 +414,39 @@ fn new_projects_acquired_and_activated_differ() {
     assert_eq!(day_row(&rows, 0)["new_projects_activated"], 0);
     assert_eq!(day_row(&rows, 10)["new_projects_activated"], 1);
 }
+
+#[test]
+fn daily_rows_as_text_are_the_rows_as_values_written() {
+    let f = facts_of(vec![
+        X::new("r", "r0", -40, "init", 0).build(),
+        X::new("r", "r1", -20, "run", 2).build(),
+        X::new("r", "r2", 31, "run", 2).build(),
+        X::new("q", "q0", 0, "init", 0).build(),
+        X::new("q", "q1", 10, "elt", 1).build(),
+    ]);
+    let mut m = Model::new(&f, Some(d0() + 50));
+    let written = |m: &Model| -> (Vec<String>, Vec<String>) {
+        let values = super::active::daily_active_projects(m)
+            .map(|v| v.to_string())
+            .collect();
+        (
+            values,
+            super::active::daily_active_projects_json(m).collect(),
+        )
+    };
+    let (values, text) = written(&m);
+    assert!(values.len() > 40, "both projects have active days");
+    assert_eq!(values, text);
+    // within an incremental run's scope: the same rows both ways, fewer of them
+    m.project_scope = Some(super::ProjectScope {
+        touched: ["q".to_string()].into_iter().collect(),
+        rewritten: Default::default(),
+        from: d0() + 31,
+        previous_as_of: d0() + 45,
+        completed: None,
+        exact_from: None,
+    });
+    let (scoped, scoped_text) = written(&m);
+    assert!(!scoped.is_empty() && scoped.len() < values.len());
+    assert_eq!(scoped, scoped_text);
+}

@@ -303,6 +303,13 @@ pub type RecordIter<'m> = Box<dyn Iterator<Item = Value> + 'm>;
 /// A KPI stream's record function.
 pub type RecordsFn = for<'m, 'f> fn(&'m Model<'f>) -> RecordIter<'m>;
 
+/// Records of a stream as JSON text, one object each, for streams too large to build a JSON tree
+/// per row.
+pub type JsonIter<'m> = Box<dyn Iterator<Item = String> + 'm>;
+
+/// A KPI stream's record function yielding JSON text.
+pub type JsonRecordsFn = for<'m, 'f> fn(&'m Model<'f>) -> JsonIter<'m>;
+
 /// Divide, `None` when the denominator is zero.
 pub fn ratio(num: u64, den: u64) -> Option<f64> {
     (den > 0).then(|| num as f64 / den as f64)

@@ -13,7 +13,7 @@ a year of a large, sparse fleet of about 1.1 million events and 49,000 project i
 projects and events, and a month of 10,000 busy projects);
 BENCH_STATE_SIZE, the fleet whose state size is followed over a year (default "100000:365:0.01"; "" skips
 it). BENCH_PROJECTS and BENCH_DAYS give a single size. BENCH_DUCKDB_MEMORY caps DuckDB's memory (default:
-half the machine's), with spilling to a temporary directory. BENCH_REPEAT (default 3): how many times each
+half the machine's), with spilling to a temporary directory. BENCH_REPEAT (default 5): how many times each
 incremental and no-input run is timed; the median is reported."""
 import json
 import os
@@ -28,7 +28,7 @@ TAP = os.path.join(ROOT, "target", "release", "tap-kpis")
 FLOOR = os.path.join(ROOT, "target", "release", "parse-floor")
 PY = sys.executable
 # the short runs (incremental, no new input) are timed this many times and reported by their median
-REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
 
 
 # A small process runs each measured command: a child forked straight from this (large) process would

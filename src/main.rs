@@ -189,6 +189,8 @@ fn run(cli: Cli) -> Result<()> {
     };
     let state: Option<Value> = match &cli.state {
         Some(path) => {
+            // most runs given a state are short: see `memory`
+            tap_kpis::memory::keep_freed_memory();
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read state {}", path.display()))?;
             let value = serde_json::from_str(&text)

@@ -5,8 +5,9 @@
 //! before the next grows. A short incremental run instead frees and allocates again within a
 //! fraction of a second (the state's rows, then the executions, then the records), and every page
 //! handed back is zeroed again by the kernel when it is touched anew: on the 40,000-project fleet
-//! that zeroing was a third of the run's CPU time. Such a run keeps its freed pages until it
-//! exits.
+//! that zeroing was a third of the run's CPU time. A run given a state keeps its freed pages from
+//! the start (the state's text is freed as soon as it is parsed), and hands them back again once
+//! its new input turns out to be large.
 
 /// `mi_option_purge_delay` in the order of mimalloc v2's `mi_option_e` (`mimalloc.h`): the
 /// milliseconds before freed memory is handed back, `-1` for never.
@@ -14,6 +15,9 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// New input of at most this many bytes makes a run short enough to keep its freed memory.
 pub const SHORT_RUN_INPUT_BYTES: u64 = 64 << 20;
+
+/// mimalloc's own purge delay, in milliseconds.
+const DEFAULT_PURGE_DELAY_MS: std::ffi::c_long = 10;
 
 /// Keep freed memory for reuse until the process exits instead of handing it back.
 ///
@@ -23,6 +27,13 @@ pub fn keep_freed_memory() {
     // SAFETY: `mi_option_set` stores one integer in mimalloc's option table; the option exists in
     // the v2 library this crate links (see `PURGE_DELAY`).
     unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) }
+}
+
+/// Hand freed memory back after mimalloc's own delay again (undoes [`keep_freed_memory`] once a
+/// run turns out to be long).
+pub fn hand_back_freed_memory() {
+    // SAFETY: as in `keep_freed_memory`.
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, DEFAULT_PURGE_DELAY_MS) }
 }
 
 #[cfg(test)]
@@ -37,6 +48,10 @@ mod tests {
         assert_eq!(before, 10, "mimalloc v2's default purge delay is 10 ms");
         keep_freed_memory();
         assert_eq!(unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) }, -1);
-        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, before) };
+        hand_back_freed_memory();
+        assert_eq!(
+            unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) },
+            before
+        );
     }
 }

@@ -452,6 +452,9 @@ pub fn run<W: Write>(
     if state.is_some() && new_bytes <= crate::memory::SHORT_RUN_INPUT_BYTES {
         // a short incremental run: reusing freed pages beats having the kernel zero new ones
         crate::memory::keep_freed_memory();
+    } else {
+        // a long one keeps its peak low
+        crate::memory::hand_back_freed_memory();
     }
     let same_inputs = bookmarks.as_ref().is_some_and(|b| {
         b.len() == inputs.len() && inputs.iter().all(|i| b.iter().any(|x| x.name == i.name))

@@ -201,7 +201,7 @@ fn run(cli: Cli) -> Result<()> {
         None => None,
     };
     let stdout = std::io::stdout().lock();
-    sync::run(&config, &selections, state.as_ref(), stdout)?;
+    sync::run(&config, &selections, state, stdout)?;
     Ok(())
 }
 

@@ -915,10 +915,18 @@ impl TapState {
 
     /// Read the tap's part of a Singer state. `Ok(None)`: no tap state in it (a first run); a state of
     /// version 1 (from before incremental runs) only carries alarms sent and is read as such.
-    pub fn from_value(state: &Value) -> Result<Option<TapState>, StateError> {
-        let Some(tap) = state.get("tap_kpis") else {
+    pub fn from_value(mut state: Value) -> Result<Option<TapState>, StateError> {
+        let Some(tap) = state.get_mut("tap_kpis") else {
             return Ok(None);
         };
+        // the history and the dormant part (most of a large state) are moved out, not copied: a
+        // state carries them on as they were read
+        let mut take_text = |key: &str| match tap.get_mut(key) {
+            Some(Value::String(text)) => Some(std::mem::take(text)),
+            _ => None,
+        };
+        let (history_text, dormant_text) = (take_text("history"), take_text("dormant"));
+        let tap = &*tap;
         let alarms_sent = tap.get("alarms_sent").cloned().unwrap_or(Value::Null);
         let version = match tap.get("version").and_then(Value::as_u64) {
             // before incremental runs: nothing to resume from (alarms sent are read from the raw state)
@@ -936,12 +944,11 @@ impl TapState {
         // the history (and the dormant part's entries) are unpacked and read on another core while
         // the ledger is read
         let (carry, projects, history, dormant) = std::thread::scope(|scope| {
-            let unpacking = match tap.get("history") {
+            let unpacking = match history_text.as_deref() {
                 _ if version < 4 => None,
-                Some(Value::String(text)) => Some((
-                    text,
-                    scope.spawn(|| -> Result<(Carry, usize, Option<Dormant>), StateError> {
-                        let bytes = unpack_history(text)?;
+                Some(history) => Some(scope.spawn(
+                    move || -> Result<(Carry, usize, Option<Dormant>), StateError> {
+                        let bytes = unpack_history(history)?;
                         // room for every execution the state holds and the new ones of a run
                         let total = tap.get("executions").and_then(Value::as_u64).unwrap_or(0);
                         let total = usize::try_from(total).unwrap_or(0).min(bytes.len() / 8);
@@ -951,15 +958,15 @@ impl TapState {
                         };
                         let n = decode_history(&bytes, &mut rows)?;
                         drop(bytes);
-                        let dormant = match (tap.get("dormant"), tap.get("dormant_cut")) {
+                        let dormant = match (dormant_text, tap.get("dormant_cut")) {
                             _ if version < 5 => None,
-                            (Some(Value::String(text)), Some(cut)) => {
+                            (Some(text), Some(cut)) => {
                                 Some(Dormant::read(text, cut.as_i64().unwrap_or(i64::MIN))?)
                             }
                             _ => return Err(StateError::Damaged("no dormant history".into())),
                         };
                         Ok((rows, n, dormant))
-                    }),
+                    },
                 )),
                 _ => return Err(StateError::Damaged("no history".into())),
             };
@@ -967,22 +974,21 @@ impl TapState {
                 Some(text) => decode_carry(text, version)?,
                 None => return Err(StateError::Damaged("no ledger".into())),
             };
-            let (history, dormant) = match unpacking {
-                Some((text, unpacking)) => {
+            let (history_rows, dormant) = match unpacking {
+                Some(unpacking) => {
                     let (rows, n, dormant) = unpacking
                         .join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
                     carry.absorb_rows(rows);
-                    let history = History {
-                        rows: n,
-                        text: text.clone(),
-                    };
-                    (Some(history), dormant)
+                    (Some(n), dormant)
                 }
                 None => (None, None),
             };
-            Ok((carry, projects, history, dormant))
+            Ok((carry, projects, history_rows, dormant))
         })?;
+        let history = history
+            .zip(history_text)
+            .map(|(rows, text)| History { rows, text });
         let as_of = tap
             .get("as_of")
             .and_then(Value::as_str)
@@ -1134,7 +1140,7 @@ mod tests {
         let state =
             json!({"tap_kpis": {"version": 2, "inputs": [], "ledger": ledger_text(&ledger)}});
         assert_eq!(TapState::bookmarks_of(&state), Some(vec![]));
-        let back = TapState::from_value(&state).unwrap().unwrap();
+        let back = TapState::from_value(state.clone()).unwrap().unwrap();
         let x = &back.carry.executions[0];
         assert_eq!(&*x.execution_id, "x1");
         assert_eq!(&*x.project_id, "p1");
@@ -1187,12 +1193,12 @@ mod tests {
             let packed = zstd::encode_all(bytes.as_slice(), ZSTD_LEVEL).unwrap();
             json!({"tap_kpis": {"version": 3, "inputs": [], "ledger": b64().encode(packed)}})
         };
-        let good = TapState::from_value(&ledger(2)).unwrap().unwrap();
+        let good = TapState::from_value(ledger(2)).unwrap().unwrap();
         assert_eq!(
             good.carry.executions[0].project_id_source.as_deref(),
             Some("explicit")
         );
-        let e = TapState::from_value(&ledger(7)).unwrap_err();
+        let e = TapState::from_value(ledger(7)).unwrap_err();
         assert!(e.to_string().contains("text 7"), "{e}");
     }
 
@@ -1268,7 +1274,7 @@ mod tests {
         assert!(at("health") < at("history") && at("history") < at("inputs"));
         assert!(at("inputs") < at("ledger") && at("ledger") < at("projects"));
         assert_eq!(value["tap_kpis"]["executions"], 3);
-        let back = TapState::from_value(&value).unwrap().unwrap();
+        let back = TapState::from_value(value.clone()).unwrap().unwrap();
         assert_eq!(back.as_of, Some(19_700));
         assert_eq!(back.projects, state.projects);
         assert_eq!(back.cut_day, state.cut_day);
@@ -1336,13 +1342,13 @@ mod tests {
         // a damaged or missing history is named as such
         let mut damaged = value.clone();
         damaged["tap_kpis"]["history"] = json!("AAAA");
-        let e = TapState::from_value(&damaged).unwrap_err();
+        let e = TapState::from_value(damaged.clone()).unwrap_err();
         assert!(e.to_string().contains("history"), "{e}");
         damaged["tap_kpis"]
             .as_object_mut()
             .unwrap()
             .remove("history");
-        let e = TapState::from_value(&damaged).unwrap_err();
+        let e = TapState::from_value(damaged.clone()).unwrap_err();
         assert!(e.to_string().contains("no history"), "{e}");
         assert_eq!(again["tap_kpis"]["history"], value["tap_kpis"]["history"]);
         assert_eq!(back.carry.opt_outs, state.carry.opt_outs);
@@ -1355,18 +1361,18 @@ mod tests {
 
     #[test]
     fn other_versions_and_damage_are_refused_with_a_message() {
-        let e = TapState::from_value(&json!({"tap_kpis": {"version": 99}})).unwrap_err();
+        let e = TapState::from_value(json!({"tap_kpis": {"version": 99}})).unwrap_err();
         assert!(e.to_string().contains("version 99"), "{e}");
         let e =
-            TapState::from_value(&json!({"tap_kpis": {"version": 2, "ledger": "!!"}})).unwrap_err();
+            TapState::from_value(json!({"tap_kpis": {"version": 2, "ledger": "!!"}})).unwrap_err();
         assert!(e.to_string().contains("damaged"), "{e}");
         assert!(
-            TapState::from_value(&json!({"bookmarks": {}}))
+            TapState::from_value(json!({"bookmarks": {}}))
                 .unwrap()
                 .is_none()
         );
         assert!(
-            TapState::from_value(&json!({"tap_kpis": {"version": 1, "alarms_sent": []}}))
+            TapState::from_value(json!({"tap_kpis": {"version": 1, "alarms_sent": []}}))
                 .unwrap()
                 .is_none()
         );

@@ -423,12 +423,13 @@ pub fn problem_record(p: &Problem, inputs: &[Input]) -> Value {
 pub fn run<W: Write>(
     config: &Config,
     selections: &Selections,
-    state: Option<&Value>,
+    state: Option<Value>,
     out: W,
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let mut report = SyncReport::default();
-    let bookmarks = state.and_then(TapState::bookmarks_of);
+    let bookmarks = state.as_ref().and_then(TapState::bookmarks_of);
+    let alarms_sent = alarm::sent_from_state(state.as_ref());
     let inputs = source::resolve_since(&config.sources, &config.http_options(), |url| {
         bookmarks
             .iter()
@@ -460,7 +461,7 @@ pub fn run<W: Write>(
         b.len() == inputs.len() && inputs.iter().all(|i| b.iter().any(|x| x.name == i.name))
     });
     if let (Some(state), true) = (
-        state,
+        &state,
         same_inputs && report.unchanged_inputs == inputs.len(),
     ) {
         // nothing new: the state stands as it is
@@ -487,7 +488,9 @@ pub fn run<W: Write>(
             String::new()
         }
     );
-    // the state is decoded on another core while the new input is read
+    // the state is decoded on another core while the new input is read (and its large strings
+    // are moved into what is decoded, not copied)
+    let resuming = state.is_some();
     let (resumed, mut problems, ends) = std::thread::scope(|scope| {
         let decoding = state.map(|v| {
             scope.spawn(move || {
@@ -506,7 +509,7 @@ pub fn run<W: Write>(
             late_days,
             as_of: config.as_of.map(calendar::day_number),
         };
-        if state.is_none() {
+        if !resuming {
             sink.settle();
         }
         let (problems, ends) = read_inputs(&inputs, &resumes, &mut report, |e| sink.push(e))?;
@@ -633,7 +636,7 @@ pub fn run<W: Write>(
         &mut records_of,
         model.as_of,
         config.alert_max_age_days,
-        &alarm::sent_from_state(state),
+        &alarms_sent,
         config.webhook().as_ref(),
         &alarm::Resume {
             from: exact_from,

@@ -23,8 +23,8 @@ fn run(config: &Value, state: Option<&Value>) -> (common::Output, Value) {
 fn run_counting(config: &Value, state: Option<&Value>) -> (common::Output, Value, SyncReport) {
     let cfg = config::validate(config.as_object().unwrap()).unwrap();
     let mut buf = Vec::new();
-    let report =
-        tap_kpis::sync::run(&cfg, &Selections::all(), state, &mut buf).expect("sync succeeds");
+    let report = tap_kpis::sync::run(&cfg, &Selections::all(), state.cloned(), &mut buf)
+        .expect("sync succeeds");
     let out = common::parse(&buf);
     let last = out.states.last().cloned().expect("a STATE message");
     (out, last, report)

@@ -67,12 +67,12 @@ pub struct Dormant {
 
 impl Dormant {
     /// Unpack the dormant part's text.
-    pub fn read(text: &str, cut_day: i64) -> Result<Dormant, StateError> {
+    pub fn read(text: String, cut_day: i64) -> Result<Dormant, StateError> {
         let damaged = |what: &str, e: &dyn std::fmt::Display| {
             StateError::Damaged(format!("dormant history {what}: {e}"))
         };
         let packed = b64()
-            .decode(text)
+            .decode(&text)
             .map_err(|e| damaged("is not base64", &e))?;
         let bytes = unzstd(&packed).map_err(|e| damaged("is not zstd", &e))?;
         let Section(texts, plugins, rows) =
@@ -93,7 +93,7 @@ impl Dormant {
         let texts = texts.into_iter().map(str::to_string).collect();
         let plugins = plugins.into_iter().map(str::to_string).collect();
         Ok(Dormant {
-            text: text.to_string(),
+            text,
             cut_day,
             entries,
             texts,

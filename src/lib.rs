@@ -9,7 +9,8 @@
 //! * the **normaliser** ([`normalize`]) removes duplicate events and groups events into
 //!   [`normalize::Execution`]s and [`normalize::Project`]s: the [`normalize::Facts`];
 //! * the **KPI engine** ([`kpi`]) is a set of pure functions from the facts and an `as_of` day to the rows
-//!   of each KPI stream, sharing a precomputed [`kpi::Model`];
+//!   of each KPI stream, sharing a precomputed [`kpi::Model`] (rows are JSON values; the largest stream,
+//!   a row per project and active day, also yields its rows as JSON text, written without a tree each);
 //! * the **stream registry** ([`streams`]) declares each stream: its name, its schema file under
 //!   `schemas/`, its key properties and its record function; the [`catalog`] selects among them;
 //! * **health** ([`health`]) checks KPI series against expected ranges and raises alarms;

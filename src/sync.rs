@@ -755,39 +755,33 @@ pub fn run<W: Write>(
             let (model, health, problems, inputs, changes) =
                 (&model, &health, &problems, &inputs, &changes);
             let full = selection.properties.len() == catalog::property_count(def);
-            makers.push((def.name, move || {
-                let json_rows = match def.records {
-                    // every property selected and nothing cached: the rows as text, which the KPI
-                    // engine builds within the run's scopes already
-                    Records::KpiJson(_, text) if full && cached.is_none() => Some(text(model)),
-                    _ => None,
+            makers.push((def.name, move || -> Box<dyn Iterator<Item = Record>> {
+                if let (Records::KpiJson(_, text), true, None) = (def.records, full, &cached) {
+                    // every property selected and nothing cached: the rows as text (the KPI engine
+                    // builds them within the run's scopes already)
+                    return Box::new(text(model).map(Record::Json));
+                }
+                let records: Box<dyn Iterator<Item = Value>> = match def.records {
+                    Records::Kpi(f) | Records::KpiJson(f, _) => match cached {
+                        Some(rows) => Box::new(rows.into_iter()),
+                        None => f(model),
+                    },
+                    Records::Health => Box::new(health.records.iter().cloned()),
+                    Records::Quarantine => {
+                        Box::new(problems.iter().map(|p| problem_record(p, inputs)))
+                    }
                 };
-                let values: Box<dyn Iterator<Item = Value>> =
-                    match (json_rows.is_some(), def.records) {
-                        (true, _) => Box::new(std::iter::empty()),
-                        (false, Records::Kpi(f) | Records::KpiJson(f, _)) => match cached {
-                            Some(rows) => Box::new(rows.into_iter()),
-                            None => f(model),
-                        },
-                        (false, Records::Health) => Box::new(health.records.iter().cloned()),
-                        (false, Records::Quarantine) => {
-                            Box::new(problems.iter().map(|p| problem_record(p, inputs)))
-                        }
-                    };
-                let values = values
-                    .filter(move |r| changes.as_ref().is_none_or(|c| c.keep(def.name, r)))
-                    .map(move |r| {
-                        Record::Value(if full {
-                            r
-                        } else {
-                            catalog::project_record(&r, selection)
-                        })
-                    });
-                json_rows
-                    .into_iter()
-                    .flatten()
-                    .map(Record::Json)
-                    .chain(values)
+                Box::new(
+                    records
+                        .filter(move |r| changes.as_ref().is_none_or(|c| c.keep(def.name, r)))
+                        .map(move |r| {
+                            Record::Value(if full {
+                                r
+                            } else {
+                                catalog::project_record(&r, selection)
+                            })
+                        }),
+                )
             }));
             selected.push((def, selection));
         }

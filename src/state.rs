@@ -1031,21 +1031,34 @@ impl TapState {
         history: HistoryOut<'a>,
         dormant: DormantPart<'a>,
     ) -> Result<EncodedState, StateError> {
-        let (dormant, dormant_cut, dormant_projects) = match dormant {
-            DormantPart::Carried(d) => (Blob::Text(d.text), Some(d.cut_day), d.entries.len()),
-            DormantPart::Rows(projects, cut) => {
-                let n = projects.len();
-                (Blob::Packed(dormant::encode(projects)?), cut, n)
-            }
+        // the history and the dormant part are encoded on another core while the ledger is
+        let parts = || -> Result<_, StateError> {
+            let dormant = match dormant {
+                DormantPart::Carried(d) => (Blob::Text(d.text), Some(d.cut_day), d.entries.len()),
+                DormantPart::Rows(projects, cut) => {
+                    let n = projects.len();
+                    (Blob::Packed(dormant::encode(projects)?), cut, n)
+                }
+            };
+            let history = match history {
+                HistoryOut::Carried(History { text, rows }) => (Blob::Text(text), rows),
+                HistoryOut::Rows(rows) => {
+                    let n = rows.len();
+                    (Blob::Packed(encode_history(rows)?), n)
+                }
+            };
+            Ok((dormant, history))
         };
-        let (history, history_rows) = match history {
-            HistoryOut::Carried(History { text, rows }) => (Blob::Text(text), rows),
-            HistoryOut::Rows(rows) => {
-                let n = rows.len();
-                (Blob::Packed(encode_history(rows)?), n)
-            }
-        };
-        let (ledger, rows) = encode_carry(&self.carry, executions, &self.projects)?;
+        let (parts, ledger) = std::thread::scope(|scope| {
+            let parts = scope.spawn(parts);
+            let ledger = encode_carry(&self.carry, executions, &self.projects);
+            let parts = parts
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (parts, ledger)
+        });
+        let ((dormant, dormant_cut, dormant_projects), (history, history_rows)) = parts?;
+        let (ledger, rows) = ledger?;
         let value = json!({
             "bookmarks": {},
             "tap_kpis": {

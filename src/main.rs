@@ -206,6 +206,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    tap_kpis::memory::avoid_huge_pages();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)

@@ -14,7 +14,7 @@
 //! message, never misread.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -484,16 +484,17 @@ impl<'a> Tables<'a> {
     }
 }
 
-/// postcard, zstd-compressed.
+/// postcard, zstd-compressed. The rows are serialised into one buffer and compressed from it:
+/// postcard writes byte by byte, which into a buffered writer costs several times a push into a
+/// vector.
 fn pack(value: &impl Serialize, rows: usize) -> Result<Vec<u8>, StateError> {
     let damaged = |e: &dyn std::fmt::Display| StateError::Damaged(e.to_string());
-    // reserved generously: pages the compressed ledger never fills are never touched
-    let bytes = Vec::with_capacity(64 * 1024 + rows * 96);
-    let zstd = zstd::Encoder::new(bytes, ZSTD_LEVEL).map_err(|e| damaged(&e))?;
-    // postcard writes field by field: the compressor is fed in large pieces
-    let mut buffered = std::io::BufWriter::with_capacity(1 << 16, zstd);
-    postcard::to_io(value, &mut buffered).map_err(|e| damaged(&e))?;
-    let zstd = buffered.into_inner().map_err(|e| damaged(e.error()))?;
+    // reserved generously: pages never filled are never touched
+    let raw = postcard::to_extend(value, Vec::with_capacity(64 * 1024 + rows * 128))
+        .map_err(|e| damaged(&e))?;
+    let mut zstd = zstd::Encoder::new(Vec::with_capacity(64 * 1024 + rows * 96), ZSTD_LEVEL)
+        .map_err(|e| damaged(&e))?;
+    zstd.write_all(&raw).map_err(|e| damaged(&e))?;
     zstd.finish().map_err(|e| damaged(&e))
 }
 

@@ -50,16 +50,19 @@ impl<W: Write> SingerWriter<W> {
         &self.time_extracted
     }
 
-    /// STATE message; flushes so that everything before it is out.
-    /// Returns the size of the message line in bytes (Meltano refuses lines longer than half its
-    /// `elt.buffer_size`).
+    /// Emit a STATE message, flushed so that everything before it is out. Returns the size of the
+    /// message line in bytes (Meltano refuses lines longer than half its `elt.buffer_size`).
     pub fn state<V: serde::Serialize>(&mut self, value: &V) -> io::Result<usize> {
-        #[derive(serde::Serialize)]
-        struct State<'a, V> {
-            r#type: &'static str,
-            value: &'a V,
-        }
-        /// Counts what passes through: a state of many megabytes is written without a copy.
+        self.state_with(|out| serde_json::to_writer(out, value).map_err(io::Error::other))
+    }
+
+    /// [`SingerWriter::state`] with a value that `write_value` writes as JSON (a state of many
+    /// megabytes is written without a copy).
+    pub fn state_with(
+        &mut self,
+        write_value: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<usize> {
+        /// Counts what passes through.
         struct Counting<'w, W: Write> {
             out: &'w mut W,
             bytes: usize,
@@ -78,17 +81,12 @@ impl<W: Write> SingerWriter<W> {
             out: &mut self.out,
             bytes: 0,
         };
-        serde_json::to_writer(
-            &mut counting,
-            &State {
-                r#type: "STATE",
-                value,
-            },
-        )?;
+        counting.write_all(br#"{"type":"STATE","value":"#)?;
+        write_value(&mut counting)?;
+        counting.write_all(b"}\n")?;
         let bytes = counting.bytes;
-        self.out.write_all(b"\n")?;
         self.out.flush()?;
-        Ok(bytes + 1)
+        Ok(bytes)
     }
 
     /// Records written to a stream so far.

@@ -248,20 +248,120 @@ pub struct EncodedState {
     ledger: Blob,
 }
 
-/// A compressed part of the state: bytes to write as base64, or base64 text carried as it was read.
+/// A compressed part of the state as its base64 text: made on the core that packed it, or carried
+/// as it was read.
 #[derive(Debug)]
-enum Blob {
-    Packed(Vec<u8>),
-    Text(String),
+struct Blob(String);
+
+impl Blob {
+    fn packed(bytes: &[u8]) -> Blob {
+        Blob(b64().encode(bytes))
+    }
+
+    /// Whether the text may go between JSON quotes as it is (base64 always may; a carried text was
+    /// decoded as base64 when it was read, and is checked again here, which costs far less than
+    /// escaping it byte by byte).
+    fn is_plain(&self) -> bool {
+        // checked a chunk at a time without stopping early, which the compiler vectorises
+        self.0.as_bytes().chunks(4096).all(|chunk| {
+            chunk.iter().fold(true, |plain, &b| {
+                plain & (b != b'"') & (b != b'\\') & (0x20..0x7f).contains(&b)
+            })
+        })
+    }
 }
 
 impl Serialize for Blob {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Blob::Packed(bytes) => {
-                s.collect_str(&base64::display::Base64Display::new(bytes, &b64()))
+        s.serialize_str(&self.0)
+    }
+}
+
+impl EncodedState {
+    /// Write the state as JSON, exactly as serialising it would, with the large base64 texts
+    /// copied between their quotes instead of scanned for characters to escape.
+    pub fn write_json(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let Value::Object(top) = &self.value else {
+            return Item::Value(&self.value).write(out);
+        };
+        out.write_all(b"{")?;
+        for (i, (k, v)) in top.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
             }
-            Blob::Text(text) => s.serialize_str(text),
+            Item::Key(k).write(out)?;
+            out.write_all(b":")?;
+            match v {
+                Value::Object(tap) if k == "tap_kpis" => {
+                    let mut items = Vec::with_capacity(tap.len() + 3);
+                    let mut blobs = self.blobs().into_iter().peekable();
+                    for (key, v) in tap {
+                        while let Some((name, blob)) =
+                            blobs.next_if(|(name, _)| *name < key.as_str())
+                        {
+                            items.push((name, Item::Blob(blob)));
+                        }
+                        items.push((key.as_str(), Item::Value(v)));
+                    }
+                    items.extend(blobs.map(|(name, blob)| (name, Item::Blob(blob))));
+                    out.write_all(b"{")?;
+                    for (j, (key, item)) in items.iter().enumerate() {
+                        if j > 0 {
+                            out.write_all(b",")?;
+                        }
+                        Item::Key(key).write(out)?;
+                        out.write_all(b":")?;
+                        item.write(out)?;
+                    }
+                    out.write_all(b"}")?;
+                }
+                _ => Item::Value(v).write(out)?,
+            }
+        }
+        out.write_all(b"}")
+    }
+
+    fn blobs(&self) -> [(&'static str, &Blob); 3] {
+        [
+            ("dormant", &self.dormant),
+            ("history", &self.history),
+            ("ledger", &self.ledger),
+        ]
+    }
+}
+
+/// What [`EncodedState::write_json`] writes.
+enum Item<'a> {
+    Key(&'a str),
+    Value(&'a Value),
+    Blob(&'a Blob),
+}
+
+impl Item<'_> {
+    fn write(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let json = |out: &mut dyn Write, v: &dyn erased_json::Json| v.to_writer(out);
+        match self {
+            Item::Key(k) => json(out, k),
+            Item::Value(v) => json(out, v),
+            Item::Blob(blob) if blob.is_plain() => {
+                out.write_all(b"\"")?;
+                out.write_all(blob.0.as_bytes())?;
+                out.write_all(b"\"")
+            }
+            Item::Blob(blob) => json(out, &blob.0),
+        }
+    }
+}
+
+mod erased_json {
+    /// serde_json's writer behind a trait object.
+    pub trait Json {
+        fn to_writer(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
+    }
+
+    impl<T: serde::Serialize + ?Sized> Json for T {
+        fn to_writer(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+            serde_json::to_writer(out, self).map_err(std::io::Error::other)
         }
     }
 }
@@ -293,17 +393,9 @@ impl Serialize for EncodedState {
         let mut map = serializer.serialize_map(Some(top.len()))?;
         for (k, v) in top {
             match v {
-                Value::Object(tap) if k == "tap_kpis" => map.serialize_entry(
-                    k,
-                    &Tap(
-                        tap,
-                        [
-                            ("dormant", &self.dormant),
-                            ("history", &self.history),
-                            ("ledger", &self.ledger),
-                        ],
-                    ),
-                )?,
+                Value::Object(tap) if k == "tap_kpis" => {
+                    map.serialize_entry(k, &Tap(tap, self.blobs()))?
+                }
                 _ => map.serialize_entry(k, v)?,
             }
         }
@@ -1035,17 +1127,17 @@ impl TapState {
         // the history and the dormant part are encoded on another core while the ledger is
         let parts = || -> Result<_, StateError> {
             let dormant = match dormant {
-                DormantPart::Carried(d) => (Blob::Text(d.text), Some(d.cut_day), d.entries.len()),
+                DormantPart::Carried(d) => (Blob(d.text), Some(d.cut_day), d.entries.len()),
                 DormantPart::Rows(projects, cut) => {
                     let n = projects.len();
-                    (Blob::Packed(dormant::encode(projects)?), cut, n)
+                    (Blob::packed(&dormant::encode(projects)?), cut, n)
                 }
             };
             let history = match history {
-                HistoryOut::Carried(History { text, rows }) => (Blob::Text(text), rows),
+                HistoryOut::Carried(History { text, rows }) => (Blob(text), rows),
                 HistoryOut::Rows(rows) => {
                     let n = rows.len();
-                    (Blob::Packed(encode_history(rows)?), n)
+                    (Blob::packed(&encode_history(rows)?), n)
                 }
             };
             Ok((dormant, history))
@@ -1080,7 +1172,7 @@ impl TapState {
             value,
             dormant,
             history,
-            ledger: Blob::Packed(ledger),
+            ledger: Blob::packed(&ledger),
         })
     }
 }
@@ -1217,6 +1309,24 @@ mod tests {
     }
 
     #[test]
+    fn a_blob_that_is_not_plain_base64_is_escaped_when_written() {
+        let encoded = EncodedState {
+            value: json!({"tap_kpis": {"version": STATE_VERSION}}),
+            dormant: Blob("a\"b\\c\n".into()),
+            history: Blob("QUJD".into()),
+            ledger: Blob("é".into()),
+        };
+        assert!(!encoded.dormant.is_plain() && encoded.history.is_plain());
+        let mut written = Vec::new();
+        encoded.write_json(&mut written).unwrap();
+        let text = String::from_utf8(written).unwrap();
+        assert_eq!(text, serde_json::to_string(&encoded).unwrap());
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["tap_kpis"]["dormant"], "a\"b\\c\n");
+        assert_eq!(back["tap_kpis"]["ledger"], "é");
+    }
+
+    #[test]
     fn a_state_reads_back_as_written() {
         let state = TapState {
             as_of: Some(19_700),
@@ -1280,9 +1390,13 @@ mod tests {
         assert!(no_floats(&value), "{value}");
         // written as it streams, the message is the plain JSON of the same value, keys in order
         let entry = LedgerEntry::Execution(Kept::whole(&execution));
-        let streamed =
-            serde_json::to_string(&state.encode([entry], history(), dormant()).unwrap()).unwrap();
+        let encoded = state.encode([entry], history(), dormant()).unwrap();
+        let streamed = serde_json::to_string(&encoded).unwrap();
         assert_eq!(streamed, value.to_string());
+        // and written by hand, with the blobs copied between their quotes, it is the same text
+        let mut written = Vec::new();
+        encoded.write_json(&mut written).unwrap();
+        assert_eq!(String::from_utf8(written).unwrap(), streamed);
         let at = |key: &str| streamed.find(&format!("\"{key}\":")).unwrap();
         assert!(at("dormant") < at("health"));
         assert!(at("health") < at("history") && at("history") < at("inputs"));

@@ -814,7 +814,7 @@ pub fn run<W: Write>(
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             .map_err(SyncError::from)
     })?;
-    let state_bytes = writer.state(&state)?;
+    let state_bytes = writer.state_with(|out| state.write_json(out))?;
     if state_bytes > STATE_WARN_BYTES {
         tracing::warn!(
             "the STATE message is {:.1} MiB: Meltano refuses lines longer than half its elt.buffer_size \

@@ -9,9 +9,11 @@
 //! (what finished before the cut, see [`crate::compact`]) is a field of its own, written again as it
 //! was read while the cut stays where it is, so a run within a month does not encode it anew. Since
 //! version 5 the dormant projects' history is a field of its own too ([`Dormant`]): a run unpacks
-//! only the projects its events name. Versions 2 (JSON, gzip), 3 (one ledger) and 4 (no dormant part)
-//! are still read and are written anew as version 5; a state of another version is rejected with a
-//! message, never misread.
+//! only the projects its events name. Since version 6 the summarised rows of dormant projects that
+//! returned are a field of their own (`history_returned`), so the history is still carried as it
+//! was read when a project wakes up. Versions 2 (JSON, gzip), 3 (one ledger), 4 (no dormant part)
+//! and 5 (returned projects in the history) are still read and are written anew as version 6; a
+//! state of another version is rejected with a message, never misread.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -33,11 +35,12 @@ mod dormant;
 pub use dormant::{Dormant, DormantEntry, DormantOut};
 
 /// Version of the state layout; a state of any other version is refused.
-pub const STATE_VERSION: u64 = 5;
+pub const STATE_VERSION: u64 = 6;
 
 /// State versions this tap resumes from: version 2 wrote every row's strings out in full, version 3
-/// kept the summarised history in the one ledger, version 4 kept dormant projects in the history.
-const READS: [u64; 4] = [2, 3, 4, STATE_VERSION];
+/// kept the summarised history in the one ledger, version 4 kept dormant projects in the history,
+/// version 5 wrote the history again whenever a dormant project returned.
+const READS: [u64; 5] = [2, 3, 4, 5, STATE_VERSION];
 
 /// Errors reading a state.
 #[derive(Debug, thiserror::Error)]
@@ -103,10 +106,16 @@ pub struct TapState {
 /// The summarised history of a state (the executions that finished before its cut, read into the
 /// carry with the rest): the base64 text they were read from, which the next state carries as it is
 /// while the cut stays put, and how many there were.
+///
+/// The summarised rows of dormant projects that returned since the dormant part was set apart are
+/// kept in a part of their own (`history_returned`), written again each run, so that a project
+/// waking up does not make the whole history be written again.
 #[derive(Debug, Clone, Default)]
 pub struct History {
     pub text: String,
     pub rows: usize,
+    /// The projects of the returned part.
+    pub returned: BTreeSet<String>,
 }
 
 /// What the next state writes as its dormant projects' history.
@@ -119,8 +128,9 @@ pub enum DormantPart<'a> {
 
 /// What the next state writes as its summarised history.
 pub enum HistoryOut<'a> {
-    /// Unchanged since it was read: the text is written as it is.
-    Carried(History),
+    /// Unchanged since it was read: the text is written as it is, and these rows of returned
+    /// dormant projects are encoded beside it.
+    Carried(History, Vec<LedgerEntry<'a>>),
     /// These executions, encoded.
     Rows(Vec<LedgerEntry<'a>>),
 }
@@ -245,6 +255,8 @@ pub struct EncodedState {
     value: Value,
     dormant: Blob,
     history: Blob,
+    /// The rows of returned dormant projects, when there are any.
+    returned: Option<Blob>,
     ledger: Blob,
 }
 
@@ -321,12 +333,12 @@ impl EncodedState {
         out.write_all(b"}")
     }
 
-    fn blobs(&self) -> [(&'static str, &Blob); 3] {
-        [
-            ("dormant", &self.dormant),
-            ("history", &self.history),
-            ("ledger", &self.ledger),
-        ]
+    /// The blobs present, in the order of their keys.
+    fn blobs(&self) -> Vec<(&'static str, &Blob)> {
+        let mut blobs = vec![("dormant", &self.dormant), ("history", &self.history)];
+        blobs.extend(self.returned.as_ref().map(|r| ("history_returned", r)));
+        blobs.push(("ledger", &self.ledger));
+        blobs
     }
 }
 
@@ -370,7 +382,7 @@ impl Serialize for EncodedState {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         /// The tap's part, with the blobs in their sorted places among the other keys.
-        struct Tap<'a>(&'a serde_json::Map<String, Value>, [(&'a str, &'a Blob); 3]);
+        struct Tap<'a>(&'a serde_json::Map<String, Value>, Vec<(&'a str, &'a Blob)>);
         impl Serialize for Tap<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let mut map = s.serialize_map(Some(self.0.len() + self.1.len()))?;
@@ -991,6 +1003,10 @@ fn carry_from(
     Ok((carry, head.projects))
 }
 
+/// What the state's history holds, read on a core of its own: its rows, how many the carried text
+/// held and the projects of the returned part, and the dormant part.
+type HistoryRead = (Carry, (usize, BTreeSet<String>), Option<Dormant>);
+
 impl TapState {
     /// Only the input bookmarks of a state (cheap: the ledger is not decoded), to find out whether
     /// anything is new before paying for the rest.
@@ -1039,28 +1055,42 @@ impl TapState {
         let (carry, projects, history, dormant) = std::thread::scope(|scope| {
             let unpacking = match history_text.as_deref() {
                 _ if version < 4 => None,
-                Some(history) => Some(scope.spawn(
-                    move || -> Result<(Carry, usize, Option<Dormant>), StateError> {
-                        let bytes = unpack_history(history)?;
-                        // room for every execution the state holds and the new ones of a run
-                        let total = tap.get("executions").and_then(Value::as_u64).unwrap_or(0);
-                        let total = usize::try_from(total).unwrap_or(0).min(bytes.len() / 8);
-                        let mut rows = Carry {
-                            executions: Vec::with_capacity(total + total / 16 + 4096),
-                            ..Carry::default()
-                        };
-                        let n = decode_history(&bytes, &mut rows)?;
-                        drop(bytes);
-                        let dormant = match (dormant_text, tap.get("dormant_cut")) {
-                            _ if version < 5 => None,
-                            (Some(text), Some(cut)) => {
-                                Some(Dormant::read(text, cut.as_i64().unwrap_or(i64::MIN))?)
-                            }
-                            _ => return Err(StateError::Damaged("no dormant history".into())),
-                        };
-                        Ok((rows, n, dormant))
-                    },
-                )),
+                Some(history) => Some(scope.spawn(move || -> Result<HistoryRead, StateError> {
+                    let bytes = unpack_history(history)?;
+                    // room for every execution the state holds and the new ones of a run
+                    let total = tap.get("executions").and_then(Value::as_u64).unwrap_or(0);
+                    let total = usize::try_from(total).unwrap_or(0).min(bytes.len() / 8);
+                    let mut rows = Carry {
+                        executions: Vec::with_capacity(total + total / 16 + 4096),
+                        ..Carry::default()
+                    };
+                    let n = decode_history(&bytes, &mut rows)?;
+                    drop(bytes);
+                    let returned = match tap.get("history_returned").and_then(Value::as_str) {
+                        Some(text) => {
+                            let (executions, parts) = (rows.executions.len(), rows.parts.len());
+                            decode_history(&unpack_history(text)?, &mut rows)?;
+                            let of_parts = rows.parts[parts..]
+                                .iter()
+                                .filter_map(|p| p.variant.project_id.as_deref());
+                            rows.executions[executions..]
+                                .iter()
+                                .map(|x| &*x.project_id)
+                                .chain(of_parts)
+                                .map(str::to_string)
+                                .collect()
+                        }
+                        None => BTreeSet::new(),
+                    };
+                    let dormant = match (dormant_text, tap.get("dormant_cut")) {
+                        _ if version < 5 => None,
+                        (Some(text), Some(cut)) => {
+                            Some(Dormant::read(text, cut.as_i64().unwrap_or(i64::MIN))?)
+                        }
+                        _ => return Err(StateError::Damaged("no dormant history".into())),
+                    };
+                    Ok((rows, (n, returned), dormant))
+                })),
                 _ => return Err(StateError::Damaged("no history".into())),
             };
             let (mut carry, projects) = match tap.get("ledger").and_then(Value::as_str) {
@@ -1081,7 +1111,11 @@ impl TapState {
         })?;
         let history = history
             .zip(history_text)
-            .map(|(rows, text)| History { rows, text });
+            .map(|((rows, returned), text)| History {
+                text,
+                rows,
+                returned,
+            });
         let as_of = tap
             .get("as_of")
             .and_then(Value::as_str)
@@ -1134,10 +1168,17 @@ impl TapState {
                 }
             };
             let history = match history {
-                HistoryOut::Carried(History { text, rows }) => (Blob(text), rows),
+                HistoryOut::Carried(History { text, rows, .. }, returned) => {
+                    let n = returned.len();
+                    let returned = match returned.is_empty() {
+                        true => None,
+                        false => Some(Blob::packed(&encode_history(returned)?)),
+                    };
+                    (Blob(text), rows + n, returned)
+                }
                 HistoryOut::Rows(rows) => {
                     let n = rows.len();
-                    (Blob::packed(&encode_history(rows)?), n)
+                    (Blob::packed(&encode_history(rows)?), n, None)
                 }
             };
             Ok((dormant, history))
@@ -1150,7 +1191,7 @@ impl TapState {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (parts, ledger)
         });
-        let ((dormant, dormant_cut, dormant_projects), (history, history_rows)) = parts?;
+        let ((dormant, dormant_cut, dormant_projects), (history, history_rows, returned)) = parts?;
         let (ledger, rows) = ledger?;
         let value = json!({
             "bookmarks": {},
@@ -1172,6 +1213,7 @@ impl TapState {
             value,
             dormant,
             history,
+            returned,
             ledger: Blob::packed(&ledger),
         })
     }
@@ -1314,6 +1356,7 @@ mod tests {
             value: json!({"tap_kpis": {"version": STATE_VERSION}}),
             dormant: Blob("a\"b\\c\n".into()),
             history: Blob("QUJD".into()),
+            returned: None,
             ledger: Blob("é".into()),
         };
         assert!(!encoded.dormant.is_plain() && encoded.history.is_plain());
@@ -1447,7 +1490,7 @@ mod tests {
         let again = back
             .to_value(
                 [LedgerEntry::Execution(Kept::whole(x1))],
-                HistoryOut::Carried(carried.clone()),
+                HistoryOut::Carried(carried.clone(), vec![]),
                 DormantPart::Carried(asleep_back.clone()),
             )
             .unwrap();
@@ -1467,6 +1510,35 @@ mod tests {
             )
             .unwrap();
         assert_eq!(again, anew);
+        // the rows of a dormant project that returned are written beside the carried history and
+        // read back with it, their project named
+        let with_returned = back
+            .to_value(
+                [LedgerEntry::Execution(Kept::whole(x1))],
+                HistoryOut::Carried(
+                    carried.clone(),
+                    vec![LedgerEntry::Execution(Kept::whole(x9))],
+                ),
+                DormantPart::Carried(asleep_back.clone()),
+            )
+            .unwrap();
+        assert_eq!(
+            with_returned["tap_kpis"]["history"],
+            value["tap_kpis"]["history"]
+        );
+        assert_eq!(with_returned["tap_kpis"]["executions"], 4);
+        let read = TapState::from_value(with_returned).unwrap().unwrap();
+        let history = read.history.unwrap();
+        assert_eq!(history.rows, 1);
+        assert_eq!(history.returned, BTreeSet::from(["p9".to_string()]));
+        let mut ids: Vec<&str> = read
+            .carry
+            .executions
+            .iter()
+            .map(|x| &*x.execution_id)
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["x1", "x2", "x9"]);
         // a damaged or missing history is named as such
         let mut damaged = value.clone();
         damaged["tap_kpis"]["history"] = json!("AAAA");

@@ -227,6 +227,7 @@ impl Resumed {
                 dormant.entries.len(),
                 left_out.projects.len()
             );
+            left_out.loaded = loaded;
         }
         self.normalizer.absorb_earlier(rows);
         if self.unpack_all {
@@ -243,6 +244,8 @@ struct LeftOut {
     fleet: DormantFleet,
     projects: Vec<String>,
     unpacked: usize,
+    /// The dormant projects unpacked.
+    loaded: crate::normalize::FastSet<String>,
 }
 
 /// Whether a run may leave a state's dormant projects packed: the cut has not moved since they were
@@ -653,6 +656,7 @@ pub fn run<W: Write>(
     let touched_executions = &touched.executions;
     let as_of_day = model.as_of;
     let left_packed = left_out.projects;
+    let unpacked = left_out.loaded;
     let previous_projects = &previous_projects;
     let state = std::thread::scope(|scope| -> Result<EncodedState, SyncError> {
         // the next state is summarised and encoded on the other core while the records are written
@@ -709,20 +713,30 @@ pub fn run<W: Write>(
                     // while the cut stays put, the history read is the history to write: what
                     // finished before the cut can no longer change (a new event for it would make
                     // it finish later)
+                    let all_rows = || compacted.history().map(LedgerEntry::Execution).collect();
                     let history = match earlier_history {
                         Some(history)
                             if cut == previous_cut
-                                && history.rows == compacted.history_len()
                                 && compacted
                                     .passed
                                     .iter()
                                     .all(|x| !touched_executions.contains(&x.execution_id)) =>
                         {
-                            HistoryOut::Carried(history)
+                            // the rows of dormant projects that returned (now or in an earlier
+                            // run since the dormant part was set apart) are written apart
+                            let (returned, kept): (Vec<_>, Vec<_>) =
+                                compacted.history().partition(|k| {
+                                    let project = &*k.execution.project_id;
+                                    unpacked.contains(project) || history.returned.contains(project)
+                                });
+                            if kept.len() == history.rows {
+                                let returned = returned.into_iter().map(LedgerEntry::Execution);
+                                HistoryOut::Carried(history, returned.collect())
+                            } else {
+                                HistoryOut::Rows(all_rows())
+                            }
                         }
-                        _ => HistoryOut::Rows(
-                            compacted.history().map(LedgerEntry::Execution).collect(),
-                        ),
+                        _ => HistoryOut::Rows(all_rows()),
                     };
                     (history, DormantPart::Carried(d))
                 }

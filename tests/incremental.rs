@@ -36,6 +36,9 @@ struct DormantUse {
     /// Runs that left dormant projects packed, and the projects unpacked over all runs.
     runs_leaving_packed: usize,
     unpacked: usize,
+    /// Runs that unpacked dormant projects and still wrote the history back as it was read (their
+    /// rows go to `history_returned`).
+    history_carried_while_unpacking: usize,
 }
 
 /// How a fleet is delivered: cut days between deliveries, and the share of lines arriving one
@@ -124,10 +127,17 @@ fn check_pieces(
         dormant.unpacked += report.dormant_unpacked;
         if let Some(before) = &state {
             // summarised history is final: while the cut stays put the dormant projects' part is
-            // carried as it was (a project unpacked from it moves its rows into the history), and
-            // a run that unpacked none carries the history as it was too
+            // carried as it was (a project unpacked from it has its rows written beside the
+            // history), and a run that unpacked none carries the history as it was too
             let (was, now) = (&before["tap_kpis"], &next["tap_kpis"]);
             if was["cut_day"] == now["cut_day"] && was["dormant_cut"] == was["cut_day"] {
+                if report.dormant_unpacked > 0 && was["history"] == now["history"] {
+                    dormant.history_carried_while_unpacking += 1;
+                    assert!(
+                        now["history_returned"].is_string(),
+                        "history carried while a project returned, yet no history_returned"
+                    );
+                }
                 assert_eq!(
                     was["dormant"], now["dormant"],
                     "dormant history before the cut changed"
@@ -271,6 +281,7 @@ fn dormant_projects_left_packed_or_unpacked_equal_one_run() {
     );
     assert!(dormant.runs_leaving_packed > 0, "{dormant:?}");
     assert!(dormant.unpacked > 0, "{dormant:?}");
+    assert!(dormant.history_carried_while_unpacking > 0, "{dormant:?}");
 }
 
 #[test]

@@ -296,41 +296,11 @@ impl EncodedState {
         let Value::Object(top) = &self.value else {
             return Item::Value(&self.value).write(out);
         };
-        out.write_all(b"{")?;
-        for (i, (k, v)) in top.iter().enumerate() {
-            if i > 0 {
-                out.write_all(b",")?;
-            }
-            Item::Key(k).write(out)?;
-            out.write_all(b":")?;
-            match v {
-                Value::Object(tap) if k == "tap_kpis" => {
-                    let mut items = Vec::with_capacity(tap.len() + 3);
-                    let mut blobs = self.blobs().into_iter().peekable();
-                    for (key, v) in tap {
-                        while let Some((name, blob)) =
-                            blobs.next_if(|(name, _)| *name < key.as_str())
-                        {
-                            items.push((name, Item::Blob(blob)));
-                        }
-                        items.push((key.as_str(), Item::Value(v)));
-                    }
-                    items.extend(blobs.map(|(name, blob)| (name, Item::Blob(blob))));
-                    out.write_all(b"{")?;
-                    for (j, (key, item)) in items.iter().enumerate() {
-                        if j > 0 {
-                            out.write_all(b",")?;
-                        }
-                        Item::Key(key).write(out)?;
-                        out.write_all(b":")?;
-                        item.write(out)?;
-                    }
-                    out.write_all(b"}")?;
-                }
-                _ => Item::Value(v).write(out)?,
-            }
-        }
-        out.write_all(b"}")
+        let entries = top.iter().map(|(k, v)| match v {
+            Value::Object(tap) if k == "tap_kpis" => (k.as_str(), Item::Tap(tap, self.blobs())),
+            _ => (k.as_str(), Item::Value(v)),
+        });
+        write_object(out, entries)
     }
 
     /// The blobs present, in the order of their keys.
@@ -342,27 +312,58 @@ impl EncodedState {
     }
 }
 
-/// What [`EncodedState::write_json`] writes.
+/// What [`EncodedState::write_json`] writes: a JSON value, a blob, or the tap's part with its blobs
+/// in their sorted places among the other keys.
 enum Item<'a> {
-    Key(&'a str),
     Value(&'a Value),
     Blob(&'a Blob),
+    Tap(
+        &'a serde_json::Map<String, Value>,
+        Vec<(&'static str, &'a Blob)>,
+    ),
 }
 
 impl Item<'_> {
     fn write(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        let json = |out: &mut dyn Write, v: &dyn erased_json::Json| v.to_writer(out);
         match self {
-            Item::Key(k) => json(out, k),
-            Item::Value(v) => json(out, v),
+            Item::Value(v) => erased_json::Json::to_writer(*v, out),
             Item::Blob(blob) if blob.is_plain() => {
                 out.write_all(b"\"")?;
                 out.write_all(blob.0.as_bytes())?;
                 out.write_all(b"\"")
             }
-            Item::Blob(blob) => json(out, &blob.0),
+            Item::Blob(blob) => erased_json::Json::to_writer(&blob.0, out),
+            Item::Tap(tap, blobs) => {
+                let mut items = Vec::with_capacity(tap.len() + blobs.len());
+                let mut blobs = blobs.iter().copied().peekable();
+                for (key, v) in tap.iter() {
+                    while let Some((name, blob)) = blobs.next_if(|(name, _)| *name < key.as_str()) {
+                        items.push((name, Item::Blob(blob)));
+                    }
+                    items.push((key.as_str(), Item::Value(v)));
+                }
+                items.extend(blobs.map(|(name, blob)| (name, Item::Blob(blob))));
+                write_object(out, items)
+            }
         }
     }
+}
+
+/// A JSON object of these entries, in this order.
+fn write_object<'a>(
+    out: &mut dyn Write,
+    entries: impl IntoIterator<Item = (&'a str, Item<'a>)>,
+) -> std::io::Result<()> {
+    out.write_all(b"{")?;
+    for (i, (key, item)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        erased_json::Json::to_writer(key, out)?;
+        out.write_all(b":")?;
+        item.write(out)?;
+    }
+    out.write_all(b"}")
 }
 
 mod erased_json {

@@ -98,37 +98,6 @@ pub struct ExecutionTables {
     /// As `profiles`.
     command_lines: HashMap<u64, Arc<CommandLine>>,
     pipeline_ids: Interner,
-    /// Pipeline ids by the addresses of what they are made of, so that the MD5 is taken once per
-    /// pipeline rather than once per run of it. Each entry holds what it was made of, so no
-    /// address is reused while it exists.
-    pipelines: HashMap<u64, PipelineMade>,
-}
-
-/// A pipeline id and what it was made of: the plugins in order, environment hash, project id.
-#[derive(Debug, Clone)]
-struct PipelineMade {
-    plugins: Box<[Arc<plugins::PluginInfo>]>,
-    environment_hash: Option<Text>,
-    project_id: Text,
-    id: Text,
-}
-
-impl PipelineMade {
-    fn is_of(
-        &self,
-        ordered: &[Plugin],
-        environment_hash: Option<&Text>,
-        project_id: &Text,
-    ) -> bool {
-        Arc::ptr_eq(&self.project_id, project_id)
-            && address(self.environment_hash.as_ref()) == address(environment_hash)
-            && self.plugins.len() == ordered.len()
-            && self
-                .plugins
-                .iter()
-                .zip(ordered)
-                .all(|(a, b)| Arc::ptr_eq(a, &b.info))
-    }
 }
 
 /// A value made of shared strings, found again by their addresses.
@@ -197,44 +166,6 @@ impl ExecutionTables {
             self.command_lines.entry(key).or_insert(command_line);
         }
         self.pipeline_ids.absorb(other.pipeline_ids);
-        for (key, made) in other.pipelines {
-            self.pipelines.entry(key).or_insert(made);
-        }
-    }
-
-    /// The shared pipeline id of plugins run in this order in this environment and project.
-    pub fn pipeline_id(
-        &mut self,
-        ordered: &[Plugin],
-        environment_hash: Option<&Text>,
-        project_id: &Text,
-    ) -> Text {
-        use std::hash::{BuildHasher, Hasher};
-        let mut hasher = self.pipelines.hasher().build_hasher();
-        for p in ordered {
-            hasher.write_usize(Arc::as_ptr(&p.info) as usize);
-        }
-        hasher.write_usize(address(environment_hash));
-        hasher.write_usize(address(Some(project_id)));
-        let key = hasher.finish();
-        if let Some(made) = self.pipelines.get(&key)
-            && made.is_of(ordered, environment_hash, project_id)
-        {
-            return made.id.clone();
-        }
-        let id = self.pipeline_ids.get(&plugins::pipeline_id(
-            ordered,
-            environment_hash.map(|e| &**e),
-            project_id,
-        ));
-        let made = PipelineMade {
-            plugins: ordered.iter().map(|p| p.info.clone()).collect(),
-            environment_hash: environment_hash.cloned(),
-            project_id: project_id.clone(),
-            id: id.clone(),
-        };
-        self.pipelines.insert(key, made);
-        id
     }
 
     /// The shared copy of `profile`.
@@ -645,8 +576,13 @@ impl ExecParts {
             .as_deref()
             .is_some_and(|c| PIPELINE_COMMANDS.contains(&c))
             && !plugins.is_empty();
-        let pipeline_id = is_pipeline
-            .then(|| tables.pipeline_id(&plugins, v.environment_hash.as_ref(), &project_id));
+        let pipeline_id = is_pipeline.then(|| {
+            tables.pipeline_ids.get(&plugins::pipeline_id(
+                &plugins,
+                v.environment_hash.as_deref(),
+                &project_id,
+            ))
+        });
         let mut ip_hashes = self.ip_hashes;
         ip_hashes.shrink_to_fit();
         let v = self.variant;
@@ -1579,41 +1515,6 @@ fn build_projects(
 mod tests {
     use super::*;
     use crate::event::ProjectContext;
-
-    #[test]
-    fn a_pipeline_id_found_again_is_the_one_made_from_its_parts() {
-        let plugin = |name: &str| {
-            plugins::plugin_from_dict(
-                serde_json::json!({"category": "extractors", "name_hash": name})
-                    .as_object()
-                    .unwrap(),
-            )
-        };
-        let (a, b) = (plugin("a"), plugin("b"));
-        let (env, project, other) = (Text::from("env"), Text::from("p1"), Text::from("p2"));
-        let mut tables = ExecutionTables::default();
-        let ordered = [a.clone(), b.clone()];
-        let first = tables.pipeline_id(&ordered, Some(&env), &project);
-        assert_eq!(
-            &*first,
-            plugins::pipeline_id(&ordered, Some("env"), "p1").as_str()
-        );
-        // the same parts again: the shared copy
-        let again = tables.pipeline_id(&[a.clone(), b.clone()], Some(&env), &project);
-        assert!(Arc::ptr_eq(&first, &again));
-        // any part different: its own id
-        for (plugins, env, project) in [
-            (vec![b.clone(), a.clone()], Some(&env), &project),
-            (vec![a.clone(), b.clone()], None, &project),
-            (vec![a.clone(), b.clone()], Some(&env), &other),
-            (vec![a.clone()], Some(&env), &project),
-        ] {
-            let id = tables.pipeline_id(&plugins, env, project);
-            let made = plugins::pipeline_id(&plugins, env.map(|e| &**e), project);
-            assert_eq!(&*id, made.as_str());
-            assert_ne!(id, first);
-        }
-    }
 
     fn ev(eid: Option<&str>, exec: &str, kind: EventKind, dtm: i64, stm: i64) -> Event {
         Event {

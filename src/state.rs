@@ -290,6 +290,27 @@ impl Serialize for Blob {
 }
 
 impl EncodedState {
+    /// Replace the health rules' learned history and the alarms sent: they are known only once the
+    /// rules have run over the model, and the rest of the state is encoded beside that.
+    pub fn set_health(
+        &mut self,
+        health: &BTreeMap<String, crate::health::RuleCarry>,
+        alarms_sent: Value,
+    ) -> Result<(), StateError> {
+        let Some(tap) = self
+            .value
+            .get_mut("tap_kpis")
+            .and_then(Value::as_object_mut)
+        else {
+            return Err(StateError::Damaged(
+                "no tap_kpis object to set health in".into(),
+            ));
+        };
+        tap.insert("health".into(), Value::String(health_text(health)?));
+        tap.insert("alarms_sent".into(), alarms_sent);
+        Ok(())
+    }
+
     /// Write the state as JSON, exactly as serialising it would, with the large base64 texts
     /// copied between their quotes instead of scanned for characters to escape.
     pub fn write_json(&self, out: &mut dyn Write) -> std::io::Result<()> {
@@ -597,10 +618,8 @@ fn pack(value: &impl Serialize, rows: usize) -> Result<Vec<u8>, StateError> {
     // reserved generously: pages never filled are never touched
     let raw = postcard::to_extend(value, Vec::with_capacity(64 * 1024 + rows * 128))
         .map_err(|e| damaged(&e))?;
-    let mut zstd = zstd::Encoder::new(Vec::with_capacity(64 * 1024 + rows * 96), ZSTD_LEVEL)
-        .map_err(|e| damaged(&e))?;
-    zstd.write_all(&raw).map_err(|e| damaged(&e))?;
-    zstd.finish().map_err(|e| damaged(&e))
+    // in one call over the whole buffer: faster than a stream, and the frame records its size
+    zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(|e| damaged(&e))
 }
 
 fn encode_carry<'a>(
@@ -641,6 +660,12 @@ fn encode_history(rows: Vec<LedgerEntry<'_>>) -> Result<Vec<u8>, StateError> {
 }
 
 type Projects = BTreeMap<String, (String, i64)>;
+
+/// Health carries as JSON text: Singer targets read numbers in STATE as decimals they cannot
+/// write back.
+fn health_text(health: &BTreeMap<String, crate::health::RuleCarry>) -> Result<String, StateError> {
+    serde_json::to_string(health).map_err(|e| StateError::Damaged(e.to_string()))
+}
 
 /// Everything in a ledger but its rows.
 struct Head {
@@ -750,6 +775,14 @@ fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateErro
 /// (about twice what it unpacks to) costs only the pages written, where growing by doubling would
 /// copy it again and again.
 fn unzstd(packed: &[u8]) -> std::io::Result<Vec<u8>> {
+    // a frame that records its size (as `pack` writes them) is unpacked in one call, unless the size
+    // it claims is beyond what any state compresses to
+    if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(packed) {
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        if size <= packed.len().saturating_mul(64).saturating_add(1 << 20) {
+            return zstd::bulk::decompress(packed, size);
+        }
+    }
     let mut bytes = Vec::with_capacity(packed.len() * 4 + 4096);
     zstd::stream::copy_decode(packed, &mut bytes)?;
     Ok(bytes)
@@ -1205,8 +1238,7 @@ impl TapState {
                 "dormant_projects": dormant_projects,
                 "dormant_cut": dormant_cut,
                 "cut_day": self.cut_day,
-                "health": serde_json::to_string(&self.health)
-                    .map_err(|e| StateError::Damaged(e.to_string()))?,
+                "health": health_text(&self.health)?,
                 "alarms_sent": self.alarms_sent,
             }
         });

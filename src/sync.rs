@@ -567,65 +567,7 @@ pub fn run<W: Write>(
     let touched = normalized.touched;
     let facts = normalized.facts;
     let as_of = config.as_of.map(calendar::day_number);
-    let mut model = kpi::Model::new(&facts, as_of);
-    if dormant.is_some() {
-        model.first_day = match (model.first_day, left_out.fleet.first_day) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        model.dormant = Some(left_out.fleet);
-    }
-    tracing::debug!(
-        "model built at {:.2}s ({})",
-        started.elapsed().as_secs_f64(),
-        rss()
-    );
-    report.as_of = calendar::fmt_day(model.as_of);
-    let changes = previous_as_of.map(|p| {
-        let mut c = Changes::new(&facts, &touched, p, model.as_of, &previous_projects);
-        c.exact_from = exact_from.map(calendar::fmt_day);
-        c.scope.exact_from = exact_from;
-        tracing::debug!(
-            "re-emitting rows from {}: {} touched and {} rewritten project(s), {} touched execution(s){}",
-            c.from,
-            c.scope.touched.len(),
-            c.scope.rewritten.len(),
-            c.executions.len(),
-            c.exact_from
-                .as_ref()
-                .map_or(String::new(), |e| format!(", none before {e}"))
-        );
-        c
-    });
-    model.execution_scope = changes.as_ref().map(|c| c.executions.clone());
-    model.project_scope = changes.as_ref().map(|c| c.scope.clone());
-    tracing::info!(
-        "read {} events in {:.2}s: {} executions, {} projects, as_of {}",
-        report.events,
-        started.elapsed().as_secs_f64(),
-        facts.executions.len(),
-        facts.projects.len(),
-        report.as_of
-    );
-
-    let time_extracted = chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string();
-    let mut writer = SingerWriter::new(out, time_extracted);
-    let mut cache: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-    let mut records_of = |name: &str| -> Vec<Value> {
-        // only the few series health rules watch go through here
-        match crate::streams::find(name) {
-            Some(def) => match def.records.kpi() {
-                Some(f) => cache
-                    .entry(def.name)
-                    .or_insert_with(|| f(&model).collect())
-                    .clone(),
-                None => Vec::new(),
-            },
-            None => Vec::new(),
-        }
-    };
+    let as_of_day = kpi::Model::as_of_day(&facts, as_of);
     // executions that finished before `cut` are summarised in the next state; rows from
     // `exact_from` on are recomputed exactly, and health carries its learned history across
     let late_before = carry
@@ -634,32 +576,21 @@ pub fn run<W: Write>(
     let cut = late_before
         .map(|l| compact::cut_day(l).max(previous_cut.unwrap_or(i64::MIN)))
         .or(previous_cut);
-    let mut health = alarm::run(
-        &config.health_rules(),
-        &mut records_of,
-        model.as_of,
-        config.alert_max_age_days,
-        &alarms_sent,
-        config.webhook().as_ref(),
-        &alarm::Resume {
-            from: exact_from,
-            carries: Some(&health_carries),
-            snapshot_at: cut.map(compact::exact_from_day),
-        },
-    );
-    report.recent_alarms = health.recent_alarms;
-    let alarms_sent = json!(std::mem::take(&mut health.alarms_sent));
-    let health_carries = std::mem::take(&mut health.carries);
+    let time_extracted = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    let mut writer = SingerWriter::new(out, time_extracted);
     let projects = &facts.projects;
     let executions = &facts.executions;
     let inputs_ref = &inputs;
     let touched_executions = &touched.executions;
-    let as_of_day = model.as_of;
     let left_packed = left_out.projects;
     let unpacked = left_out.loaded;
     let previous_projects = &previous_projects;
-    let state = std::thread::scope(|scope| -> Result<EncodedState, SyncError> {
-        // the next state is summarised and encoded on the other core while the records are written
+    let has_dormant = dormant.is_some();
+    let (state, model, changes) = std::thread::scope(|scope| {
+        // the next state is summarised and encoded on the other core while the model is built, the
+        // health rules run and the records are written
         let next_state = scope.spawn(move || -> Result<EncodedState, StateError> {
             let mut compacted = compact::compact(
                 executions,
@@ -700,9 +631,10 @@ pub fn run<W: Write>(
                     })
                     .collect(),
                 carry,
-                alarms_sent,
+                // set once the health rules have run
+                alarms_sent: Value::Null,
                 cut_day: cut,
-                health: health_carries,
+                health: BTreeMap::new(),
                 history: None,
                 dormant: None,
             };
@@ -757,6 +689,77 @@ pub fn run<W: Write>(
             );
             value
         });
+        let mut model = kpi::Model::new(&facts, as_of);
+        if has_dormant {
+            model.first_day = match (model.first_day, left_out.fleet.first_day) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            model.dormant = Some(left_out.fleet);
+        }
+        tracing::debug!(
+            "model built at {:.2}s ({})",
+            started.elapsed().as_secs_f64(),
+            rss()
+        );
+        report.as_of = calendar::fmt_day(model.as_of);
+        let changes = previous_as_of.map(|p| {
+            let mut c = Changes::new(&facts, &touched, p, model.as_of, previous_projects);
+            c.exact_from = exact_from.map(calendar::fmt_day);
+            c.scope.exact_from = exact_from;
+            tracing::debug!(
+                "re-emitting rows from {}: {} touched and {} rewritten project(s), {} touched execution(s){}",
+                c.from,
+                c.scope.touched.len(),
+                c.scope.rewritten.len(),
+                c.executions.len(),
+                c.exact_from
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(", none before {e}"))
+            );
+            c
+        });
+        model.execution_scope = changes.as_ref().map(|c| c.executions.clone());
+        model.project_scope = changes.as_ref().map(|c| c.scope.clone());
+        tracing::info!(
+            "read {} events in {:.2}s: {} executions, {} projects, as_of {}",
+            report.events,
+            started.elapsed().as_secs_f64(),
+            facts.executions.len(),
+            facts.projects.len(),
+            report.as_of
+        );
+
+        let mut cache: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+        let mut records_of = |name: &str| -> Vec<Value> {
+            // only the few series health rules watch go through here
+            match crate::streams::find(name) {
+                Some(def) => match def.records.kpi() {
+                    Some(f) => cache
+                        .entry(def.name)
+                        .or_insert_with(|| f(&model).collect())
+                        .clone(),
+                    None => Vec::new(),
+                },
+                None => Vec::new(),
+            }
+        };
+        let mut health = alarm::run(
+            &config.health_rules(),
+            &mut records_of,
+            model.as_of,
+            config.alert_max_age_days,
+            &alarms_sent,
+            config.webhook().as_ref(),
+            &alarm::Resume {
+                from: exact_from,
+                carries: Some(&health_carries),
+                snapshot_at: cut.map(compact::exact_from_day),
+            },
+        );
+        report.recent_alarms = health.recent_alarms;
+        let alarms_sent = json!(std::mem::take(&mut health.alarms_sent));
+        let health_carries = std::mem::take(&mut health.carries);
         // the selected streams are made on the cores there are and written in stream order
         let mut selected = Vec::new();
         let mut makers = Vec::new();
@@ -800,34 +803,41 @@ pub fn run<W: Write>(
             selected.push((def, selection));
         }
         let workers = cores();
-        let formatted = singer::format_streams(scope, workers, writer.time_extracted(), makers);
-        let lanes = selected
-            .into_iter()
-            .zip(formatted)
-            .map(|((def, selection), lines)| (def, selection, lines));
-        for (def, selection, lines) in lanes {
-            let schema = catalog::selected_schema(def, selection);
-            writer.schema(def.name, &schema, &selection.key_properties)?;
-            for chunk in lines {
-                let chunk = chunk?;
-                writer.record_lines(def.name, &chunk.lines, chunk.count)?;
+        // the streams' own threads end here, before the model they read is handed out
+        std::thread::scope(|streams| -> Result<(), SyncError> {
+            let formatted =
+                singer::format_streams(streams, workers, writer.time_extracted(), makers);
+            let lanes = selected
+                .into_iter()
+                .zip(formatted)
+                .map(|((def, selection), lines)| (def, selection, lines));
+            for (def, selection, lines) in lanes {
+                let schema = catalog::selected_schema(def, selection);
+                writer.schema(def.name, &schema, &selection.key_properties)?;
+                for chunk in lines {
+                    let chunk = chunk?;
+                    writer.record_lines(def.name, &chunk.lines, chunk.count)?;
+                }
+                writer.metric_stream_done(def.name);
+                tracing::debug!(
+                    "stream {} written at {:.2}s ({})",
+                    def.name,
+                    started.elapsed().as_secs_f64(),
+                    rss()
+                );
+                report
+                    .records
+                    .insert(def.name.to_string(), writer.count(def.name));
             }
-            writer.metric_stream_done(def.name);
-            tracing::debug!(
-                "stream {} written at {:.2}s ({})",
-                def.name,
-                started.elapsed().as_secs_f64(),
-                rss()
-            );
-            report
-                .records
-                .insert(def.name.to_string(), writer.count(def.name));
-        }
-        next_state
+            Ok(())
+        })?;
+        let mut state = next_state
             .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            .map_err(SyncError::from)
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        state.set_health(&health_carries, alarms_sent)?;
+        Ok::<_, SyncError>((state, model, changes))
     })?;
+
     let state_bytes = writer.state_with(|out| state.write_json(out))?;
     if state_bytes > STATE_WARN_BYTES {
         tracing::warn!(

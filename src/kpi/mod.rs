@@ -219,9 +219,15 @@ impl ProjectScope {
 }
 
 impl<'a> Model<'a> {
+    /// The day a model of these facts is computed as of: `as_of`, or the day of the newest event.
+    /// Known before the model is built, so that the state can be written beside it.
+    pub fn as_of_day(facts: &Facts, as_of: Option<i64>) -> i64 {
+        as_of.or(facts.newest_event_ms.map(day_of)).unwrap_or(0)
+    }
+
     /// Build the model. `as_of` defaults to the day of the newest event.
     pub fn new(facts: &'a Facts, as_of: Option<i64>) -> Self {
-        let as_of = as_of.or(facts.newest_event_ms.map(day_of)).unwrap_or(0);
+        let as_of = Self::as_of_day(facts, as_of);
         let end_ms = (as_of + 1) * DAY_MS;
         let counted: Vec<&Execution> = facts
             .executions

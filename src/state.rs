@@ -27,7 +27,8 @@ use crate::compact::Kept;
 use crate::decode::Format;
 use crate::normalize::plugins::{PluginInfo, info_from_normalised};
 use crate::normalize::{
-    Carry, ExecParts, FastIndex, FastMap, Interner, Plugin, Text, TextSet, Variant,
+    Carry, ExecParts, Execution, FastIndex, FastMap, FastSet, Interner, Plugin, Text, TextSet,
+    Variant,
 };
 use crate::source::Fingerprint;
 
@@ -35,12 +36,13 @@ mod dormant;
 pub use dormant::{Dormant, DormantEntry, DormantOut};
 
 /// Version of the state layout; a state of any other version is refused.
-pub const STATE_VERSION: u64 = 6;
+pub const STATE_VERSION: u64 = 7;
 
 /// State versions this tap resumes from: version 2 wrote every row's strings out in full, version 3
 /// kept the summarised history in the one ledger, version 4 kept dormant projects in the history,
-/// version 5 wrote the history again whenever a dormant project returned.
-const READS: [u64; 5] = [2, 3, 4, 5, STATE_VERSION];
+/// version 5 wrote the history again whenever a dormant project returned, version 6 wrote every
+/// execution of the ledger again in each run.
+const READS: [u64; 6] = [2, 3, 4, 5, 6, STATE_VERSION];
 
 /// Errors reading a state.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,60 @@ pub struct TapState {
     pub history: Option<History>,
     /// The dormant projects' history as read (version 5 on), see [`Dormant`].
     pub dormant: Option<Dormant>,
+    /// The settled part of the ledger as read (version 7 on), see [`Settled`].
+    pub settled: Option<Settled>,
+}
+
+/// The ledger's executions that finished before late events could reach them when the part was
+/// written (`before_ms`): no later event changes them, so while the cut stays put the next state
+/// carries their text as it was read rather than encoding them again each run. They are read into
+/// the carry with the rest of the ledger.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub text: String,
+    pub rows: usize,
+    pub before_ms: i64,
+}
+
+/// What the next state writes as the settled part of its ledger.
+pub enum SettledOut<'a> {
+    /// The same executions as were read, unchanged: the text is written as it is.
+    Carried(Settled),
+    /// These executions, encoded, as finished before this time.
+    Rows(Vec<LedgerEntry<'a>>, i64),
+}
+
+/// Split the ledger of a state being written (the executions that finished on or after the cut) into
+/// its settled part, those that finished before late events reach (`settled_before`), and the rest.
+/// The settled part read is carried as it is while it holds exactly the executions read, none of them
+/// changed: the cut has not moved (`earlier` is given only then), no new event touched one, and as
+/// many finished before its bound as it held.
+pub fn settle_ledger<'a>(
+    recent: &[&'a Execution],
+    earlier: Option<Settled>,
+    settled_before: Option<i64>,
+    touched: &FastSet<Text>,
+) -> (Option<SettledOut<'a>>, Vec<&'a Execution>) {
+    if let Some(earlier) = earlier {
+        let (settled, rest): (Vec<&Execution>, Vec<&Execution>) = recent
+            .iter()
+            .partition(|x| x.finished_ms < earlier.before_ms);
+        if settled.len() == earlier.rows
+            && settled.iter().all(|x| !touched.contains(&x.execution_id))
+        {
+            return (Some(SettledOut::Carried(earlier)), rest);
+        }
+    }
+    let Some(before) = settled_before else {
+        return (None, recent.to_vec());
+    };
+    let (settled, rest): (Vec<&Execution>, Vec<&Execution>) =
+        recent.iter().partition(|x| x.finished_ms < before);
+    let rows = settled
+        .into_iter()
+        .map(|x| LedgerEntry::Execution(Kept::whole(x)))
+        .collect();
+    (Some(SettledOut::Rows(rows, before)), rest)
 }
 
 /// The summarised history of a state (the executions that finished before its cut, read into the
@@ -258,6 +314,8 @@ pub struct EncodedState {
     /// The rows of returned dormant projects, when there are any.
     returned: Option<Blob>,
     ledger: Blob,
+    /// The settled part of the ledger, when there is one.
+    settled: Option<Blob>,
 }
 
 /// A compressed part of the state as its base64 text: made on the core that packed it, or carried
@@ -329,6 +387,7 @@ impl EncodedState {
         let mut blobs = vec![("dormant", &self.dormant), ("history", &self.history)];
         blobs.extend(self.returned.as_ref().map(|r| ("history_returned", r)));
         blobs.push(("ledger", &self.ledger));
+        blobs.extend(self.settled.as_ref().map(|r| ("ledger_settled", r)));
         blobs
     }
 }
@@ -790,12 +849,20 @@ fn unzstd(packed: &[u8]) -> std::io::Result<Vec<u8>> {
 
 /// The bytes of a version-4 history, unpacked from its text.
 fn unpack_history(text: &str) -> Result<Vec<u8>, StateError> {
-    let damaged =
-        |what: &str, e: &dyn std::fmt::Display| StateError::Damaged(format!("{what}: {e}"));
-    let packed = b64()
-        .decode(text)
-        .map_err(|e| damaged("history is not base64", &e))?;
-    unzstd(&packed).map_err(|e| damaged("history is not zstd", &e))
+    unpack_rows(text, "history")
+}
+
+/// The bytes of the settled part of a ledger (written as a history is), unpacked from its text.
+fn unpack_settled(text: &str) -> Result<Vec<u8>, StateError> {
+    unpack_rows(text, "settled ledger")
+}
+
+fn unpack_rows(text: &str, what: &str) -> Result<Vec<u8>, StateError> {
+    let damaged = |e: &dyn std::fmt::Display, how: &str| {
+        StateError::Damaged(format!("{what} is not {how}: {e}"))
+    };
+    let packed = b64().decode(text).map_err(|e| damaged(&e, "base64"))?;
+    unzstd(&packed).map_err(|e| damaged(&e, "zstd"))
 }
 
 /// Add the rows of an unpacked version-4 history to `carry`; returns how many there were.
@@ -1069,6 +1136,7 @@ impl TapState {
             _ => None,
         };
         let (history_text, dormant_text) = (take_text("history"), take_text("dormant"));
+        let settled_text = take_text("ledger_settled");
         let tap = &*tap;
         let alarms_sent = tap.get("alarms_sent").cloned().unwrap_or(Value::Null);
         let version = match tap.get("version").and_then(Value::as_u64) {
@@ -1086,7 +1154,7 @@ impl TapState {
                 .map_err(|e| StateError::Damaged(format!("inputs: {e}")))?;
         // the history (and the dormant part's entries) are unpacked and read on another core while
         // the ledger is read
-        let (carry, projects, history, dormant) = std::thread::scope(|scope| {
+        let (carry, projects, history, dormant, settled) = std::thread::scope(|scope| {
             let unpacking = match history_text.as_deref() {
                 _ if version < 4 => None,
                 Some(history) => Some(scope.spawn(move || -> Result<HistoryRead, StateError> {
@@ -1131,6 +1199,25 @@ impl TapState {
                 Some(text) => decode_carry(text, version)?,
                 None => return Err(StateError::Damaged("no ledger".into())),
             };
+            let settled = match (
+                settled_text,
+                tap.get("settled_before").and_then(Value::as_i64),
+            ) {
+                (Some(text), Some(before_ms)) => {
+                    let rows = decode_history(&unpack_settled(&text)?, &mut carry)?;
+                    Some(Settled {
+                        text,
+                        rows,
+                        before_ms,
+                    })
+                }
+                (None, _) => None,
+                (Some(_), None) => {
+                    return Err(StateError::Damaged(
+                        "settled ledger without its bound".into(),
+                    ));
+                }
+            };
             let (history_rows, dormant) = match unpacking {
                 Some(unpacking) => {
                     let (rows, n, dormant) = unpacking
@@ -1141,7 +1228,7 @@ impl TapState {
                 }
                 None => (None, None),
             };
-            Ok((carry, projects, history_rows, dormant))
+            Ok((carry, projects, history_rows, dormant, settled))
         })?;
         let history = history
             .zip(history_text)
@@ -1170,6 +1257,7 @@ impl TapState {
             health,
             history,
             dormant,
+            settled,
         }))
     }
 
@@ -1180,7 +1268,7 @@ impl TapState {
         history: HistoryOut<'a>,
         dormant: DormantPart<'a>,
     ) -> Result<Value, StateError> {
-        serde_json::to_value(self.encode(executions, history, dormant)?)
+        serde_json::to_value(self.encode(executions, None, history, dormant)?)
             .map_err(|e| StateError::Damaged(e.to_string()))
     }
 
@@ -1189,11 +1277,21 @@ impl TapState {
     pub fn encode<'a>(
         &'a self,
         executions: impl IntoIterator<Item = LedgerEntry<'a>>,
+        settled: Option<SettledOut<'a>>,
         history: HistoryOut<'a>,
         dormant: DormantPart<'a>,
     ) -> Result<EncodedState, StateError> {
-        // the history and the dormant part are encoded on another core while the ledger is
+        // the history, the dormant part and the settled ledger are encoded on another core while the
+        // rest of the ledger is
         let parts = || -> Result<_, StateError> {
+            let settled = match settled {
+                None => None,
+                Some(SettledOut::Carried(s)) => Some((Blob(s.text), s.rows, s.before_ms)),
+                Some(SettledOut::Rows(rows, before_ms)) => {
+                    let n = rows.len();
+                    Some((Blob::packed(&encode_history(rows)?), n, before_ms))
+                }
+            };
             let dormant = match dormant {
                 DormantPart::Carried(d) => (Blob(d.text), Some(d.cut_day), d.entries.len()),
                 DormantPart::Rows(projects, cut) => {
@@ -1215,7 +1313,7 @@ impl TapState {
                     (Blob::packed(&encode_history(rows)?), n, None)
                 }
             };
-            Ok((dormant, history))
+            Ok((dormant, history, settled))
         };
         let (parts, ledger) = std::thread::scope(|scope| {
             let parts = scope.spawn(parts);
@@ -1225,8 +1323,11 @@ impl TapState {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (parts, ledger)
         });
-        let ((dormant, dormant_cut, dormant_projects), (history, history_rows, returned)) = parts?;
+        let ((dormant, dormant_cut, dormant_projects), (history, history_rows, returned), settled) =
+            parts?;
         let (ledger, rows) = ledger?;
+        let settled_rows = settled.as_ref().map_or(0, |s| s.1);
+        let settled_before = settled.as_ref().map(|s| s.2);
         let value = json!({
             "bookmarks": {},
             "tap_kpis": {
@@ -1234,7 +1335,8 @@ impl TapState {
                 "as_of": self.as_of.map(crate::kpi::calendar::fmt_day),
                 "inputs": self.inputs,
                 "projects": self.projects.len(),
-                "executions": rows + history_rows,
+                "executions": rows + settled_rows + history_rows,
+                "settled_before": settled_before,
                 "dormant_projects": dormant_projects,
                 "dormant_cut": dormant_cut,
                 "cut_day": self.cut_day,
@@ -1248,6 +1350,7 @@ impl TapState {
             history,
             returned,
             ledger: Blob::packed(&ledger),
+            settled: settled.map(|s| s.0),
         })
     }
 }
@@ -1391,6 +1494,7 @@ mod tests {
             history: Blob("QUJD".into()),
             returned: None,
             ledger: Blob("é".into()),
+            settled: Some(Blob("QUJE".into())),
         };
         assert!(!encoded.dormant.is_plain() && encoded.history.is_plain());
         let mut written = Vec::new();
@@ -1400,6 +1504,90 @@ mod tests {
         let back: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(back["tap_kpis"]["dormant"], "a\"b\\c\n");
         assert_eq!(back["tap_kpis"]["ledger"], "é");
+        assert_eq!(back["tap_kpis"]["ledger_settled"], "QUJE");
+    }
+
+    #[test]
+    fn the_settled_ledger_reads_back_and_is_carried_while_it_holds() {
+        let execution = |id: &str, later_ms: i64| {
+            let mut p = part(id, Some("p1"));
+            p.finished_ms += later_ms;
+            p.into_execution(&mut Default::default()).unwrap()
+        };
+        let (old, open) = (execution("x3", 0), execution("x1", 60_000));
+        let before = old.finished_ms + 1;
+        let state = TapState {
+            carry: carry(),
+            ..Default::default()
+        };
+        let encode = |state: &TapState, settled| {
+            let entry = LedgerEntry::Execution(Kept::whole(&open));
+            let encoded = state
+                .encode(
+                    [entry],
+                    settled,
+                    HistoryOut::Rows(vec![]),
+                    DormantPart::Rows(vec![], None),
+                )
+                .unwrap();
+            serde_json::to_value(&encoded).unwrap()
+        };
+        let rows = vec![LedgerEntry::Execution(Kept::whole(&old))];
+        let value = encode(&state, Some(SettledOut::Rows(rows, before)));
+        assert!(value["tap_kpis"]["ledger_settled"].is_string(), "{value}");
+        assert_eq!(value["tap_kpis"]["settled_before"], before);
+        let back = TapState::from_value(value.clone()).unwrap().unwrap();
+        let ids: Vec<&str> = back
+            .carry
+            .executions
+            .iter()
+            .map(|x| &*x.execution_id)
+            .collect();
+        assert_eq!(ids, ["x1", "x3"]);
+        let settled = back.settled.clone().unwrap();
+        assert_eq!((settled.rows, settled.before_ms), (1, before));
+        // carried, the text is written as it was read
+        let again = encode(&back, Some(SettledOut::Carried(settled.clone())));
+        assert_eq!(
+            again["tap_kpis"]["ledger_settled"],
+            value["tap_kpis"]["ledger_settled"]
+        );
+        // it holds while no new event touched its executions and as many finished before its bound
+        let untouched = FastSet::default();
+        let recent = [&open, &old];
+        let split = |earlier: Option<Settled>, touched: &FastSet<Text>| {
+            let (out, rest) = settle_ledger(&recent, earlier, Some(before + 5), touched);
+            let rest: Vec<&str> = rest.iter().map(|x| &*x.execution_id).collect();
+            match out {
+                Some(SettledOut::Carried(_)) => ("carried", rest),
+                Some(SettledOut::Rows(rows, at)) => {
+                    assert_eq!(at, before + 5);
+                    assert_eq!(rows.len() + rest.len(), 2);
+                    ("written", rest)
+                }
+                None => ("none", rest),
+            }
+        };
+        assert_eq!(
+            split(Some(settled.clone()), &untouched),
+            ("carried", vec!["x1"])
+        );
+        let touched: FastSet<Text> = [Text::from("x3")].into_iter().collect();
+        assert_eq!(split(Some(settled.clone()), &touched).0, "written");
+        let more = Settled {
+            rows: 2,
+            ..settled.clone()
+        };
+        assert_eq!(split(Some(more), &untouched).0, "written");
+        assert_eq!(split(None, &untouched).0, "written");
+        // a settled part without its bound is refused
+        let mut damaged = value.clone();
+        damaged["tap_kpis"]
+            .as_object_mut()
+            .unwrap()
+            .remove("settled_before");
+        let e = TapState::from_value(damaged).unwrap_err();
+        assert!(e.to_string().contains("settled"), "{e}");
     }
 
     #[test]
@@ -1415,6 +1603,7 @@ mod tests {
             cut_day: Some(19_600),
             history: None,
             dormant: None,
+            settled: None,
             health: [(
                 "r|k".to_string(),
                 crate::health::RuleCarry {
@@ -1466,7 +1655,7 @@ mod tests {
         assert!(no_floats(&value), "{value}");
         // written as it streams, the message is the plain JSON of the same value, keys in order
         let entry = LedgerEntry::Execution(Kept::whole(&execution));
-        let encoded = state.encode([entry], history(), dormant()).unwrap();
+        let encoded = state.encode([entry], None, history(), dormant()).unwrap();
         let streamed = serde_json::to_string(&encoded).unwrap();
         assert_eq!(streamed, value.to_string());
         // and written by hand, with the blobs copied between their quotes, it is the same text
@@ -1512,7 +1701,7 @@ mod tests {
         };
         assert_eq!(x9.clone().into_parts(), part("x9", Some("p9")));
         // rows with a project are read as executions, the ledger's and the history's (in no set order)
-        let mut read: Vec<&crate::normalize::Execution> = back.carry.executions.iter().collect();
+        let mut read: Vec<&Execution> = back.carry.executions.iter().collect();
         read.sort_by(|a, b| a.execution_id.cmp(&b.execution_id));
         let [x1, x2] = read[..] else {
             panic!("{:?}", back.carry.executions)

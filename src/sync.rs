@@ -23,7 +23,7 @@ use crate::singer::{self, Record, SingerWriter};
 use crate::source::{self, Input, SourceError};
 use crate::state::{
     Dormant, DormantOut, DormantPart, EncodedState, History, HistoryOut, InputBookmark,
-    LedgerEntry, StateError, TapState,
+    LedgerEntry, Settled, SettledOut, StateError, TapState,
 };
 use crate::streams::{Records, STREAMS};
 
@@ -138,6 +138,8 @@ struct Resumed {
     health_carries: BTreeMap<String, crate::health::RuleCarry>,
     /// The earlier state's summarised history, which may be written again as it was read.
     earlier_history: Option<History>,
+    /// The settled part of the earlier state's ledger, carried on while it holds.
+    earlier_settled: Option<Settled>,
     /// The earlier state's dormant projects: this run unpacks those its events name, or all of
     /// them when `unpack_all`.
     dormant: Option<Dormant>,
@@ -159,6 +161,7 @@ impl Resumed {
                 previous_cut: None,
                 health_carries: BTreeMap::new(),
                 earlier_history: None,
+                earlier_settled: None,
                 dormant: None,
                 unpack_all: false,
                 incremental: false,
@@ -177,6 +180,7 @@ impl Resumed {
         Ok(Resumed {
             // the history's executions are read with the rest; its text may be written again
             earlier_history: e.history.take(),
+            earlier_settled: e.settled.take(),
             dormant,
             unpack_all,
             normalizer: normalize::Normalizer::resume(e.carry, late_before)
@@ -529,6 +533,7 @@ pub fn run<W: Write>(
         previous_cut,
         health_carries,
         earlier_history,
+        earlier_settled,
         dormant,
         incremental,
         ..
@@ -637,6 +642,7 @@ pub fn run<W: Write>(
                 health: BTreeMap::new(),
                 history: None,
                 dormant: None,
+                settled: None,
             };
             let (history, dormant) = match dormant {
                 // the dormant part is written as it was read; what was unpacked of it is written
@@ -677,8 +683,27 @@ pub fn run<W: Write>(
                     (HistoryOut::Rows(live), DormantPart::Rows(dormant, cut))
                 }
             };
+            let (settled, ledger) = crate::state::settle_ledger(
+                &compacted.recent,
+                earlier_settled.filter(|_| cut == previous_cut),
+                late_before.map(|d| d * DAY_MS),
+                touched_executions,
+            );
+            tracing::debug!(
+                "ledger: {} execution(s) written, the settled part {}",
+                ledger.len(),
+                match &settled {
+                    Some(SettledOut::Carried(s)) => format!("carried ({} execution(s))", s.rows),
+                    Some(SettledOut::Rows(rows, _)) =>
+                        format!("written ({} execution(s))", rows.len()),
+                    None => "empty".to_string(),
+                }
+            );
             let value = next.encode(
-                compacted.recent().map(LedgerEntry::Execution),
+                ledger
+                    .into_iter()
+                    .map(|x| LedgerEntry::Execution(compact::Kept::whole(x))),
+                settled,
                 history,
                 dormant,
             );

@@ -39,6 +39,8 @@ struct DormantUse {
     /// Runs that unpacked dormant projects and still wrote the history back as it was read (their
     /// rows go to `history_returned`).
     history_carried_while_unpacking: usize,
+    /// Runs that carried the settled part of the ledger as it was read.
+    settled_carried: usize,
 }
 
 /// How a fleet is delivered: cut days between deliveries, and the share of lines arriving one
@@ -130,6 +132,11 @@ fn check_pieces(
             // carried as it was (a project unpacked from it has its rows written beside the
             // history), and a run that unpacked none carries the history as it was too
             let (was, now) = (&before["tap_kpis"], &next["tap_kpis"]);
+            if was["cut_day"] == now["cut_day"] && now["ledger_settled"].is_string() {
+                // executions too old for late events stay as they were read
+                dormant.settled_carried +=
+                    usize::from(was["ledger_settled"] == now["ledger_settled"]);
+            }
             if was["cut_day"] == now["cut_day"] && was["dormant_cut"] == was["cut_day"] {
                 if report.dormant_unpacked > 0 && was["history"] == now["history"] {
                     dormant.history_carried_while_unpacking += 1;
@@ -282,6 +289,7 @@ fn dormant_projects_left_packed_or_unpacked_equal_one_run() {
     assert!(dormant.runs_leaving_packed > 0, "{dormant:?}");
     assert!(dormant.unpacked > 0, "{dormant:?}");
     assert!(dormant.history_carried_while_unpacking > 0, "{dormant:?}");
+    assert!(dormant.settled_carried > 0, "{dormant:?}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -755,36 +756,44 @@ pub fn run<W: Write>(
             report.as_of
         );
 
-        let mut cache: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-        let mut records_of = |name: &str| -> Vec<Value> {
-            // only the few series health rules watch go through here
-            match crate::streams::find(name) {
-                Some(def) => match def.records.kpi() {
-                    Some(f) => cache
-                        .entry(def.name)
-                        .or_insert_with(|| f(&model).collect())
-                        .clone(),
-                    None => Vec::new(),
-                },
-                None => Vec::new(),
+        // the series health rules watch are made once, by the rules or by their stream, whichever
+        // comes first; the rules run beside the streams, and only the health stream waits for them
+        let rules = config.health_rules();
+        let watched: BTreeMap<&str, OnceLock<Vec<Value>>> = rules
+            .iter()
+            .filter_map(|r| r.series())
+            .filter_map(|(stream, _)| crate::streams::find(stream))
+            .filter(|def| def.records.kpi().is_some())
+            .map(|def| (def.name, OnceLock::new()))
+            .collect();
+        let series_of = |name: &str, f: kpi::RecordsFn| -> Vec<Value> {
+            match watched.get(name) {
+                Some(cell) => cell.get_or_init(|| f(&model).collect()).clone(),
+                None => f(&model).collect(),
             }
         };
-        let mut health = alarm::run(
-            &config.health_rules(),
-            &mut records_of,
-            model.as_of,
-            config.alert_max_age_days,
-            &alarms_sent,
-            config.webhook().as_ref(),
-            &alarm::Resume {
-                from: exact_from,
-                carries: Some(&health_carries),
-                snapshot_at: cut.map(compact::exact_from_day),
-            },
-        );
-        report.recent_alarms = health.recent_alarms;
-        let alarms_sent = json!(std::mem::take(&mut health.alarms_sent));
-        let health_carries = std::mem::take(&mut health.carries);
+        let health_done: OnceLock<alarm::HealthOutcome> = OnceLock::new();
+        let run_rules = || {
+            let mut records_of = |name: &str| -> Vec<Value> {
+                match crate::streams::find(name).and_then(|def| def.records.kpi()) {
+                    Some(f) => series_of(name, f),
+                    None => Vec::new(),
+                }
+            };
+            alarm::run(
+                &rules,
+                &mut records_of,
+                model.as_of,
+                config.alert_max_age_days,
+                &alarms_sent,
+                config.webhook().as_ref(),
+                &alarm::Resume {
+                    from: exact_from,
+                    carries: Some(&health_carries),
+                    snapshot_at: cut.map(compact::exact_from_day),
+                },
+            )
+        };
         // the selected streams are made on the cores there are and written in stream order
         let mut selected = Vec::new();
         let mut makers = Vec::new();
@@ -792,23 +801,28 @@ pub fn run<W: Write>(
             let Some(selection) = selections.get(def.name) else {
                 continue;
             };
-            // the health pass cached the series it watched; other streams are produced here, once
-            let cached = cache.remove(def.name);
-            let (model, health, problems, inputs, changes) =
-                (&model, &health, &problems, &inputs, &changes);
+            let watches = watched.contains_key(def.name);
+            let (model, health, problems, inputs, changes, series_of) = (
+                &model,
+                &health_done,
+                &problems,
+                &inputs,
+                &changes,
+                &series_of,
+            );
             let full = selection.properties.len() == catalog::property_count(def);
             makers.push((def.name, move || -> Box<dyn Iterator<Item = Record>> {
-                if let (Records::KpiJson(_, text), true, None) = (def.records, full, &cached) {
-                    // every property selected and nothing cached: the rows as text (the KPI engine
-                    // builds them within the run's scopes already)
+                if let (Records::KpiJson(_, text), true, false) = (def.records, full, watches) {
+                    // every property selected and no rule watching: the rows as text (the KPI
+                    // engine builds them within the run's scopes already)
                     return Box::new(text(model).map(Record::Json));
                 }
                 let records: Box<dyn Iterator<Item = Value>> = match def.records {
-                    Records::Kpi(f) | Records::KpiJson(f, _) => match cached {
-                        Some(rows) => Box::new(rows.into_iter()),
-                        None => f(model),
-                    },
-                    Records::Health => Box::new(health.records.iter().cloned()),
+                    Records::Kpi(f) | Records::KpiJson(f, _) if watches => {
+                        Box::new(series_of(def.name, f).into_iter())
+                    }
+                    Records::Kpi(f) | Records::KpiJson(f, _) => f(model),
+                    Records::Health => Box::new(health.wait().records.iter().cloned()),
                     Records::Quarantine => {
                         Box::new(problems.iter().map(|p| problem_record(p, inputs)))
                     }
@@ -830,6 +844,24 @@ pub fn run<W: Write>(
         let workers = cores();
         // the streams' own threads end here, before the model they read is handed out
         std::thread::scope(|streams| -> Result<(), SyncError> {
+            streams.spawn(|| {
+                // the health stream waits for this: it is set even if the rules fail, and the
+                // failure is raised when the thread is joined
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run_rules)) {
+                    Ok(outcome) => {
+                        let _ = health_done.set(outcome);
+                    }
+                    Err(panic) => {
+                        let _ = health_done.set(alarm::HealthOutcome::default());
+                        std::panic::resume_unwind(panic)
+                    }
+                }
+                tracing::debug!(
+                    "health rules run at {:.2}s ({})",
+                    started.elapsed().as_secs_f64(),
+                    rss()
+                );
+            });
             let formatted =
                 singer::format_streams(streams, workers, writer.time_extracted(), makers);
             let lanes = selected
@@ -856,10 +888,12 @@ pub fn run<W: Write>(
             }
             Ok(())
         })?;
+        let health = health_done.into_inner().unwrap_or_default();
+        report.recent_alarms = health.recent_alarms;
         let mut state = next_state
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-        state.set_health(&health_carries, alarms_sent)?;
+        state.set_health(&health.carries, json!(health.alarms_sent))?;
         Ok::<_, SyncError>((state, model, changes))
     })?;
 

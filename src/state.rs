@@ -1315,14 +1315,10 @@ impl TapState {
             };
             Ok((dormant, history, settled))
         };
-        let (parts, ledger) = std::thread::scope(|scope| {
-            let parts = scope.spawn(parts);
-            let ledger = encode_carry(&self.carry, executions, &self.projects);
-            let parts = parts
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (parts, ledger)
-        });
+        // one part after the other: the cores are busy making records meanwhile, and the buffers of
+        // one part are freed before the next is encoded
+        let ledger = encode_carry(&self.carry, executions, &self.projects);
+        let parts = parts();
         let ((dormant, dormant_cut, dormant_projects), (history, history_rows, returned), settled) =
             parts?;
         let (ledger, rows) = ledger?;

@@ -458,7 +458,8 @@ pub fn run<W: Write>(
         .filter(|(r, _)| !r.skip)
         .map(|(r, p)| p.size.saturating_sub(r.at.offset))
         .sum();
-    if state.is_some() && new_bytes <= crate::memory::SHORT_RUN_INPUT_BYTES {
+    let short_run = state.is_some() && new_bytes <= crate::memory::SHORT_RUN_INPUT_BYTES;
+    if short_run {
         // a short incremental run: reusing freed pages beats having the kernel zero new ones
         crate::memory::keep_freed_memory();
     } else {
@@ -841,27 +842,41 @@ pub fn run<W: Write>(
             }));
             selected.push((def, selection));
         }
+        let join_state = |handle: std::thread::ScopedJoinHandle<'_, _>| {
+            handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        };
+        // a long run keeps its peak low: the rules run, and the next state is encoded, before the
+        // streams are made; a short one makes them all side by side
+        let (mut next_state, mut encoded) = (Some(next_state), None);
+        if !short_run {
+            let _ = health_done.set(run_rules());
+            encoded = next_state.take().map(join_state);
+        }
         let workers = cores();
         // the streams' own threads end here, before the model they read is handed out
         std::thread::scope(|streams| -> Result<(), SyncError> {
-            streams.spawn(|| {
-                // the health stream waits for this: it is set even if the rules fail, and the
-                // failure is raised when the thread is joined
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run_rules)) {
-                    Ok(outcome) => {
-                        let _ = health_done.set(outcome);
+            if health_done.get().is_none() {
+                streams.spawn(|| {
+                    // the health stream waits for this: it is set even if the rules fail, and the
+                    // failure is raised when the thread is joined
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run_rules)) {
+                        Ok(outcome) => {
+                            let _ = health_done.set(outcome);
+                        }
+                        Err(panic) => {
+                            let _ = health_done.set(alarm::HealthOutcome::default());
+                            std::panic::resume_unwind(panic)
+                        }
                     }
-                    Err(panic) => {
-                        let _ = health_done.set(alarm::HealthOutcome::default());
-                        std::panic::resume_unwind(panic)
-                    }
-                }
-                tracing::debug!(
-                    "health rules run at {:.2}s ({})",
-                    started.elapsed().as_secs_f64(),
-                    rss()
-                );
-            });
+                    tracing::debug!(
+                        "health rules run at {:.2}s ({})",
+                        started.elapsed().as_secs_f64(),
+                        rss()
+                    );
+                });
+            }
             let formatted =
                 singer::format_streams(streams, workers, writer.time_extracted(), makers);
             let lanes = selected
@@ -890,9 +905,11 @@ pub fn run<W: Write>(
         })?;
         let health = health_done.into_inner().unwrap_or_default();
         report.recent_alarms = health.recent_alarms;
-        let mut state = next_state
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let mut state = match (encoded, next_state) {
+            (Some(encoded), _) => encoded,
+            (None, Some(handle)) => join_state(handle),
+            (None, None) => unreachable!("the next state is encoded or being encoded"),
+        }?;
         state.set_health(&health.carries, json!(health.alarms_sent))?;
         Ok::<_, SyncError>((state, model, changes))
     })?;

@@ -258,15 +258,13 @@ fn variant_texts(v: &Variant) -> [Option<&Text>; VARIANT_TEXTS] {
 fn variant_from_texts(
     refs: [u32; VARIANT_TEXTS],
     is_ci: Option<bool>,
-    texts: &[Text],
+    mut text: impl FnMut(usize) -> Option<Text>,
 ) -> Result<Variant, StateError> {
     let mut t = [const { None }; VARIANT_TEXTS];
     for (slot, r) in t.iter_mut().zip(refs) {
         if r > 0 {
             *slot = Some(
-                texts
-                    .get(r as usize - 1)
-                    .cloned()
+                text(r as usize - 1)
                     .ok_or_else(|| StateError::Damaged(format!("text {r} is not in the state")))?,
             );
         }
@@ -897,11 +895,38 @@ struct HistoryInto<'c>(&'c mut Carry, &'c mut Option<StateError>);
 
 /// Reads a sequence of rows, whose strings and plugins are in these tables, into a carry.
 struct RowsInto<'c> {
-    table: &'c [Text],
+    table: TextTable<'c>,
     infos: &'c [Arc<PluginInfo>],
     carry: &'c mut Carry,
     /// What was wrong with a row (postcard's errors carry no message of their own).
     failure: &'c mut Option<StateError>,
+}
+
+/// The string table rows refer to: interned up front when every row is read (a ledger, a history),
+/// or as rows ask for them when only a few are (a dormant part's named projects), so that a run
+/// does not intern the strings of every project it leaves packed.
+enum TextTable<'c> {
+    Interned(&'c [Text]),
+    Lazy {
+        texts: &'c [String],
+        interned: &'c mut Vec<Option<Text>>,
+    },
+}
+
+impl RowsInto<'_> {
+    /// The `i`th string of the table, interned in the carry.
+    fn text(table: &mut TextTable<'_>, carry: &mut Carry, i: usize) -> Option<Text> {
+        match table {
+            TextTable::Interned(texts) => texts.get(i).cloned(),
+            TextTable::Lazy { texts, interned } => {
+                let slot = interned.get_mut(i)?;
+                if slot.is_none() {
+                    *slot = Some(carry.texts.get(texts.get(i)?));
+                }
+                slot.clone()
+            }
+        }
+    }
 }
 
 /// Keep the state's own message of what is damaged, and stop the decoder.
@@ -928,7 +953,7 @@ fn rows_of<'de, A: serde::de::SeqAccess<'de>>(
         Err(e) => return Err(fail(failure, e)),
     };
     let rows = RowsInto {
-        table: &table,
+        table: TextTable::Interned(&table),
         infos: &infos,
         carry,
         failure,
@@ -948,7 +973,7 @@ impl<'de> serde::de::Visitor<'de> for RowsInto<'_> {
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("ledger rows")
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<usize, A::Error> {
         if let Some(n) = seq.size_hint() {
             self.carry.executions.reserve_exact(n);
         }
@@ -967,7 +992,8 @@ impl<'de> serde::de::Visitor<'de> for RowsInto<'_> {
                 weight,
                 months,
             ) = row;
-            let variant = match variant_from_texts(refs, is_ci, self.table) {
+            let (table, carry) = (&mut self.table, &mut *self.carry);
+            let variant = match variant_from_texts(refs, is_ci, |i| Self::text(table, carry, i)) {
                 Ok(v) => v,
                 Err(e) => return Err(fail(self.failure, e)),
             };
@@ -1683,14 +1709,10 @@ mod tests {
             (&[24_300, 24_301][..], true)
         );
         let mut unpacked = Carry::default();
-        assert!(
-            asleep_back
-                .load(|_| false, &mut unpacked)
-                .unwrap()
-                .is_empty()
-        );
+        assert!(asleep_back.load(vec![], &mut unpacked).unwrap().is_empty());
         assert!(unpacked.executions.is_empty());
-        let loaded = asleep_back.load(|p| p == "p9", &mut unpacked).unwrap();
+        let p9 = asleep_back.entries.iter().filter(|e| e.project_id == "p9");
+        let loaded = asleep_back.load(p9.collect(), &mut unpacked).unwrap();
         assert!(loaded.contains("p9"));
         let [x9] = &unpacked.executions[..] else {
             panic!("{:?}", unpacked.executions)

@@ -206,25 +206,32 @@ impl Resumed {
             let earlier = self.normalizer.earlier_projects();
             let named = self.normalizer.named_projects();
             let known = &self.previous_projects;
-            // a project also read as an execution of the ledger or the history was unpacked by a
-            // run since the dormant part was written: that copy is the one that counts
             let all = self.unpack_all;
-            let loaded = dormant.load(
-                |p| !earlier.contains(p) && (all || named.contains(p) || !known.contains_key(p)),
-                &mut rows,
-            )?;
-            for entry in &dormant.entries {
+            // a project also read as an execution of the ledger or the history was unpacked by a
+            // run since the dormant part was written: that copy is the one that counts. The others
+            // are unpacked when named (or all are), or when the project list does not know them;
+            // the rest stay packed and count for the fleet as their entry says
+            let mut picked = Vec::new();
+            for (entry, first) in dormant
+                .entries
+                .iter()
+                .zip(firsts_of(&dormant.entries, known))
+            {
                 let id = entry.project_id.as_str();
-                if earlier.contains(id) || loaded.contains(id) {
+                if earlier.contains(id) {
                     continue;
                 }
-                if let Some((_, first_ms)) = known.get(id) {
-                    left_out
-                        .fleet
-                        .add(calendar::day_of(*first_ms), &entry.months, entry.multi);
-                    left_out.projects.push(id.to_string());
+                match first {
+                    Some(first_ms) if !all && !named.contains(id) => {
+                        left_out
+                            .fleet
+                            .add(calendar::day_of(first_ms), &entry.months, entry.multi);
+                        left_out.projects.push(id.to_string());
+                    }
+                    _ => picked.push(entry),
                 }
             }
+            let loaded = dormant.load(picked, &mut rows)?;
             left_out.unpacked = loaded.len();
             tracing::debug!(
                 "{} of {} dormant project(s) unpacked, {} left packed",
@@ -240,6 +247,29 @@ impl Resumed {
         }
         Ok(left_out)
     }
+}
+
+/// Each dormant entry's first event time, as the project list knows it: by one pass over both when
+/// the entries are sorted by project (as they are written), else by a lookup each.
+fn firsts_of<'k>(
+    entries: &'k [crate::state::DormantEntry],
+    known: &'k BTreeMap<String, (String, i64)>,
+) -> Box<dyn Iterator<Item = Option<i64>> + 'k> {
+    if !entries.is_sorted_by(|a, b| a.project_id < b.project_id) {
+        return Box::new(
+            entries
+                .iter()
+                .map(|e| known.get(&e.project_id).map(|(_, first)| *first)),
+        );
+    }
+    let mut known = known.iter().peekable();
+    Box::new(entries.iter().map(move |e| {
+        while known.next_if(|(k, _)| **k < e.project_id).is_some() {}
+        known
+            .peek()
+            .filter(|(k, _)| **k == e.project_id)
+            .map(|(_, (_, first))| *first)
+    }))
 }
 
 /// Dormant projects an incremental run left packed: what they add to the fleet's rows, and their
@@ -525,6 +555,7 @@ pub fn run<W: Write>(
         Ok::<_, SyncError>((sink.finish()?, problems, ends))
     })?;
     let mut resumed = resumed;
+    tracing::debug!("input read at {:.2}s", started.elapsed().as_secs_f64());
     let left_out = resumed.unpack_named()?;
     report.dormant_unpacked = left_out.unpacked;
     report.dormant_left_packed = left_out.projects.len();

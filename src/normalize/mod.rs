@@ -888,10 +888,18 @@ impl Normalizer {
         n.shared.texts = carry.texts;
         let parts = carry.parts.iter().enumerate();
         let executions = carry.executions.iter().enumerate();
-        n.earlier_index = parts
-            .map(|(i, p)| (p.execution_id.clone(), Earlier::Part(i as u32)))
-            .chain(executions.map(|(i, x)| (x.execution_id.clone(), Earlier::Execution(i as u32))))
-            .collect();
+        // room for the executions of the dormant projects a run unpacks: an index that grows
+        // rehashes every entry it holds
+        let held = carry.parts.len() + carry.executions.len();
+        n.earlier_index =
+            HashMap::with_capacity_and_hasher(held + held / 4 + 4096, Default::default());
+        n.earlier_index.extend(
+            parts
+                .map(|(i, p)| (p.execution_id.clone(), Earlier::Part(i as u32)))
+                .chain(
+                    executions.map(|(i, x)| (x.execution_id.clone(), Earlier::Execution(i as u32))),
+                ),
+        );
         n.earlier_parts = carry.parts.into_iter().map(Some).collect();
         n.earlier_executions = carry.executions;
         n.tables = carry.tables;

@@ -7,9 +7,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    LedgerEntry, Rows, RowsInto, StateError, Tables, b64, pack, plugins_of, postcard_seed, unzstd,
+    LedgerEntry, Rows, RowsInto, StateError, Tables, TextTable, b64, pack, plugins_of,
+    postcard_seed, unzstd,
 };
-use crate::normalize::{Carry, FastSet, Text};
+use crate::normalize::{Carry, FastSet};
 use base64::Engine;
 
 /// The dormant part as read: the string and plugin tables of every dormant project's rows (as in
@@ -102,22 +103,18 @@ impl Dormant {
         })
     }
 
-    /// Add the rows of the entries `wanted` picks to `carry`; returns the ids of the projects loaded.
+    /// Add the rows of these entries (of this part) to `carry`; returns the ids of the projects
+    /// loaded.
     pub fn load(
         &self,
-        wanted: impl Fn(&str) -> bool,
+        picked: Vec<&DormantEntry>,
         carry: &mut Carry,
     ) -> Result<FastSet<String>, StateError> {
         let mut loaded = FastSet::default();
-        let picked: Vec<&DormantEntry> = self
-            .entries
-            .iter()
-            .filter(|e| wanted(&e.project_id))
-            .collect();
         if picked.is_empty() {
             return Ok(loaded);
         }
-        let table: Vec<Text> = self.texts.iter().map(|t| carry.texts.get(t)).collect();
+        let mut interned = vec![None; self.texts.len()];
         let infos = plugins_of(self.plugins.iter().map(String::as_str))?;
         for e in picked {
             let rows = self
@@ -126,7 +123,10 @@ impl Dormant {
                 .ok_or_else(|| StateError::Damaged("dormant history is cut short".into()))?;
             let mut failure = None;
             let seed = RowsInto {
-                table: &table,
+                table: TextTable::Lazy {
+                    texts: &self.texts,
+                    interned: &mut interned,
+                },
                 infos: &infos,
                 carry,
                 failure: &mut failure,

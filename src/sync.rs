@@ -879,12 +879,14 @@ pub fn run<W: Write>(
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         };
         // a long run keeps its peak low: the rules run, and the next state is encoded, before the
-        // streams are made; a short one makes them all side by side
-        let (mut next_state, mut encoded) = (Some(next_state), None);
-        if !short_run {
+        // streams are made; a short one makes them all side by side (the state is then still being
+        // encoded, and joined below)
+        let next_state = if short_run {
+            Err(next_state)
+        } else {
             let _ = health_done.set(run_rules());
-            encoded = next_state.take().map(join_state);
-        }
+            Ok(join_state(next_state))
+        };
         let workers = cores();
         // the streams' own threads end here, before the model they read is handed out
         std::thread::scope(|streams| -> Result<(), SyncError> {
@@ -936,11 +938,7 @@ pub fn run<W: Write>(
         })?;
         let health = health_done.into_inner().unwrap_or_default();
         report.recent_alarms = health.recent_alarms;
-        let mut state = match (encoded, next_state) {
-            (Some(encoded), _) => encoded,
-            (None, Some(handle)) => join_state(handle),
-            (None, None) => unreachable!("the next state is encoded or being encoded"),
-        }?;
+        let mut state = next_state.unwrap_or_else(join_state)?;
         state.set_health(&health.carries, json!(health.alarms_sent))?;
         Ok::<_, SyncError>((state, model, changes))
     })?;

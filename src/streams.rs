@@ -52,7 +52,7 @@ pub const STREAMS: &[StreamDef] = &[
     stream!(
         "cli_executions",
         ["execution_id"],
-        Records::Kpi(facts::cli_executions)
+        Records::KpiJson(facts::cli_executions, facts::cli_executions_json)
     ),
     stream!("projects", ["project_id"], Records::Kpi(facts::projects)),
     stream!("pipelines", ["pipeline_id"], Records::Kpi(facts::pipelines)),

@@ -451,3 +451,30 @@ fn daily_rows_as_text_are_the_rows_as_values_written() {
     assert!(!scoped.is_empty() && scoped.len() < values.len());
     assert_eq!(scoped, scoped_text);
 }
+
+#[test]
+fn execution_rows_as_text_are_the_rows_as_values_written() {
+    let mut odd = X::new("q\"\\é", "q1", 10, "elt", 3).exit(None).build();
+    odd.plugins[1].first_seen_ms = Some((d0() + 10) * DAY_MS + 61_001);
+    let f = facts_of(vec![
+        X::new("r", "r0", -40, "init", 0).build(),
+        X::new("r", "r1", -20, "run", 2).source("random").build(),
+        odd,
+    ]);
+    let m = Model::new(&f, Some(d0() + 50));
+    let values: Vec<String> = super::facts::cli_executions(&m)
+        .map(|v| v.to_string())
+        .collect();
+    let text: Vec<String> = super::facts::cli_executions_json(&m).collect();
+    assert_eq!(values.len(), 3);
+    assert_eq!(values, text);
+    let row: Value = serde_json::from_str(&text[2]).unwrap();
+    assert_eq!(row["exit_code"], Value::Null);
+    assert_eq!(row["plugin_count"], 3);
+    assert_eq!(
+        row["plugins"][1]["first_seen_at"],
+        "2024-01-11T00:01:01.001Z"
+    );
+    assert_eq!(row["is_pipeline_run"], true);
+    assert_eq!(row["project_id"], "q\"\\é");
+}

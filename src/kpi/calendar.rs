@@ -74,15 +74,22 @@ pub fn fmt_ms(ms: i64) -> String {
         return String::new();
     };
     if (0..=9999).contains(&t.year()) {
+        // written digit by digit, as dates are: a row per execution carries several
         let of_day = ms.rem_euclid(DAY_MS);
-        format!(
-            "{}T{:02}:{:02}:{:02}.{:03}Z",
-            fmt_day(day_of(ms)),
-            of_day / 3_600_000,
-            of_day / 60_000 % 60,
-            of_day / 1000 % 60,
-            of_day % 1000
-        )
+        let mut out = fmt_day(day_of(ms));
+        out.reserve(14);
+        let mut push = |sep: char, n: i64, digits: u32| {
+            out.push(sep);
+            for k in (0..digits).rev() {
+                out.push(char::from(b'0' + (n / 10_i64.pow(k) % 10) as u8));
+            }
+        };
+        push('T', of_day / 3_600_000, 2);
+        push(':', of_day / 60_000 % 60, 2);
+        push(':', of_day / 1000 % 60, 2);
+        push('.', of_day % 1000, 3);
+        out.push('Z');
+        out
     } else {
         t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
     }

@@ -2,10 +2,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::calendar::{day_of, fmt_day, fmt_ms, runtime_bin};
-use super::{Model, RecordIter};
+use super::{JsonIter, Model, RecordIter};
 use crate::normalize::{Execution, FastSet, Plugin};
 
 /// How many executions a set stands for (summarised history carries weights).
@@ -13,47 +14,109 @@ pub fn weight<'a>(xs: impl Iterator<Item = &'a Execution>) -> u64 {
     xs.map(|x| u64::from(x.weight)).sum()
 }
 
-fn plugin_record(p: &Plugin) -> Value {
-    json!({
-        "plugin_key": p.key(),
-        "category": p.field("category"),
-        "plugin_category": p.plugin_category(),
-        "name_hash": p.field("name_hash"),
-        "parent_name_hash": p.field("parent_name_hash"),
-        "command": p.field("command"),
-        "first_seen_at": p.first_seen_ms.map(fmt_ms),
-        "is_test_plugin": p.is_test(),
-    })
+/// A plugin of a `cli_executions` row. The fields of the rows are declared in sorted order, the
+/// order a JSON object of the same properties prints in, so that the row's own text and its JSON
+/// value print alike.
+#[derive(Serialize)]
+struct PluginRow<'a> {
+    category: Option<&'a str>,
+    command: Option<&'a str>,
+    first_seen_at: Option<String>,
+    is_test_plugin: bool,
+    name_hash: Option<&'a str>,
+    parent_name_hash: Option<&'a str>,
+    plugin_category: &'a str,
+    plugin_key: &'a str,
+}
+
+impl<'a> PluginRow<'a> {
+    fn of(p: &'a Plugin) -> Self {
+        PluginRow {
+            category: p.field("category"),
+            command: p.field("command"),
+            first_seen_at: p.first_seen_ms.map(fmt_ms),
+            is_test_plugin: p.is_test(),
+            name_hash: p.field("name_hash"),
+            parent_name_hash: p.field("parent_name_hash"),
+            plugin_category: p.plugin_category(),
+            plugin_key: p.key(),
+        }
+    }
+}
+
+/// A `cli_executions` row, borrowed from its execution: the stream has a row per execution, and
+/// serialising it straight to text builds no JSON tree.
+#[derive(Serialize)]
+struct ExecutionRow<'a> {
+    command: Option<&'a str>,
+    environment_hash: Option<&'a str>,
+    event_count: u32,
+    event_date: String,
+    execution_id: &'a str,
+    exit_code: Option<i64>,
+    finished_at: String,
+    is_ci: Option<bool>,
+    is_exec: bool,
+    is_pipeline_run: bool,
+    is_success: bool,
+    meltano_version: Option<&'a str>,
+    pipeline_id: Option<&'a str>,
+    plugin_count: usize,
+    plugins: Vec<PluginRow<'a>>,
+    project_id: &'a str,
+    project_id_source: Option<&'a str>,
+    python_version: Option<&'a str>,
+    runtime_bin: &'static str,
+    runtime_ms: i64,
+    started_at: String,
+    sub_command: Option<&'a str>,
+}
+
+impl<'a> ExecutionRow<'a> {
+    fn of(x: &'a Execution) -> Self {
+        ExecutionRow {
+            command: x.command_line.command.as_deref(),
+            environment_hash: x.environment_hash.as_deref(),
+            event_count: x.event_count,
+            event_date: fmt_day(day_of(x.started_ms)),
+            execution_id: &x.execution_id,
+            exit_code: x.exit_code,
+            finished_at: fmt_ms(x.finished_ms),
+            is_ci: x.is_ci,
+            is_exec: x.is_exec(),
+            is_pipeline_run: x.is_pipeline_run(),
+            is_success: x.is_success(),
+            meltano_version: x.meltano_version.as_deref(),
+            pipeline_id: x.pipeline_id.as_deref(),
+            plugin_count: x.plugins.len(),
+            plugins: x.plugins.iter().map(PluginRow::of).collect(),
+            project_id: &x.project_id,
+            project_id_source: x.project_id_source.as_deref(),
+            python_version: x.python_version.as_deref(),
+            runtime_bin: runtime_bin(Some(x.runtime_ms())),
+            runtime_ms: x.runtime_ms(),
+            started_at: fmt_ms(x.started_ms),
+            sub_command: x.command_line.sub_command.as_deref(),
+        }
+    }
 }
 
 /// `cli_executions`: one record per execution started on or before as_of.
 pub fn cli_executions<'m>(model: &'m Model) -> RecordIter<'m> {
-    Box::new(model.scoped_executions().map(|x| {
-        json!({
-            "execution_id": x.execution_id,
-            "project_id": x.project_id,
-            "project_id_source": x.project_id_source,
-            "started_at": fmt_ms(x.started_ms),
-            "finished_at": fmt_ms(x.finished_ms),
-            "event_date": fmt_day(day_of(x.started_ms)),
-            "runtime_ms": x.runtime_ms(),
-            "runtime_bin": runtime_bin(Some(x.runtime_ms())),
-            "command": x.command_line.command,
-            "sub_command": x.command_line.sub_command,
-            "environment_hash": x.environment_hash,
-            "exit_code": x.exit_code,
-            "is_success": x.is_success(),
-            "is_exec": x.is_exec(),
-            "is_pipeline_run": x.is_pipeline_run(),
-            "pipeline_id": x.pipeline_id,
-            "meltano_version": x.meltano_version,
-            "python_version": x.python_version,
-            "is_ci": x.is_ci,
-            "event_count": x.event_count,
-            "plugin_count": x.plugins.len(),
-            "plugins": x.plugins.iter().map(plugin_record).collect::<Vec<_>>(),
-        })
-    }))
+    Box::new(
+        model
+            .scoped_executions()
+            .map(|x| serde_json::to_value(ExecutionRow::of(x)).unwrap_or(Value::Null)),
+    )
+}
+
+/// `cli_executions` as JSON text, the same rows as [`cli_executions`].
+pub fn cli_executions_json<'m>(model: &'m Model) -> JsonIter<'m> {
+    Box::new(
+        model
+            .scoped_executions()
+            .map(|x| serde_json::to_string(&ExecutionRow::of(x)).unwrap_or_default()),
+    )
 }
 
 /// `pipeline_runs`: one record per pipeline run started on or before as_of.

@@ -312,122 +312,153 @@ fn lenient_bool(raw: Option<&RawValue>) -> Option<bool> {
     }
 }
 
-/// Parse the `contexts` envelope (JSON text). Contexts of other vendors or unknown Meltano contexts
-/// are ignored.
-pub fn parse_contexts(text: &str) -> Result<Contexts, Failure> {
-    let (outer, data) = self_desc(text, "contexts")?;
-    match iglu::parse(&outer) {
-        Some(s) if s.vendor == SNOWPLOW && s.name == "contexts" => {}
-        _ => {
-            return Err((
-                Reason::UnknownSchema,
-                format!("not a contexts envelope: {outer}"),
-            ));
-        }
+/// The usual `contexts` envelope, read in one pass down to each context's data: a valid schema
+/// string and data on every context (the contexts text is most of an event's bytes, and each pass
+/// over it costs).
+#[derive(Deserialize)]
+struct ContextsDoc<'a> {
+    #[serde(borrow)]
+    schema: Cow<'a, str>,
+    #[serde(borrow)]
+    data: Vec<ContextItem<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ContextItem<'a> {
+    #[serde(borrow)]
+    schema: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+fn check_contexts_schema(outer: &str) -> Result<(), Failure> {
+    match iglu::parse(outer) {
+        Some(s) if s.vendor == SNOWPLOW && s.name == "contexts" => Ok(()),
+        _ => Err((
+            Reason::UnknownSchema,
+            format!("not a contexts envelope: {outer}"),
+        )),
     }
+}
+
+/// Parse the `contexts` envelope (JSON text). Contexts of other vendors or unknown Meltano contexts
+/// are ignored, and so are items that are not self-describing.
+pub fn parse_contexts(text: &str) -> Result<Contexts, Failure> {
+    let mut out = Contexts::default();
+    if let Ok(doc) = serde_json::from_str::<ContextsDoc>(text) {
+        check_contexts_schema(&doc.schema)?;
+        for item in &doc.data {
+            add_context(&mut out, &item.schema, item.data)?;
+        }
+        return Ok(out);
+    }
+    // anything else: part by part, naming what is wrong
+    let (outer, data) = self_desc(text, "contexts")?;
+    check_contexts_schema(&outer)?;
     let items: Vec<&RawValue> = serde_json::from_str(data.get()).map_err(|_| {
         (
             Reason::InvalidField,
             "contexts data is not an array".to_string(),
         )
     })?;
-    let mut out = Contexts::default();
     for item in items {
         let Ok((uri, data)) = self_desc(item.get(), "context") else {
             continue;
         };
-        let Some(schema) = iglu::parse(&uri) else {
-            continue;
-        };
-        if schema.vendor != MELTANO || schema.major != 1 {
-            continue;
-        }
-        match schema.name {
-            "project_context" => {
-                let what = "project_context";
-                let d: ProjectData = data_object(data, what)?;
-                out.project = Some(ProjectContext {
-                    context_uuid: owned(raw_str(d.context_uuid, "project_context.context_uuid"))?,
-                    project_uuid: owned(raw_str(d.project_uuid, "project_context.project_uuid"))?,
-                    project_uuid_source: owned(raw_str(
-                        d.project_uuid_source,
-                        "project_context.project_uuid_source",
-                    ))?,
-                    environment_name_hash: owned(raw_str(
-                        d.environment_name_hash,
-                        "project_context.environment_name_hash",
-                    ))?,
-                });
-            }
-            "environment_context" => {
-                let d: EnvironmentData = data_object(data, "environment_context")?;
-                out.environment = Some(EnvironmentContext {
-                    meltano_version: owned(raw_str(
-                        d.meltano_version,
-                        "environment_context.meltano_version",
-                    ))?,
-                    python_version: owned(raw_str(
-                        d.python_version,
-                        "environment_context.python_version",
-                    ))?,
-                    is_ci: lenient_bool(d.is_ci_environment),
-                });
-            }
-            "cli_context" => {
-                let d: CliData = data_object(data, "cli_context")?;
-                let command = raw_str(d.command, "cli_context.command")?;
-                if d.parent_command_hint.is_some() || schema.minor >= 1 {
-                    let parent = raw_str(d.parent_command_hint, "cli_context.parent_command_hint")?;
-                    if let Some(cmd) = command.filter(|c| c != "cli") {
-                        if parent.as_deref().is_none_or(|p| p == "cli") {
-                            max_opt(&mut out.command, Some(cmd));
-                        } else {
-                            max_opt(&mut out.sub_command, Some(cmd));
-                        }
-                    }
-                } else {
-                    max_opt(&mut out.command, command.filter(|c| c != "cli"));
-                    max_opt(
-                        &mut out.sub_command,
-                        raw_str(d.sub_command, "cli_context.sub_command")?,
-                    );
-                }
-            }
-            "plugins_context" => {
-                let d: PluginsData = data_object(data, "plugins_context")?;
-                match d.plugins {
-                    None => {}
-                    Some(r) if r.get() == "null" => {}
-                    Some(r) => {
-                        let items: Vec<&RawValue> =
-                            serde_json::from_str(r.get()).map_err(|_| {
-                                (
-                                    Reason::InvalidField,
-                                    format!(
-                                        "plugins_context.plugins: expected an array, got {}",
-                                        raw_type_name(r)
-                                    ),
-                                )
-                            })?;
-                        for p in items {
-                            if !p.get().starts_with('{') {
-                                return Err((
-                                    Reason::InvalidField,
-                                    format!(
-                                        "plugins_context.plugins: item is {}",
-                                        raw_type_name(p)
-                                    ),
-                                ));
-                            }
-                            out.plugins.push(RawDict(p.to_owned()));
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
+        add_context(&mut out, &uri, data)?;
     }
     Ok(out)
+}
+
+/// Take what the KPIs use from one context.
+fn add_context(out: &mut Contexts, uri: &str, data: &RawValue) -> Result<(), Failure> {
+    let Some(schema) = iglu::parse(uri) else {
+        return Ok(());
+    };
+    if schema.vendor != MELTANO || schema.major != 1 {
+        return Ok(());
+    }
+    match schema.name {
+        "project_context" => {
+            let what = "project_context";
+            let d: ProjectData = data_object(data, what)?;
+            out.project = Some(ProjectContext {
+                context_uuid: owned(raw_str(d.context_uuid, "project_context.context_uuid"))?,
+                project_uuid: owned(raw_str(d.project_uuid, "project_context.project_uuid"))?,
+                project_uuid_source: owned(raw_str(
+                    d.project_uuid_source,
+                    "project_context.project_uuid_source",
+                ))?,
+                environment_name_hash: owned(raw_str(
+                    d.environment_name_hash,
+                    "project_context.environment_name_hash",
+                ))?,
+            });
+        }
+        "environment_context" => {
+            let d: EnvironmentData = data_object(data, "environment_context")?;
+            out.environment = Some(EnvironmentContext {
+                meltano_version: owned(raw_str(
+                    d.meltano_version,
+                    "environment_context.meltano_version",
+                ))?,
+                python_version: owned(raw_str(
+                    d.python_version,
+                    "environment_context.python_version",
+                ))?,
+                is_ci: lenient_bool(d.is_ci_environment),
+            });
+        }
+        "cli_context" => {
+            let d: CliData = data_object(data, "cli_context")?;
+            let command = raw_str(d.command, "cli_context.command")?;
+            if d.parent_command_hint.is_some() || schema.minor >= 1 {
+                let parent = raw_str(d.parent_command_hint, "cli_context.parent_command_hint")?;
+                if let Some(cmd) = command.filter(|c| c != "cli") {
+                    if parent.as_deref().is_none_or(|p| p == "cli") {
+                        max_opt(&mut out.command, Some(cmd));
+                    } else {
+                        max_opt(&mut out.sub_command, Some(cmd));
+                    }
+                }
+            } else {
+                max_opt(&mut out.command, command.filter(|c| c != "cli"));
+                max_opt(
+                    &mut out.sub_command,
+                    raw_str(d.sub_command, "cli_context.sub_command")?,
+                );
+            }
+        }
+        "plugins_context" => {
+            let d: PluginsData = data_object(data, "plugins_context")?;
+            match d.plugins {
+                None => {}
+                Some(r) if r.get() == "null" => {}
+                Some(r) => {
+                    let items: Vec<&RawValue> = serde_json::from_str(r.get()).map_err(|_| {
+                        (
+                            Reason::InvalidField,
+                            format!(
+                                "plugins_context.plugins: expected an array, got {}",
+                                raw_type_name(r)
+                            ),
+                        )
+                    })?;
+                    for p in items {
+                        if !p.get().starts_with('{') {
+                            return Err((
+                                Reason::InvalidField,
+                                format!("plugins_context.plugins: item is {}", raw_type_name(p)),
+                            ));
+                        }
+                        out.plugins.push(RawDict(p.to_owned()));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -568,6 +599,34 @@ mod tests {
         assert_eq!(
             c.project.unwrap().project_uuid.as_deref(),
             Some("a\"b\u{e9}")
+        );
+    }
+
+    #[test]
+    fn contexts_that_are_not_self_describing_are_passed_over() {
+        let project = json!({"schema": "iglu:com.meltano/project_context/jsonschema/1-1-0", "data": {"project_uuid": "p", "context_uuid": "x"}});
+        let env = json!({"schema": "iglu:com.meltano/environment_context/jsonschema/1-0-0", "data": {"meltano_version": "4.4.1"}});
+        let clean = parse_contexts(&cx(json!([project, env]))).unwrap();
+        // items without a schema string or data are skipped, the others read as before
+        for odd in [
+            json!(7),
+            json!({"data": {}}),
+            json!({"schema": null, "data": {}}),
+            json!({"schema": "iglu:com.meltano/cli_context/jsonschema/1-1-0"}),
+        ] {
+            let c = parse_contexts(&cx(json!([project, odd, env]))).unwrap();
+            assert_eq!(c.project, clean.project, "{odd}");
+            assert_eq!(c.environment, clean.environment, "{odd}");
+        }
+        assert_eq!(clean.project.unwrap().context_uuid.as_deref(), Some("x"));
+        // and an envelope that is not one of contexts says so either way
+        let other = json!({"schema": "iglu:com.acme/other/jsonschema/1-0-0", "data": [project]})
+            .to_string();
+        assert_eq!(parse_contexts(&other).unwrap_err().0, Reason::UnknownSchema);
+        let no_array = json!({"schema": "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-1", "data": {}}).to_string();
+        assert_eq!(
+            parse_contexts(&no_array).unwrap_err().0,
+            Reason::InvalidField
         );
     }
 }

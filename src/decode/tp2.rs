@@ -59,7 +59,7 @@ struct CaptureBody<'a> {
     #[serde(borrow, default)]
     schema: Option<&'a RawValue>,
     #[serde(borrow)]
-    data: Vec<&'a RawValue>,
+    data: Vec<TrackerEvent<'a>>,
 }
 
 /// The tracker fields the tap reads (every value a string on the wire).
@@ -97,10 +97,12 @@ pub fn decode_line(line: &str, position: &Position) -> LineOutput {
     if let Ok(capture) = serde_json::from_str::<CaptureLine>(text)
         && let Ok(collector_ms) = collector_time(capture.received_at)
         && is_payload_schema(capture.body.schema)
+        && decode_clean_events(&capture.body.data, collector_ms, position, &mut out)
     {
-        decode_events(&capture.body.data, collector_ms, position, &mut out);
         return out;
     }
+    // a defect is reported with the text of the event it is in: the line is read again, part by part
+    out.events.clear();
     let doc: LineDoc = match serde_json::from_str(text) {
         Ok(d) => d,
         Err(e) if e.is_data() => {
@@ -274,6 +276,27 @@ fn decode_events(
         };
         decode_raw_event(item.get(), collector_ms, &pos, out);
     }
+}
+
+/// Decode the events of the usual line, read in one pass: true when every one decoded without a
+/// defect (otherwise what was decoded is to be dropped, and the line read part by part).
+fn decode_clean_events(
+    events: &[TrackerEvent],
+    collector_ms: Option<i64>,
+    position: &Position,
+    out: &mut LineOutput,
+) -> bool {
+    for (index, ev) in events.iter().enumerate() {
+        let pos = Position {
+            index: index as u32,
+            ..position.clone()
+        };
+        match decode_event(ev, collector_ms, &pos) {
+            Ok((event, None)) => out.events.push(event),
+            _ => return false,
+        }
+    }
+    true
 }
 
 fn push_event_problem(
@@ -461,6 +484,27 @@ mod tests {
             events += out.events.len();
         }
         assert_eq!(events, 88);
+    }
+
+    #[test]
+    fn a_bad_event_in_a_capture_is_reported_with_its_text_and_the_others_kept() {
+        let mut line: serde_json::Value =
+            serde_json::from_str(REAL.lines().next().unwrap()).unwrap();
+        let good = line["body"]["data"][0].clone();
+        let mut bad = good.clone();
+        bad["dtm"] = "soon".into();
+        bad["aid"] = "bad-one".into();
+        line["body"]["data"] = serde_json::json!([good, bad, good]);
+        let out = decode_line(&line.to_string(), &Position::default());
+        assert_eq!(out.events.len(), 2);
+        assert_eq!(out.problems.len(), 1);
+        let p = &out.problems[0];
+        assert_eq!((p.reason, p.position.index), (Reason::InvalidField, 1));
+        assert!(p.excerpt.contains("bad-one"), "{}", p.excerpt);
+        // the events kept are those the clean line gives
+        line["body"]["data"] = serde_json::json!([good]);
+        let clean = decode_line(&line.to_string(), &Position::default());
+        assert_eq!(clean.events[0], out.events[0]);
     }
 
     #[test]

@@ -873,27 +873,43 @@ pub fn run<W: Write>(
             }));
             selected.push((def, selection));
         }
+        let join_state = |handle: std::thread::ScopedJoinHandle<'_, _>| {
+            handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        };
+        // a long run keeps its peak low: the rules run, and the next state is encoded, before the
+        // streams are made; a short one makes them all side by side (the state is then still being
+        // encoded, and joined below)
+        let next_state = if short_run {
+            Err(next_state)
+        } else {
+            let _ = health_done.set(run_rules());
+            Ok(join_state(next_state))
+        };
         let workers = cores();
         // the streams' own threads end here, before the model they read is handed out
         std::thread::scope(|streams| -> Result<(), SyncError> {
-            streams.spawn(|| {
-                // the health stream waits for this: it is set even if the rules fail, and the
-                // failure is raised when the thread is joined
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run_rules)) {
-                    Ok(outcome) => {
-                        let _ = health_done.set(outcome);
+            if health_done.get().is_none() {
+                streams.spawn(|| {
+                    // the health stream waits for this: it is set even if the rules fail, and the
+                    // failure is raised when the thread is joined
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run_rules)) {
+                        Ok(outcome) => {
+                            let _ = health_done.set(outcome);
+                        }
+                        Err(panic) => {
+                            let _ = health_done.set(alarm::HealthOutcome::default());
+                            std::panic::resume_unwind(panic)
+                        }
                     }
-                    Err(panic) => {
-                        let _ = health_done.set(alarm::HealthOutcome::default());
-                        std::panic::resume_unwind(panic)
-                    }
-                }
-                tracing::debug!(
-                    "health rules run at {:.2}s ({})",
-                    started.elapsed().as_secs_f64(),
-                    rss()
-                );
-            });
+                    tracing::debug!(
+                        "health rules run at {:.2}s ({})",
+                        started.elapsed().as_secs_f64(),
+                        rss()
+                    );
+                });
+            }
             let formatted =
                 singer::format_streams(streams, workers, writer.time_extracted(), makers);
             let lanes = selected
@@ -922,9 +938,7 @@ pub fn run<W: Write>(
         })?;
         let health = health_done.into_inner().unwrap_or_default();
         report.recent_alarms = health.recent_alarms;
-        let mut state = next_state
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let mut state = next_state.unwrap_or_else(join_state)?;
         state.set_health(&health.carries, json!(health.alarms_sent))?;
         Ok::<_, SyncError>((state, model, changes))
     })?;

@@ -436,6 +436,16 @@ struct Sighting {
     home: u64,
 }
 
+/// Buckets the sightings are spread over by a hash of their id: each bucket is sorted on its own,
+/// so that sorting needs a copy of one bucket at a time rather than of every sighting at once.
+const SIGHTING_BUCKETS: usize = 256;
+
+/// The bucket of an id (its bits mixed, so that ids that share leading bits, such as time-ordered
+/// UUIDs, still spread).
+fn bucket_of(key: SlotKey) -> usize {
+    ((key.0 ^ key.1.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize
+}
+
 /// Whether `id` is a UUID spelled the way it prints (lowercase, hyphenated): its text need not be
 /// kept to name it in a problem report.
 fn is_canonical_uuid(id: &str) -> bool {
@@ -837,7 +847,8 @@ struct StructuredSeen {
 #[derive(Default)]
 pub struct Normalizer {
     /// Every event with an id, in reading order, for the dedup pass.
-    sightings: Arena<Sighting>,
+    /// Sightings by [`bucket_of`] their id (empty until the first).
+    sightings: Vec<Vec<Sighting>>,
     /// Texts of the ids that are not canonical UUIDs (the others print from their key).
     odd_ids: HashMap<SlotKey, Box<str>>,
     /// Ids counted by earlier runs, with their event time: their copies are always dropped.
@@ -1117,7 +1128,11 @@ impl Normalizer {
             }
         };
         if let Some(key) = key {
-            self.sightings.push(Sighting {
+            if self.sightings.is_empty() {
+                self.sightings
+                    .resize_with(SIGHTING_BUCKETS, Default::default);
+            }
+            self.sightings[bucket_of(key)].push(Sighting {
                 key,
                 home: home.pack(),
             });
@@ -1150,17 +1165,21 @@ impl Normalizer {
     }
 
     /// Keep the latest-sent copy of every event id read more than once (the first read among equal
-    /// sent times) and report the others; returns the kept copy of each id, sorted by id.
-    fn remove_duplicates(&mut self) -> Vec<Sighting> {
-        let mut sightings = Vec::with_capacity(self.sightings.len());
-        let mut chunks = std::mem::take(&mut self.sightings);
-        for i in 0..chunks.len() as u32 {
-            if let Some(&s) = chunks.get(i) {
-                sightings.push(s);
-            }
-            chunks.free_before(i);
+    /// sent times) and report the others; returns the kept copy of each id, bucket by bucket, each
+    /// bucket sorted by id.
+    fn remove_duplicates(&mut self) -> Vec<Vec<Sighting>> {
+        let buckets = std::mem::take(&mut self.sightings);
+        let mut kept_buckets = Vec::with_capacity(buckets.len());
+        for mut bucket in buckets {
+            self.keep_latest_copies(&mut bucket);
+            kept_buckets.push(bucket);
         }
-        drop(chunks);
+        kept_buckets
+    }
+
+    /// Sort one bucket of sightings by id and keep one copy of each id (see
+    /// [`Normalizer::remove_duplicates`]).
+    fn keep_latest_copies(&mut self, sightings: &mut Vec<Sighting>) {
         sightings.sort_unstable_by_key(|s| s.key);
         // each id's kept copy is written over the front of the list as the groups are passed
         let mut kept = 0;
@@ -1216,12 +1235,12 @@ impl Normalizer {
             }
         }
         sightings.truncate(kept);
-        sightings
     }
 
     /// Finish: build executions and projects, and what the next run needs.
     pub fn finish(mut self) -> Normalized {
         let sightings = self.remove_duplicates();
+
         self.odd_ids = HashMap::default();
         self.by_execution = HashMap::default();
         let mut out = Normalized {
@@ -1250,13 +1269,14 @@ impl Normalizer {
             .filter(|&(_, t)| t >= keep_ids_from)
             .map(|(k, t)| (event_key_of(k), t))
             .collect();
-        for s in &sightings {
+        for s in sightings.iter().flatten() {
             let time = self.times(Home::unpack(s.home)).1;
             if time >= keep_ids_from {
                 event_ids.push((event_key_of(s.key), time));
             }
         }
         drop(sightings);
+
         let mut touched = Touched::default();
         let track = self.resumed;
         let touch = |t: i64, earliest: &mut Option<i64>| {
@@ -1302,6 +1322,7 @@ impl Normalizer {
         let mut executions = std::mem::take(&mut self.earlier_executions);
         let mut refolded: Vec<u32> = Vec::new();
         executions.reserve_exact(self.builders.len() + self.earlier_parts.len());
+
         // parts without a project id yet: carried, in case later events name it
         let mut orphans = Vec::new();
         let mut tables = std::mem::take(&mut self.tables);
@@ -1371,6 +1392,7 @@ impl Normalizer {
             finish_part(merged, &mut executions, &mut touched, true);
         }
         drop(events);
+
         // the fold tables are done with
         self.shared.variants = Table::default();
         self.shared.plugin_lists = Table::default();
@@ -1386,6 +1408,7 @@ impl Normalizer {
         executions.sort_unstable_by(|a, b| {
             (a.started_ms, &a.execution_id).cmp(&(b.started_ms, &b.execution_id))
         });
+
         let structured_seen: Vec<(String, i64)> = structured
             .iter()
             .flat_map(|(p, (lo, hi))| [(p.clone(), *lo), (p.clone(), *hi)])

@@ -12,7 +12,8 @@ Sizes: BENCH_SIZES, comma-separated PROJECTS:DAYS[:ACTIVITY] (default "40000:365
 a year of a large, sparse fleet of about 1.1 million events and 49,000 project ids, the same with a quarter more
 projects and events, and a month of 10,000 busy projects);
 BENCH_STATE_SIZE, the fleet whose state size is followed over a year (default "100000:365:0.01"; "" skips
-it). BENCH_PROJECTS and BENCH_DAYS give a single size. BENCH_DUCKDB_MEMORY caps DuckDB's memory (default:
+it); BENCH_MEMORY_SIZES, fleets of the same projects with more events each, whose full refreshes' peak memory
+is compared (default "40000:365:0.015,40000:365:0.03,40000:365:0.045"; "" skips them). BENCH_PROJECTS and BENCH_DAYS give a single size. BENCH_DUCKDB_MEMORY caps DuckDB's memory (default:
 half the machine's), with spilling to a temporary directory. BENCH_REPEAT (default 5): how many times each
 incremental and no-input run is timed; the median is reported. BENCH_LONG_REPEAT (default 3): how many times
 the full refresh and the parse floor are timed, in turn; their medians are reported."""
@@ -258,6 +259,41 @@ def state_growth(projects, days, activity):
     return "\n".join(lines)
 
 
+def read_facts(err):
+    """(events, executions, project ids) of a run, from its summary line."""
+    line = next(l for l in err.splitlines() if " events in " in l).split(" read ")[1]
+    events = int(line.split()[0])
+    rest = line.split(": ", 1)[1].split(", ")
+    return events, int(rest[0].split()[0]), int(rest[1].split()[0])
+
+
+def memory_growth(sizes):
+    """Peak memory of a full refresh over fleets of the same projects sending more events each."""
+    lines = [
+        "Generated fleets of the same projects, each more active than the last; one full refresh of each.",
+        "",
+        "| projects | activity | events | executions | project ids | full refresh s | peak RSS MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    work = tempfile.mkdtemp(prefix="tap-kpis-bench-", dir=os.path.join(ROOT, "bench"))
+    rows = []
+    try:
+        for p, d, a in sizes:
+            files = fleet_files(p, d, a)
+            wall, rss, err, _, _ = tap_run(work, [os.path.dirname(files[0])])
+            events, executions, ids = read_facts(err)
+            rows.append((events, rss))
+            lines.append(f"| {p:,} | {a:g} | {events:,} | {executions:,} | {ids:,} | {wall:.1f} | {rss:.0f} |")
+            print(lines[-1], flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if len(rows) > 1 and rows[-1][0] > rows[0][0]:
+        (e0, r0), (e1, r1) = rows[0], rows[-1]
+        lines += ["", f"From the first to the last: {e1 / e0:.2f}x the events, {r1 / r0:.2f}x the peak memory "
+                  f"({(r1 - r0) * 2**20 / (e1 - e0):.0f} bytes per added event)."]
+    return "\n".join(lines)
+
+
 def parse_size(text):
     parts = text.split(":")
     return int(parts[0]), int(parts[1]), float(parts[2]) if len(parts) > 2 else 1.0
@@ -274,6 +310,10 @@ def main():
                f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
                f"{platform.system()} {platform.release()}.")
     sections = [f"## {p:,} projects, {d} days\n\n" + bench(p, d, a) for p, d, a in sizes]
+    dense = os.environ.get("BENCH_MEMORY_SIZES", "40000:365:0.015,40000:365:0.03,40000:365:0.045")
+    if dense:
+        sizes_dense = [parse_size(x) for x in dense.split(",")]
+        sections.append("## Peak memory as the same projects send more events\n\n" + memory_growth(sizes_dense))
     if growth:
         p, d, a = parse_size(growth)
         sections.append(f"## State size as history grows, {p:,} projects\n\n" + state_growth(p, d, a))

@@ -118,7 +118,7 @@ impl ActiveDay<'_> {
         }
         out.push_str(r#","project_id":"#);
         // a project id is input text: escaped as JSON requires
-        out.push_str(&Value::from(self.project_id).to_string());
+        out.push_str(&serde_json::to_string(self.project_id).unwrap_or_default());
         out.push('}');
         out
     }

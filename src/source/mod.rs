@@ -258,7 +258,8 @@ impl<R: BufRead> LineReader<R> {
             if chunk.is_empty() {
                 break;
             }
-            let (take, done) = match memchr(b'\n', chunk) {
+            // lines are kilobytes long: the newline is searched for many bytes at a time
+            let (take, done) = match memchr::memchr(b'\n', chunk) {
                 Some(i) => (i + 1, true),
                 None => (chunk.len(), false),
             };
@@ -306,10 +307,6 @@ impl<R: BufRead> LineReader<R> {
             length,
         }))
     }
-}
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|b| *b == needle)
 }
 
 /// What identifies a file's content across runs: its size and modification time, and a digest of its

@@ -191,11 +191,16 @@ fn run(cli: Cli) -> Result<()> {
         Some(path) => {
             // most runs given a state are short: see `memory`
             tap_kpis::memory::keep_freed_memory();
+            let reading = std::time::Instant::now();
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read state {}", path.display()))?;
             let value = serde_json::from_str(&text)
                 .with_context(|| format!("state {} is not JSON", path.display()))?;
-            tracing::debug!("state read: {} bytes", text.len());
+            tracing::debug!(
+                "state read: {} bytes in {:.2}s",
+                text.len(),
+                reading.elapsed().as_secs_f64()
+            );
             Some(value)
         }
         None => None,

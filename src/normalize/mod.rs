@@ -436,8 +436,8 @@ struct Sighting {
     home: u64,
 }
 
-/// Buckets the sightings are spread over by a hash of their id: each bucket is sorted on its own,
-/// so that sorting needs a copy of one bucket at a time rather than of every sighting at once.
+/// Buckets the sightings are spread over by a hash of their id: each bucket is sorted in place on
+/// its own, so that finding duplicates never needs a second copy of every sighting.
 const SIGHTING_BUCKETS: usize = 256;
 
 /// The bucket of an id (its bits mixed, so that ids that share leading bits, such as time-ordered
@@ -1168,13 +1168,11 @@ impl Normalizer {
     /// sent times) and report the others; returns the kept copy of each id, bucket by bucket, each
     /// bucket sorted by id.
     fn remove_duplicates(&mut self) -> Vec<Vec<Sighting>> {
-        let buckets = std::mem::take(&mut self.sightings);
-        let mut kept_buckets = Vec::with_capacity(buckets.len());
-        for mut bucket in buckets {
-            self.keep_latest_copies(&mut bucket);
-            kept_buckets.push(bucket);
+        let mut buckets = std::mem::take(&mut self.sightings);
+        for bucket in &mut buckets {
+            self.keep_latest_copies(bucket);
         }
-        kept_buckets
+        buckets
     }
 
     /// Sort one bucket of sightings by id and keep one copy of each id (see
@@ -1240,7 +1238,6 @@ impl Normalizer {
     /// Finish: build executions and projects, and what the next run needs.
     pub fn finish(mut self) -> Normalized {
         let sightings = self.remove_duplicates();
-
         self.odd_ids = HashMap::default();
         self.by_execution = HashMap::default();
         let mut out = Normalized {
@@ -1276,7 +1273,6 @@ impl Normalizer {
             }
         }
         drop(sightings);
-
         let mut touched = Touched::default();
         let track = self.resumed;
         let touch = |t: i64, earliest: &mut Option<i64>| {
@@ -1322,7 +1318,6 @@ impl Normalizer {
         let mut executions = std::mem::take(&mut self.earlier_executions);
         let mut refolded: Vec<u32> = Vec::new();
         executions.reserve_exact(self.builders.len() + self.earlier_parts.len());
-
         // parts without a project id yet: carried, in case later events name it
         let mut orphans = Vec::new();
         let mut tables = std::mem::take(&mut self.tables);
@@ -1392,7 +1387,6 @@ impl Normalizer {
             finish_part(merged, &mut executions, &mut touched, true);
         }
         drop(events);
-
         // the fold tables are done with
         self.shared.variants = Table::default();
         self.shared.plugin_lists = Table::default();
@@ -1408,7 +1402,6 @@ impl Normalizer {
         executions.sort_unstable_by(|a, b| {
             (a.started_ms, &a.execution_id).cmp(&(b.started_ms, &b.execution_id))
         });
-
         let structured_seen: Vec<(String, i64)> = structured
             .iter()
             .flat_map(|(p, (lo, hi))| [(p.clone(), *lo), (p.clone(), *hi)])

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use tap_kpis::catalog::{self, Selections};
 use tap_kpis::config::{self, SETTINGS_SCHEMA};
+use tap_kpis::state::StateText;
 use tap_kpis::streams::STREAMS;
 use tap_kpis::sync;
 
@@ -187,21 +188,28 @@ fn run(cli: Cli) -> Result<()> {
         }
         None => Selections::all(),
     };
-    let state: Option<Value> = match &cli.state {
+    let state_text = match &cli.state {
         Some(path) => {
             // most runs given a state are short: see `memory`
             tap_kpis::memory::keep_freed_memory();
-            let reading = std::time::Instant::now();
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read state {}", path.display()))?;
-            let value = serde_json::from_str(&text)
+            Some((path, StateText::new(text)))
+        }
+        None => None,
+    };
+    let state = match &state_text {
+        Some((path, text)) => {
+            let reading = std::time::Instant::now();
+            let fields = text
+                .fields()
                 .with_context(|| format!("state {} is not JSON", path.display()))?;
             tracing::debug!(
-                "state read: {} bytes in {:.2}s",
-                text.len(),
+                "state read: {} bytes, parsed in {:.3}s",
+                text.as_str().len(),
                 reading.elapsed().as_secs_f64()
             );
-            Some(value)
+            Some(fields)
         }
         None => None,
     };
@@ -223,7 +231,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        // what the run built is left for the system to take back as the process ends
+        Ok(()) => tap_kpis::memory::exit_now(0),
         Err(e) => {
             eprintln!("tap-kpis: error: {e:#}");
             ExitCode::FAILURE

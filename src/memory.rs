@@ -52,6 +52,24 @@ pub fn avoid_huge_pages() {
     }
 }
 
+/// End the process once its output is flushed, without freeing what it built.
+///
+/// Everything the process allocated goes back to the system as it exits anyway; freeing it first (and
+/// mimalloc's own clean-up at exit) took a short incremental run a few per cent of its wall time.
+/// Only for the command-line edge, once nothing is left to do.
+pub fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let flushed = std::io::stdout().flush().and(std::io::stderr().flush());
+    let code = if flushed.is_err() && code == 0 {
+        1
+    } else {
+        code
+    };
+    // SAFETY: `_exit` ends the process at once; stdout and stderr were flushed above, and nothing
+    // else this process writes is buffered in user space.
+    unsafe { libc::_exit(code) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

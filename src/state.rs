@@ -33,7 +33,9 @@ use crate::normalize::{
 use crate::source::Fingerprint;
 
 mod dormant;
+mod text;
 pub use dormant::{Dormant, DormantEntry, DormantOut};
+pub use text::{StateFields, StateSlice, StateText};
 
 /// Version of the state layout; a state of any other version is refused.
 pub const STATE_VERSION: u64 = 7;
@@ -113,7 +115,7 @@ pub struct TapState {
 /// the carry with the rest of the ledger.
 #[derive(Debug, Clone)]
 pub struct Settled {
-    pub text: String,
+    pub text: StateSlice,
     pub rows: usize,
     pub before_ms: i64,
 }
@@ -168,7 +170,7 @@ pub fn settle_ledger<'a>(
 /// waking up does not make the whole history be written again.
 #[derive(Debug, Clone, Default)]
 pub struct History {
-    pub text: String,
+    pub text: StateSlice,
     pub rows: usize,
     /// The projects of the returned part.
     pub returned: BTreeSet<String>,
@@ -319,11 +321,11 @@ pub struct EncodedState {
 /// A compressed part of the state as its base64 text: made on the core that packed it, or carried
 /// as it was read.
 #[derive(Debug)]
-struct Blob(String);
+struct Blob(StateSlice);
 
 impl Blob {
     fn packed(bytes: &[u8]) -> Blob {
-        Blob(b64().encode(bytes))
+        Blob(StateSlice::owned(b64().encode(bytes)))
     }
 
     /// Whether the text may go between JSON quotes as it is (base64 always may; a carried text was
@@ -341,7 +343,7 @@ impl Blob {
 
 impl Serialize for Blob {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.0.as_str())
     }
 }
 
@@ -410,7 +412,7 @@ impl Item<'_> {
                 out.write_all(blob.0.as_bytes())?;
                 out.write_all(b"\"")
             }
-            Item::Blob(blob) => erased_json::Json::to_writer(&blob.0, out),
+            Item::Blob(blob) => erased_json::Json::to_writer(&blob.0.as_str(), out),
             Item::Tap(tap, blobs) => {
                 let mut items = Vec::with_capacity(tap.len() + blobs.len());
                 let mut blobs = blobs.iter().copied().peekable();
@@ -1137,33 +1139,39 @@ type HistoryRead = (Carry, (usize, BTreeSet<String>), Option<Dormant>);
 impl TapState {
     /// Only the input bookmarks of a state (cheap: the ledger is not decoded), to find out whether
     /// anything is new before paying for the rest.
-    pub fn bookmarks_of(state: &Value) -> Option<Vec<InputBookmark>> {
-        let tap = state.get("tap_kpis")?;
-        if !tap
-            .get("version")
-            .and_then(Value::as_u64)
+    pub fn bookmarks_of(state: &StateFields<'_>) -> Option<Vec<InputBookmark>> {
+        if !state
+            .get::<u64>("version")
             .is_some_and(|v| READS.contains(&v))
         {
             return None;
         }
-        serde_json::from_value(tap.get("inputs")?.clone()).ok()
+        state.get("inputs")
+    }
+
+    /// [`TapState::from_fields`] of a state given as a JSON value (tests and tools).
+    pub fn from_value(state: Value) -> Result<Option<TapState>, StateError> {
+        let text = StateText::from_value(&state);
+        let fields = text
+            .fields()
+            .map_err(|e| StateError::Damaged(e.to_string()))?;
+        TapState::from_fields(fields)
     }
 
     /// Read the tap's part of a Singer state. `Ok(None)`: no tap state in it (a first run); a state of
     /// version 1 (from before incremental runs) only carries alarms sent and is read as such.
-    pub fn from_value(mut state: Value) -> Result<Option<TapState>, StateError> {
-        let Some(tap) = state.get_mut("tap_kpis") else {
+    pub fn from_fields(fields: StateFields<'_>) -> Result<Option<TapState>, StateError> {
+        if !fields.has_tap() {
             return Ok(None);
-        };
-        // the history and the dormant part (most of a large state) are moved out, not copied: a
-        // state carries them on as they were read
-        let mut take_text = |key: &str| match tap.get_mut(key) {
-            Some(Value::String(text)) => Some(std::mem::take(text)),
-            _ => None,
-        };
-        let (history_text, dormant_text) = (take_text("history"), take_text("dormant"));
-        let settled_text = take_text("ledger_settled");
-        let tap = &*tap;
+        }
+        // the history and the dormant part (most of a large state) are cut out of the state's text,
+        // not copied: a state carries them on as they were read
+        let (history_text, dormant_text) =
+            (fields.large_text("history")?, fields.large_text("dormant")?);
+        let settled_text = fields.large_text("ledger_settled")?;
+        let returned_text = fields.large_text("history_returned")?;
+        let ledger_text = fields.large_text("ledger")?;
+        let tap = &Value::Object(fields.small_values());
         let alarms_sent = tap.get("alarms_sent").cloned().unwrap_or(Value::Null);
         let version = match tap.get("version").and_then(Value::as_u64) {
             // before incremental runs: nothing to resume from (alarms sent are read from the raw state)
@@ -1194,7 +1202,7 @@ impl TapState {
                     };
                     let n = decode_history(&bytes, &mut rows)?;
                     drop(bytes);
-                    let returned = match tap.get("history_returned").and_then(Value::as_str) {
+                    let returned = match returned_text.as_deref() {
                         Some(text) => {
                             let (executions, parts) = (rows.executions.len(), rows.parts.len());
                             decode_history(&unpack_history(text)?, &mut rows)?;
@@ -1221,7 +1229,7 @@ impl TapState {
                 })),
                 _ => return Err(StateError::Damaged("no history".into())),
             };
-            let (mut carry, projects) = match tap.get("ledger").and_then(Value::as_str) {
+            let (mut carry, projects) = match ledger_text.as_deref() {
                 Some(text) => decode_carry(text, version)?,
                 None => return Err(StateError::Damaged("no ledger".into())),
             };
@@ -1445,7 +1453,11 @@ mod tests {
         });
         let state =
             json!({"tap_kpis": {"version": 2, "inputs": [], "ledger": ledger_text(&ledger)}});
-        assert_eq!(TapState::bookmarks_of(&state), Some(vec![]));
+        let text = StateText::from_value(&state);
+        assert_eq!(
+            TapState::bookmarks_of(&text.fields().unwrap()),
+            Some(vec![])
+        );
         let back = TapState::from_value(state.clone()).unwrap().unwrap();
         let x = &back.carry.executions[0];
         assert_eq!(&*x.execution_id, "x1");

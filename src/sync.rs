@@ -24,7 +24,7 @@ use crate::singer::{self, Record, SingerWriter};
 use crate::source::{self, Input, SourceError};
 use crate::state::{
     Dormant, DormantOut, DormantPart, EncodedState, History, HistoryOut, InputBookmark,
-    LedgerEntry, Settled, SettledOut, StateError, TapState,
+    LedgerEntry, Settled, SettledOut, StateError, StateFields, TapState,
 };
 use crate::streams::{Records, STREAMS};
 
@@ -461,13 +461,18 @@ pub fn problem_record(p: &Problem, inputs: &[Input]) -> Value {
 pub fn run<W: Write>(
     config: &Config,
     selections: &Selections,
-    state: Option<Value>,
+    state: Option<StateFields<'_>>,
     out: W,
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let mut report = SyncReport::default();
     let bookmarks = state.as_ref().and_then(TapState::bookmarks_of);
-    let alarms_sent = alarm::sent_from_state(state.as_ref());
+    let alarms_sent = alarm::sent_from_state(
+        state
+            .as_ref()
+            .and_then(|s| s.get::<Value>("alarms_sent"))
+            .as_ref(),
+    );
     let inputs = source::resolve_since(&config.sources, &config.http_options(), |url| {
         bookmarks
             .iter()
@@ -509,7 +514,15 @@ pub fn run<W: Write>(
             inputs.len()
         );
         let mut writer = SingerWriter::new(out, String::new());
-        writer.state(state)?;
+        let text = state.text();
+        match text.one_line() {
+            Some(line) => writer.state_with(|out| out.write_all(line.as_bytes()))?,
+            None => writer.state(
+                &text
+                    .to_value()
+                    .map_err(|e| StateError::Damaged(e.to_string()))?,
+            )?,
+        };
         writer.finish("succeeded")?;
         report.incremental = true;
         return Ok(report);
@@ -533,7 +546,7 @@ pub fn run<W: Write>(
     let (resumed, mut problems, ends) = std::thread::scope(|scope| {
         let decoding = state.map(|v| {
             scope.spawn(move || {
-                let decoded = TapState::from_value(v);
+                let decoded = TapState::from_fields(v);
                 tracing::debug!(
                     "state decoded at {:.2}s ({})",
                     started.elapsed().as_secs_f64(),

@@ -213,3 +213,39 @@ fn state_file_is_accepted_pretty_printed_and_runs_are_deterministic() {
     assert!(first.len() > 30);
     assert_eq!(first, run());
 }
+
+#[test]
+fn a_run_with_nothing_new_hands_back_the_state_it_was_given_compact_or_pretty() {
+    let dir = temp_dir("state-unchanged");
+    let config = real_config(&dir);
+    let first = tap().arg("--config").arg(&config).output().unwrap();
+    assert!(first.status.success());
+    let text = String::from_utf8(first.stdout).unwrap();
+    let state_line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(r#"{"type":"STATE""#))
+        .expect("a STATE line");
+    let state: Value = serde_json::from_str::<Value>(state_line).unwrap()["value"].clone();
+    for (name, written) in [
+        ("compact.json", serde_json::to_string(&state).unwrap()),
+        ("pretty.json", serde_json::to_string_pretty(&state).unwrap()),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, &written).unwrap();
+        let out = tap()
+            .arg("--config")
+            .arg(&config)
+            .arg("--state")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "{name}: only the STATE, on one line");
+        let message: Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(message["type"], "STATE");
+        assert_eq!(message["value"], state, "{name}");
+    }
+}

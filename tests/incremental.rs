@@ -12,6 +12,7 @@ use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 use tap_kpis::catalog::Selections;
 use tap_kpis::config;
+use tap_kpis::state::StateText;
 use tap_kpis::sync::SyncReport;
 
 fn run(config: &Value, state: Option<&Value>) -> (common::Output, Value) {
@@ -23,8 +24,12 @@ fn run(config: &Value, state: Option<&Value>) -> (common::Output, Value) {
 fn run_counting(config: &Value, state: Option<&Value>) -> (common::Output, Value, SyncReport) {
     let cfg = config::validate(config.as_object().unwrap()).unwrap();
     let mut buf = Vec::new();
-    let report = tap_kpis::sync::run(&cfg, &Selections::all(), state.cloned(), &mut buf)
-        .expect("sync succeeds");
+    let text = state.map(StateText::from_value);
+    let fields = text
+        .as_ref()
+        .map(|t| t.fields().expect("the state is JSON"));
+    let report =
+        tap_kpis::sync::run(&cfg, &Selections::all(), fields, &mut buf).expect("sync succeeds");
     let out = common::parse(&buf);
     let last = out.states.last().cloned().expect("a STATE message");
     (out, last, report)

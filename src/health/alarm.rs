@@ -136,11 +136,9 @@ pub fn run(
     out
 }
 
-/// Alarm keys from a previous state (`tap_kpis.alarms_sent`).
-pub fn sent_from_state(state: Option<&Value>) -> BTreeSet<String> {
-    state
-        .and_then(|s| s.pointer("/tap_kpis/alarms_sent"))
-        .and_then(Value::as_array)
+/// Alarm keys from a previous state's `tap_kpis.alarms_sent` value.
+pub fn sent_from_state(sent: Option<&Value>) -> BTreeSet<String> {
+    sent.and_then(Value::as_array)
         .map(|a| {
             a.iter()
                 .filter_map(Value::as_str)

@@ -985,10 +985,21 @@ impl Normalizer {
     /// The projects of the executions (and parts) read from the state.
     pub fn earlier_projects(&self) -> FastSet<&str> {
         let parts = self.earlier_parts.iter().flatten();
-        parts
+        let mut projects = FastSet::default();
+        // a project's executions are read one after the other and share its id's one copy: an id at
+        // the same address as the last one is not hashed again
+        let mut last: Option<&str> = None;
+        for id in parts
             .filter_map(|p| p.variant.project_id.as_deref())
             .chain(self.earlier_executions.iter().map(|x| &*x.project_id))
-            .collect()
+        {
+            if last.is_some_and(|l| std::ptr::eq(l, id)) {
+                continue;
+            }
+            last = Some(id);
+            projects.insert(id);
+        }
+        projects
     }
 
     /// Take in executions read from the state after it was resumed (a dormant project's history):
@@ -1398,10 +1409,7 @@ impl Normalizer {
         for i in refolded.into_iter().rev() {
             executions.swap_remove(i as usize);
         }
-        // execution ids are unique: the order is total, and sorting in place needs no scratch copy
-        executions.sort_unstable_by(|a, b| {
-            (a.started_ms, &a.execution_id).cmp(&(b.started_ms, &b.execution_id))
-        });
+        sort_by_start(&mut executions);
         let structured_seen: Vec<(String, i64)> = structured
             .iter()
             .flat_map(|(p, (lo, hi))| [(p.clone(), *lo), (p.clone(), *hi)])
@@ -1450,6 +1458,42 @@ impl Facts {
             executions,
             projects,
             newest_event_ms,
+        }
+    }
+}
+
+/// Put executions in time order (start, then id: ids are unique, so the order is total). A 16-byte
+/// key per execution is sorted and the executions are then moved once each into place, so that the
+/// sort moves keys rather than whole executions, compares ids only between equal starts, and holds
+/// no second copy of the executions.
+fn sort_by_start(executions: &mut [Execution]) {
+    let mut keys: Vec<(i64, u32)> = executions
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (x.started_ms, i as u32))
+        .collect();
+    keys.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0).then_with(|| {
+            executions[a.1 as usize]
+                .execution_id
+                .cmp(&executions[b.1 as usize].execution_id)
+        })
+    });
+    // position i takes the execution at keys[i].1: follow each cycle of that permutation
+    let mut placed = vec![false; keys.len()];
+    for start in 0..keys.len() {
+        if placed[start] {
+            continue;
+        }
+        let mut at = start;
+        loop {
+            placed[at] = true;
+            let from = keys[at].1 as usize;
+            if from == start {
+                break;
+            }
+            executions.swap(at, from);
+            at = from;
         }
     }
 }
@@ -1807,5 +1851,33 @@ mod tests {
         ]);
         assert_eq!(n.facts.executions.len(), 1);
         assert_eq!(&*n.facts.executions[0].execution_id, "y");
+    }
+
+    #[test]
+    fn sorting_by_start_orders_by_start_then_id_whatever_the_input_order() {
+        // a fixed pseudo-random walk over starts with many ties, so that ids decide often
+        let mut seed = 7u64;
+        let mut executions: Vec<Execution> = (0..2000)
+            .map(|i| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let mut x = Execution::vacant();
+                x.started_ms = (seed >> 40) as i64 % 97;
+                x.execution_id = Text::from(format!("{:08x}-{i}", seed >> 20).as_str());
+                x
+            })
+            .collect();
+        let mut expected: Vec<(i64, String)> = executions
+            .iter()
+            .map(|x| (x.started_ms, x.execution_id.to_string()))
+            .collect();
+        expected.sort();
+        sort_by_start(&mut executions);
+        let got: Vec<(i64, String)> = executions
+            .iter()
+            .map(|x| (x.started_ms, x.execution_id.to_string()))
+            .collect();
+        assert_eq!(got, expected);
     }
 }

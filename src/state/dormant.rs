@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    LedgerEntry, Rows, RowsInto, StateError, Tables, TextTable, b64, pack, plugins_of,
+    LedgerEntry, Rows, RowsInto, StateError, StateSlice, Tables, TextTable, b64, pack, plugins_of,
     postcard_seed, unzstd,
 };
 use crate::normalize::{Carry, FastSet};
@@ -58,7 +58,7 @@ pub struct DormantEntry {
 /// at, and each project's entry; rows stay packed until [`Dormant::load`].
 #[derive(Debug, Clone)]
 pub struct Dormant {
-    pub text: String,
+    pub text: StateSlice,
     pub cut_day: i64,
     pub entries: Vec<DormantEntry>,
     texts: Vec<String>,
@@ -68,12 +68,12 @@ pub struct Dormant {
 
 impl Dormant {
     /// Unpack the dormant part's text.
-    pub fn read(text: String, cut_day: i64) -> Result<Dormant, StateError> {
+    pub fn read(text: StateSlice, cut_day: i64) -> Result<Dormant, StateError> {
         let damaged = |what: &str, e: &dyn std::fmt::Display| {
             StateError::Damaged(format!("dormant history {what}: {e}"))
         };
         let packed = b64()
-            .decode(&text)
+            .decode(text.as_str())
             .map_err(|e| damaged("is not base64", &e))?;
         let bytes = unzstd(&packed).map_err(|e| damaged("is not zstd", &e))?;
         let Section(texts, plugins, rows) =

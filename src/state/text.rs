@@ -1,0 +1,212 @@
+//! A Singer state as it was read: its JSON text, held once. Most of a large state is a few base64
+//! texts (the history, the dormant part, the ledger) that a run decodes and often writes back as it
+//! read them, so they are cut out of the text where they lie instead of being copied into a JSON
+//! tree: reading a state is one pass over its text, and the memory it takes is the text's own.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::StateError;
+
+/// The tap's keys whose values are large texts, kept as [`StateSlice`]s rather than parsed.
+const LARGE_TEXTS: [&str; 5] = [
+    "dormant",
+    "history",
+    "history_returned",
+    "ledger",
+    "ledger_settled",
+];
+
+/// The JSON text of a Singer state.
+#[derive(Debug, Clone)]
+pub struct StateText(Arc<String>);
+
+/// A text within a state: a range of the state's text when it needed no unescaping, or a text of
+/// its own. The next state writes it back as it is.
+#[derive(Debug, Clone, Default)]
+pub struct StateSlice {
+    all: Arc<String>,
+    range: Range<usize>,
+}
+
+impl StateSlice {
+    /// A text of its own (a part encoded by this run, or one that had escapes in the state).
+    pub fn owned(text: String) -> StateSlice {
+        let range = 0..text.len();
+        StateSlice {
+            all: Arc::new(text),
+            range,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.all[self.range.clone()]
+    }
+}
+
+impl From<&str> for StateSlice {
+    fn from(text: &str) -> StateSlice {
+        StateSlice::owned(text.to_string())
+    }
+}
+
+impl std::ops::Deref for StateSlice {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// The keys of the tap's part of a state, each with its JSON text as it lies in the state: what a run
+/// needs first (the bookmarks, the alarms sent) is read from here without reading the rest.
+#[derive(Debug)]
+pub struct StateFields<'a> {
+    text: &'a StateText,
+    tap: Option<BTreeMap<String, &'a RawValue>>,
+}
+
+/// The top level of a state: only the tap's part is read (other keys are passed over).
+#[derive(Deserialize)]
+struct Top<'a> {
+    #[serde(borrow, default)]
+    tap_kpis: Option<BTreeMap<String, &'a RawValue>>,
+}
+
+impl StateText {
+    /// A state from its JSON text (checked to be JSON when its fields are read).
+    pub fn new(text: String) -> StateText {
+        StateText(Arc::new(text))
+    }
+
+    /// A state from a JSON value (tests and tools).
+    pub fn from_value(value: &Value) -> StateText {
+        StateText::new(value.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Read the text's structure in one pass: the tap's keys and where their values are.
+    pub fn fields(&self) -> Result<StateFields<'_>, serde_json::Error> {
+        let top: Top<'_> = serde_json::from_str(&self.0)?;
+        Ok(StateFields {
+            text: self,
+            tap: top.tap_kpis,
+        })
+    }
+
+    /// The state as a JSON value.
+    pub fn to_value(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+
+    /// The text, when it may be written as it is within one line of Singer output.
+    pub fn one_line(&self) -> Option<&str> {
+        (!self.0.contains(['\n', '\r'])).then_some(self.0.as_str())
+    }
+}
+
+impl<'a> StateFields<'a> {
+    /// The state these fields are of.
+    pub fn text(&self) -> &'a StateText {
+        self.text
+    }
+
+    /// Whether the state has a part of this tap's.
+    pub fn has_tap(&self) -> bool {
+        self.tap.is_some()
+    }
+
+    /// A small value of the tap's part, parsed; `None` when absent or not of that type.
+    pub fn get<T: Deserialize<'a>>(&self, key: &str) -> Option<T> {
+        let raw = self.tap.as_ref()?.get(key)?;
+        serde_json::from_str(raw.get()).ok()
+    }
+
+    /// The tap's part without its large texts, as a JSON object.
+    pub fn small_values(&self) -> serde_json::Map<String, Value> {
+        self.tap
+            .iter()
+            .flatten()
+            .filter(|(k, _)| !LARGE_TEXTS.contains(&k.as_str()))
+            .filter_map(|(k, raw)| Some((k.clone(), serde_json::from_str(raw.get()).ok()?)))
+            .collect()
+    }
+
+    /// One of the large texts of the tap's part, cut out of the state's text (copied only when it
+    /// had escapes); `None` when absent or not a string.
+    pub fn large_text(&self, key: &str) -> Result<Option<StateSlice>, StateError> {
+        let Some(raw) = self.tap.as_ref().and_then(|t| t.get(key)) else {
+            return Ok(None);
+        };
+        let raw = raw.get();
+        let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
+            return Ok(None);
+        };
+        if memchr::memchr(b'\\', inner.as_bytes()).is_some() {
+            // escapes: the text is what they stand for
+            let text: String = serde_json::from_str(raw)
+                .map_err(|e| StateError::Damaged(format!("{key}: {e}")))?;
+            return Ok(Some(StateSlice::owned(text)));
+        }
+        // a JSON string (checked as such when the fields were read) without a backslash is its text
+        let all = &self.text.0;
+        let start = inner.as_ptr() as usize - all.as_ptr() as usize;
+        Ok(Some(StateSlice {
+            all: Arc::clone(all),
+            range: start..start + inner.len(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn large_texts_are_cut_out_of_the_state_text_and_small_values_parsed() {
+        let state = StateText::from_value(&json!({
+            "other": {"x": [1, 2]},
+            "tap_kpis": {"version": 7, "ledger": "QUJD", "history": "a\"b", "as_of": "2025-01-02"}
+        }));
+        let fields = state.fields().unwrap();
+        let ledger = fields.large_text("ledger").unwrap().unwrap();
+        assert_eq!(ledger.as_str(), "QUJD");
+        // borrowed: the slice lies within the state's own text
+        assert!(Arc::ptr_eq(&ledger.all, &state.0));
+        // a text with escapes is unescaped into a text of its own
+        let history = fields.large_text("history").unwrap().unwrap();
+        assert_eq!(history.as_str(), "a\"b");
+        assert!(!Arc::ptr_eq(&history.all, &state.0));
+        assert!(fields.large_text("dormant").unwrap().is_none());
+        assert_eq!(fields.get::<u64>("version"), Some(7));
+        let small = fields.small_values();
+        assert_eq!(
+            small.keys().collect::<Vec<_>>(),
+            ["as_of", "version"],
+            "large texts are left out of the small values"
+        );
+    }
+
+    #[test]
+    fn a_state_without_the_tap_part_has_no_fields() {
+        let state = StateText::from_value(&json!({"bookmarks": {}}));
+        let fields = state.fields().unwrap();
+        assert!(!fields.has_tap());
+        assert!(fields.large_text("ledger").unwrap().is_none());
+        assert!(StateText::new("{".into()).fields().is_err());
+    }
+
+    #[test]
+    fn only_a_text_without_line_breaks_is_written_as_it_is() {
+        assert!(StateText::new("{\"a\": 1}".into()).one_line().is_some());
+        assert!(StateText::new("{\n\"a\": 1}".into()).one_line().is_none());
+    }
+}

@@ -234,36 +234,37 @@ impl<'a> Model<'a> {
             .iter()
             .filter(|x| x.started_ms < end_ms)
             .collect();
-        let mut qualifying: HashMap<&str, Vec<i64>> = HashMap::default();
-        let mut by_project: HashMap<&str, Vec<&Execution>> = HashMap::default();
-        let first_days: HashMap<&str, (i64, bool)> = facts
+        // each execution's project is looked up once, by its position among the projects
+        let index: HashMap<&str, usize> = facts
             .projects
             .iter()
-            .map(|p| {
-                (
-                    p.project_id.as_str(),
-                    (day_of(p.first_event_ms), p.source == "random"),
-                )
-            })
+            .enumerate()
+            .map(|(i, p)| (p.project_id.as_str(), i))
             .collect();
+        let mut qualifying: Vec<Vec<i64>> = vec![Vec::new(); facts.projects.len()];
+        let mut by_project: Vec<Vec<&Execution>> = vec![Vec::new(); facts.projects.len()];
         for x in &facts.executions {
-            let Some(&(first_day, random)) = first_days.get(&*x.project_id) else {
+            let Some(&i) = index.get(&*x.project_id) else {
                 continue;
             };
+            let p = &facts.projects[i];
             let day = day_of(x.started_ms);
-            if x.is_exec() && !x.plugins.is_empty() && day - first_day >= MIN_AGE_DAYS && !random {
-                qualifying.entry(&x.project_id).or_default().push(day);
+            if x.is_exec()
+                && !x.plugins.is_empty()
+                && day - day_of(p.first_event_ms) >= MIN_AGE_DAYS
+                && p.source != "random"
+            {
+                qualifying[i].push(day);
+            }
+            if x.started_ms < end_ms {
+                by_project[i].push(x);
             }
         }
-        for x in &counted {
-            by_project.entry(&x.project_id).or_default().push(x);
-        }
         let mut projects = Vec::new();
-        for p in &facts.projects {
-            let Some(executions) = by_project.remove(p.project_id.as_str()) else {
+        for ((p, executions), mut days) in facts.projects.iter().zip(by_project).zip(qualifying) {
+            if executions.is_empty() {
                 continue;
-            };
-            let mut days = qualifying.remove(p.project_id.as_str()).unwrap_or_default();
+            }
             days.sort_unstable();
             days.dedup();
             projects.push(ProjectActivity {

@@ -192,9 +192,9 @@ fn run(cli: Cli) -> Result<()> {
         Some(path) => {
             // most runs given a state are short: see `memory`
             tap_kpis::memory::keep_freed_memory();
-            let text = std::fs::read_to_string(path)
+            let text = StateText::read(path)
                 .with_context(|| format!("cannot read state {}", path.display()))?;
-            Some((path, StateText::new(text)))
+            Some((path, text))
         }
         None => None,
     };

@@ -24,13 +24,40 @@ const LARGE_TEXTS: [&str; 5] = [
 
 /// The JSON text of a Singer state.
 #[derive(Debug, Clone)]
-pub struct StateText(Arc<String>);
+pub struct StateText(Arc<Storage>);
+
+/// Where a state's text lies: in memory of its own, or mapped from its file, which saves copying a
+/// large state and faulting in fresh memory for it before anything else can start.
+#[derive(Debug)]
+enum Storage {
+    Text(String),
+    /// A mapped file, checked to be UTF-8 when it was mapped.
+    Mapped(memmap2::Mmap),
+}
+
+impl Default for Storage {
+    fn default() -> Storage {
+        Storage::Text(String::new())
+    }
+}
+
+impl std::ops::Deref for Storage {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Storage::Text(text) => text,
+            // SAFETY: the bytes were checked to be UTF-8 when they were mapped, and the mapping is
+            // read-only (see `StateText::read` for the file staying as it is).
+            Storage::Mapped(map) => unsafe { std::str::from_utf8_unchecked(map) },
+        }
+    }
+}
 
 /// A text within a state: a range of the state's text when it needed no unescaping, or a text of
 /// its own. The next state writes it back as it is.
 #[derive(Debug, Clone, Default)]
 pub struct StateSlice {
-    all: Arc<String>,
+    all: Arc<Storage>,
     range: Range<usize>,
 }
 
@@ -39,7 +66,7 @@ impl StateSlice {
     pub fn owned(text: String) -> StateSlice {
         let range = 0..text.len();
         StateSlice {
-            all: Arc::new(text),
+            all: Arc::new(Storage::Text(text)),
             range,
         }
     }
@@ -80,7 +107,25 @@ struct Top<'a> {
 impl StateText {
     /// A state from its JSON text (checked to be JSON when its fields are read).
     pub fn new(text: String) -> StateText {
-        StateText(Arc::new(text))
+        StateText(Arc::new(Storage::Text(text)))
+    }
+
+    /// A state from its file, mapped into memory when the file can be (read otherwise). A state
+    /// file is written whole before the tap starts and read only while it runs, which is what
+    /// mapping it asks for: the file is not changed or cut short while the tap reads it.
+    pub fn read(path: &std::path::Path) -> std::io::Result<StateText> {
+        let file = std::fs::File::open(path)?;
+        // SAFETY: the mapping is read-only, and the state file stays as it is while the tap runs
+        // (see above); a file that cannot be mapped (empty, a pipe) is read instead.
+        let mapped = unsafe { memmap2::MmapOptions::new().populate().map(&file) };
+        match mapped {
+            Ok(map) if !map.is_empty() => {
+                std::str::from_utf8(&map)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                Ok(StateText(Arc::new(Storage::Mapped(map))))
+            }
+            _ => Ok(StateText::new(std::io::read_to_string(file)?)),
+        }
     }
 
     /// A state from a JSON value (tests and tools).
@@ -89,12 +134,12 @@ impl StateText {
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.0[..]
     }
 
     /// Read the text's structure in one pass: the tap's keys and where their values are.
     pub fn fields(&self) -> Result<StateFields<'_>, serde_json::Error> {
-        let top: Top<'_> = serde_json::from_str(&self.0)?;
+        let top: Top<'_> = serde_json::from_str(self.as_str())?;
         Ok(StateFields {
             text: self,
             tap: top.tap_kpis,
@@ -103,12 +148,13 @@ impl StateText {
 
     /// The state as a JSON value.
     pub fn to_value(&self) -> Result<Value, serde_json::Error> {
-        serde_json::from_str(&self.0)
+        serde_json::from_str(self.as_str())
     }
 
     /// The text, when it may be written as it is within one line of Singer output.
     pub fn one_line(&self) -> Option<&str> {
-        (!self.0.contains(['\n', '\r'])).then_some(self.0.as_str())
+        let text = self.as_str();
+        (!text.contains(['\n', '\r'])).then_some(text)
     }
 }
 
@@ -202,6 +248,28 @@ mod tests {
         assert!(!fields.has_tap());
         assert!(fields.large_text("ledger").unwrap().is_none());
         assert!(StateText::new("{".into()).fields().is_err());
+    }
+
+    #[test]
+    fn a_state_file_is_read_mapped_checked_as_utf8_and_an_empty_one_is_no_json() {
+        let dir = std::env::temp_dir().join(format!("tap-kpis-state-text-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        std::fs::write(&path, r#"{"tap_kpis": {"version": 7, "ledger": "QUJD"}}"#).unwrap();
+        let state = StateText::read(&path).unwrap();
+        assert!(matches!(*state.0, Storage::Mapped(_)));
+        let fields = state.fields().unwrap();
+        assert_eq!(
+            fields.large_text("ledger").unwrap().unwrap().as_str(),
+            "QUJD"
+        );
+        std::fs::write(&path, b"{\"a\": \"\xff\"}").unwrap();
+        assert!(StateText::read(&path).is_err(), "not UTF-8");
+        std::fs::write(&path, b"").unwrap();
+        let empty = StateText::read(&path).unwrap();
+        assert_eq!(empty.as_str(), "");
+        assert!(empty.fields().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -11,9 +11,12 @@
 //! version 5 the dormant projects' history is a field of its own too ([`Dormant`]): a run unpacks
 //! only the projects its events name. Since version 6 the summarised rows of dormant projects that
 //! returned are a field of their own (`history_returned`), so the history is still carried as it
-//! was read when a project wakes up. Versions 2 (JSON, gzip), 3 (one ledger), 4 (no dormant part)
-//! and 5 (returned projects in the history) are still read and are written anew as version 6; a
-//! state of another version is rejected with a message, never misread.
+//! was read when a project wakes up. Since version 7 the ledger's settled part is a field of its own,
+//! carried as read. Since version 8 the dormant part keeps its rows in small chunks packed apart, so
+//! that a run decompresses only the chunks of the projects it unpacks. Versions 2 (JSON, gzip), 3
+//! (one ledger), 4 (no dormant part), 5 (returned projects in the history), 6 (no settled part) and
+//! 7 (the dormant rows packed whole) are still read and are written anew as version 8; a state of
+//! another version is rejected with a message, never misread.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -38,13 +41,14 @@ pub use dormant::{Dormant, DormantEntry, DormantOut};
 pub use text::{StateFields, StateSlice, StateText};
 
 /// Version of the state layout; a state of any other version is refused.
-pub const STATE_VERSION: u64 = 7;
+pub const STATE_VERSION: u64 = 8;
 
 /// State versions this tap resumes from: version 2 wrote every row's strings out in full, version 3
 /// kept the summarised history in the one ledger, version 4 kept dormant projects in the history,
 /// version 5 wrote the history again whenever a dormant project returned, version 6 wrote every
-/// execution of the ledger again in each run.
-const READS: [u64; 6] = [2, 3, 4, 5, 6, STATE_VERSION];
+/// execution of the ledger again in each run, version 7 packed the dormant projects' rows whole (a
+/// dormant part of that layout is still read, and carried as it is until it is written anew).
+const READS: [u64; 7] = [2, 3, 4, 5, 6, 7, STATE_VERSION];
 
 /// Errors reading a state.
 #[derive(Debug, thiserror::Error)]
@@ -1330,7 +1334,7 @@ impl TapState {
                 DormantPart::Carried(d) => (Blob(d.text), Some(d.cut_day), d.entries.len()),
                 DormantPart::Rows(projects, cut) => {
                     let n = projects.len();
-                    (Blob::packed(&dormant::encode(projects)?), cut, n)
+                    (Blob(StateSlice::owned(dormant::encode(projects)?)), cut, n)
                 }
             };
             let history = match history {
@@ -1389,7 +1393,7 @@ impl TapState {
 mod tests {
     use super::*;
 
-    fn part(id: &str, project: Option<&str>) -> ExecParts {
+    pub(super) fn part(id: &str, project: Option<&str>) -> ExecParts {
         let info = info_from_normalised(
             [
                 ("name_hash".to_string(), json!("abc")),

@@ -838,12 +838,21 @@ fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateErro
 /// (about twice what it unpacks to) costs only the pages written, where growing by doubling would
 /// copy it again and again.
 fn unzstd(packed: &[u8]) -> std::io::Result<Vec<u8>> {
+    unzstd_with(&mut zstd::bulk::Decompressor::new()?, packed)
+}
+
+/// [`unzstd`] with a decompressor made once for many small frames (making one each time costs more
+/// than a small frame's decompression).
+fn unzstd_with(
+    unzip: &mut zstd::bulk::Decompressor<'_>,
+    packed: &[u8],
+) -> std::io::Result<Vec<u8>> {
     // a frame that records its size (as `pack` writes them) is unpacked in one call, unless the size
     // it claims is beyond what any state compresses to
     if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(packed) {
         let size = usize::try_from(size).unwrap_or(usize::MAX);
         if size <= packed.len().saturating_mul(64).saturating_add(1 << 20) {
-            return zstd::bulk::decompress(packed, size);
+            return unzip.decompress(packed, size);
         }
     }
     let mut bytes = Vec::with_capacity(packed.len() * 4 + 4096);

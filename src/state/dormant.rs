@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     LedgerEntry, Rows, RowsInto, StateError, StateSlice, Tables, TextTable, ZSTD_LEVEL, b64, pack,
-    plugins_of, postcard_seed, unzstd,
+    plugins_of, postcard_seed, unzstd, unzstd_with,
 };
 use crate::normalize::{Carry, FastSet};
 use base64::Engine;
@@ -182,7 +182,11 @@ impl Dormant {
     }
 
     /// The unpacked bytes of chunk `i` (all the rows, for a part written before chunks).
-    fn chunk(&self, i: u32) -> Result<std::borrow::Cow<'_, [u8]>, StateError> {
+    fn chunk(
+        &self,
+        i: u32,
+        unzip: &mut zstd::bulk::Decompressor<'_>,
+    ) -> Result<std::borrow::Cow<'_, [u8]>, StateError> {
         match &self.rows {
             RowStore::Whole(bytes) => Ok(std::borrow::Cow::Borrowed(bytes)),
             RowStore::Chunked { starts } => {
@@ -193,7 +197,8 @@ impl Dormant {
                 let packed = b64()
                     .decode(&self.text[from..to])
                     .map_err(|e| damaged("rows are not base64", &e))?;
-                let bytes = unzstd(&packed).map_err(|e| damaged("rows are not zstd", &e))?;
+                let bytes =
+                    unzstd_with(unzip, &packed).map_err(|e| damaged("rows are not zstd", &e))?;
                 Ok(std::borrow::Cow::Owned(bytes))
             }
         }
@@ -215,9 +220,11 @@ impl Dormant {
         // rows are read in chunk order, and each project's rows as they were written
         picked.sort_by_key(|e| (e.chunk, e.rows.start));
         let mut unpacked: Option<(u32, std::borrow::Cow<'_, [u8]>)> = None;
+        let mut unzip =
+            zstd::bulk::Decompressor::new().map_err(|e| damaged("rows are not zstd", &e))?;
         for e in picked {
             if unpacked.as_ref().is_none_or(|(i, _)| *i != e.chunk) {
-                unpacked = Some((e.chunk, self.chunk(e.chunk)?));
+                unpacked = Some((e.chunk, self.chunk(e.chunk, &mut unzip)?));
             }
             let Some((_, bytes)) = &unpacked else {
                 continue;
@@ -412,8 +419,9 @@ mod tests {
         let chunked =
             Dormant::read(StateSlice::owned(encode(part_of(&executions)).unwrap()), 7).unwrap();
         // the same projects, rows and tables, in the layout of a version-7 state
+        let mut unzip = zstd::bulk::Decompressor::new().unwrap();
         let chunks: Vec<Vec<u8>> = (0..)
-            .map_while(|i| chunked.chunk(i).ok().map(|c| c.into_owned()))
+            .map_while(|i| chunked.chunk(i, &mut unzip).ok().map(|c| c.into_owned()))
             .collect();
         let rows: Vec<(&str, Vec<i64>, bool, &[u8])> = chunked
             .entries

@@ -222,9 +222,11 @@ impl Dormant {
         let mut unpacked: Option<(u32, std::borrow::Cow<'_, [u8]>)> = None;
         let mut unzip =
             zstd::bulk::Decompressor::new().map_err(|e| damaged("rows are not zstd", &e))?;
+        let mut chunks_read = 0;
         for e in picked {
             if unpacked.as_ref().is_none_or(|(i, _)| *i != e.chunk) {
                 unpacked = Some((e.chunk, self.chunk(e.chunk, &mut unzip)?));
+                chunks_read += 1;
             }
             let Some((_, bytes)) = &unpacked else {
                 continue;
@@ -248,6 +250,12 @@ impl Dormant {
                 })
             })?;
             loaded.insert(e.project_id.clone());
+        }
+        if let RowStore::Chunked { starts } = &self.rows {
+            tracing::debug!(
+                "{chunks_read} of {} dormant chunk(s) decompressed",
+                starts.len().saturating_sub(1)
+            );
         }
         Ok(loaded)
     }

@@ -91,6 +91,11 @@ fn damaged(what: &str, e: &dyn std::fmt::Display) -> StateError {
     StateError::Damaged(format!("dormant history {what}: {e}"))
 }
 
+/// What went wrong writing a part (a size beyond the layout's, a failing compressor).
+fn failed(e: &dyn std::fmt::Display) -> StateError {
+    StateError::Damaged(e.to_string())
+}
+
 /// The length of the base64 text (padded) of this many bytes.
 fn base64_len(bytes: usize) -> usize {
     bytes.div_ceil(3) * 4
@@ -219,18 +224,16 @@ impl Dormant {
         let infos = plugins_of(self.plugins.iter().map(String::as_str))?;
         // rows are read in chunk order, and each project's rows as they were written
         picked.sort_by_key(|e| (e.chunk, e.rows.start));
-        let mut unpacked: Option<(u32, std::borrow::Cow<'_, [u8]>)> = None;
+        let (mut current, mut bytes) = (None, std::borrow::Cow::Borrowed(&[][..]));
         let mut unzip =
             zstd::bulk::Decompressor::new().map_err(|e| damaged("rows are not zstd", &e))?;
         let mut chunks_read = 0;
         for e in picked {
-            if unpacked.as_ref().is_none_or(|(i, _)| *i != e.chunk) {
-                unpacked = Some((e.chunk, self.chunk(e.chunk, &mut unzip)?));
+            if current != Some(e.chunk) {
+                bytes = self.chunk(e.chunk, &mut unzip)?;
+                current = Some(e.chunk);
                 chunks_read += 1;
             }
-            let Some((_, bytes)) = &unpacked else {
-                continue;
-            };
             let rows = bytes
                 .get(e.rows.clone())
                 .ok_or_else(|| StateError::Damaged("dormant history is cut short".into()))?;
@@ -273,7 +276,6 @@ pub struct DormantOut<'a> {
 /// project's rows are packed as the part is written, one at a time, so that no unpacked copy of them
 /// all is held.
 pub fn encode(mut projects: Vec<DormantOut<'_>>) -> Result<String, StateError> {
-    let failed = |e: &dyn std::fmt::Display| StateError::Damaged(e.to_string());
     projects.sort_unstable_by(|a, b| a.project_id.cmp(b.project_id));
     let counts: Vec<usize> = projects.iter().map(|p| p.rows.len()).collect();
     let mut heads = Vec::with_capacity(projects.len());
@@ -332,7 +334,6 @@ fn close_chunk(
     chunks: &mut Vec<u32>,
     rows_text: &mut String,
 ) -> Result<(), StateError> {
-    let failed = |e: &dyn std::fmt::Display| StateError::Damaged(e.to_string());
     let packed = zstd::bulk::compress(raw, ZSTD_LEVEL).map_err(|e| failed(&e))?;
     b64().encode_string(&packed, rows_text);
     chunks.push(u32::try_from(packed.len()).map_err(|e| failed(&e))?);

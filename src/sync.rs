@@ -299,7 +299,7 @@ fn can_leave_packed(dormant: &Dormant, state: &TapState, as_of: Option<i64>) -> 
 /// extends the state is ready (a fraction of a second of reading), then folded as they come.
 enum EventSink<'s> {
     Waiting {
-        decoding: Option<std::thread::ScopedJoinHandle<'s, Result<Option<TapState>, StateError>>>,
+        decoding: Option<std::thread::ScopedJoinHandle<'s, Result<Resumed, StateError>>>,
         held: Vec<crate::event::Event>,
         late_days: i64,
         as_of: Option<i64>,
@@ -337,13 +337,13 @@ impl EventSink<'_> {
         else {
             return;
         };
-        let decoded = match decoding.take() {
+        let resumed = match decoding.take() {
             Some(d) => d
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            None => Ok(None),
+            None => Resumed::from(None, *late_days, *as_of),
         };
-        *self = match decoded.and_then(|earlier| Resumed::from(earlier, *late_days, *as_of)) {
+        *self = match resumed {
             Ok(mut r) => {
                 for e in std::mem::take(held) {
                     r.normalizer.push(e);
@@ -544,6 +544,8 @@ pub fn run<W: Write>(
     // are moved into what is decoded, not copied)
     let resuming = state.is_some();
     let (resumed, mut problems, ends) = std::thread::scope(|scope| {
+        let as_of = config.as_of.map(calendar::day_number);
+        // the normaliser that extends the state is made on the decoding core too
         let decoding = state.map(|v| {
             scope.spawn(move || {
                 let decoded = TapState::from_fields(v);
@@ -552,14 +554,14 @@ pub fn run<W: Write>(
                     started.elapsed().as_secs_f64(),
                     rss()
                 );
-                decoded
+                decoded.and_then(|earlier| Resumed::from(earlier, late_days, as_of))
             })
         });
         let mut sink = EventSink::Waiting {
             decoding,
             held: Vec::new(),
             late_days,
-            as_of: config.as_of.map(calendar::day_number),
+            as_of,
         };
         if !resuming {
             sink.settle();

@@ -9,8 +9,6 @@ pub mod calendar;
 pub mod facts;
 pub mod usage;
 
-type HashMap<K, V> = crate::normalize::FastMap<K, V>;
-
 use serde_json::Value;
 
 use crate::normalize::{Execution, Facts, FastSet, Project};
@@ -234,20 +232,13 @@ impl<'a> Model<'a> {
             .iter()
             .filter(|x| x.started_ms < end_ms)
             .collect();
-        // each execution's project is looked up once, by its position among the projects
-        let index: HashMap<&str, usize> = facts
-            .projects
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.project_id.as_str(), i))
-            .collect();
         let mut qualifying: Vec<Vec<i64>> = vec![Vec::new(); facts.projects.len()];
         let mut by_project: Vec<Vec<&Execution>> = vec![Vec::new(); facts.projects.len()];
-        for x in &facts.executions {
-            let Some(&i) = index.get(&*x.project_id) else {
+        for (x, &i) in facts.executions.iter().zip(&facts.project_of) {
+            let i = i as usize;
+            let Some(p) = facts.projects.get(i) else {
                 continue;
             };
-            let p = &facts.projects[i];
             let day = day_of(x.started_ms);
             if x.is_exec()
                 && !x.plugins.is_empty()

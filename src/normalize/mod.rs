@@ -277,6 +277,9 @@ pub struct Facts {
     pub executions: Vec<Execution>,
     /// Sorted by project id.
     pub projects: Vec<Project>,
+    /// Where each execution's project is in `projects` (one per execution, in the same order):
+    /// found once here, so that the KPI engine hashes no project id per execution.
+    pub project_of: Vec<u32>,
     /// Newest event time read (any kind), epoch ms.
     pub newest_event_ms: Option<i64>,
 }
@@ -1414,7 +1417,7 @@ impl Normalizer {
             .iter()
             .flat_map(|(p, (lo, hi))| [(p.clone(), *lo), (p.clone(), *hi)])
             .collect();
-        out.facts.projects =
+        (out.facts.projects, out.facts.project_of) =
             build_projects(&executions, &opt_outs, &structured_seen, &mut out.stats);
         out.facts.executions = executions;
         out.facts.newest_event_ms = newest;
@@ -1447,7 +1450,7 @@ impl Facts {
     pub fn from_executions(mut executions: Vec<Execution>) -> Facts {
         executions
             .sort_by(|a, b| (a.started_ms, &a.execution_id).cmp(&(b.started_ms, &b.execution_id)));
-        let projects = build_projects(
+        let (projects, project_of) = build_projects(
             &executions,
             &BTreeMap::new(),
             &[],
@@ -1457,6 +1460,7 @@ impl Facts {
         Facts {
             executions,
             projects,
+            project_of,
             newest_event_ms,
         }
     }
@@ -1504,12 +1508,13 @@ pub fn late_before_day(newest_ms: i64, late_event_days: i64) -> i64 {
     day_of(newest_ms) - late_event_days
 }
 
+/// The projects of `executions` (sorted by id), and where each execution's project is among them.
 fn build_projects(
     executions: &[Execution],
     opt_outs: &BTreeMap<String, i64>,
     structured_seen: &[(String, i64)],
     stats: &mut NormalizeStats,
-) -> Vec<Project> {
+) -> (Vec<Project>, Vec<u32>) {
     struct Acc<'a> {
         id: &'a str,
         first: i64,
@@ -1519,22 +1524,35 @@ fn build_projects(
         /// Every IP hash seen, repeats and all; only how many distinct there are counts.
         ips: Vec<&'a str>,
     }
-    let mut index: HashMap<&str, usize> = HashMap::default();
+    // a project's executions share its id's copy: most are found by that copy's address, without
+    // hashing the text (an id held in several copies is found by its text once per copy)
+    let mut by_address: HashMap<usize, u32> = HashMap::default();
+    let mut index: HashMap<&str, u32> = HashMap::default();
     let mut accs: Vec<Acc> = Vec::new();
+    let mut acc_of: Vec<u32> = Vec::with_capacity(executions.len());
     // Executions are in time order, so the first non-null source of a non-init execution wins.
     for x in executions {
-        let i = *index.entry(&*x.project_id).or_insert_with(|| {
-            accs.push(Acc {
-                id: &x.project_id,
-                first: x.started_ms,
-                last: x.started_ms,
-                source: None,
-                ci_only: true,
-                ips: Vec::new(),
-            });
-            accs.len() - 1
-        });
-        let a = &mut accs[i];
+        let address = address(Some(&x.project_id));
+        let i = match by_address.get(&address) {
+            Some(&i) => i,
+            None => {
+                let i = *index.entry(&*x.project_id).or_insert_with(|| {
+                    accs.push(Acc {
+                        id: &x.project_id,
+                        first: x.started_ms,
+                        last: x.started_ms,
+                        source: None,
+                        ci_only: true,
+                        ips: Vec::new(),
+                    });
+                    (accs.len() - 1) as u32
+                });
+                by_address.insert(address, i);
+                i
+            }
+        };
+        acc_of.push(i);
+        let a = &mut accs[i as usize];
         a.first = a.first.min(x.started_ms);
         a.last = a.last.max(x.started_ms);
         if a.source.is_none() && x.command_line.command.as_deref() != Some("init") {
@@ -1544,7 +1562,7 @@ fn build_projects(
         a.ips.extend(x.ip_hashes.iter().map(|t| &**t));
     }
     for (project, time) in structured_seen {
-        match index.get(project.as_str()).map(|&i| &mut accs[i]) {
+        match index.get(project.as_str()).map(|&i| &mut accs[i as usize]) {
             Some(a) => {
                 a.first = a.first.min(*time);
                 a.last = a.last.max(*time);
@@ -1552,8 +1570,18 @@ fn build_projects(
             None => stats.orphan_structured_events += 1,
         }
     }
-    accs.sort_unstable_by(|a, b| a.id.cmp(b.id));
-    accs.into_iter()
+    // the projects are listed by id: each one's place in that order
+    let mut order: Vec<u32> = (0..accs.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| accs[a as usize].id.cmp(accs[b as usize].id));
+    let mut place = vec![0u32; accs.len()];
+    for (at, &i) in order.iter().enumerate() {
+        place[i as usize] = at as u32;
+    }
+    let project_of = acc_of.into_iter().map(|i| place[i as usize]).collect();
+    let mut accs: Vec<Option<Acc>> = accs.into_iter().map(Some).collect();
+    let projects = order
+        .into_iter()
+        .filter_map(|i| accs[i as usize].take())
         .map(|mut a| {
             a.ips.sort_unstable();
             a.ips.dedup();
@@ -1576,7 +1604,8 @@ fn build_projects(
                 ip_hash_count: a.ips.len(),
             }
         })
-        .collect()
+        .collect();
+    (projects, project_of)
 }
 
 #[cfg(test)]

@@ -144,8 +144,43 @@ struct Resumed {
     /// The earlier state's dormant projects: this run unpacks those its events name, or all of
     /// them when `unpack_all`.
     dormant: Option<Dormant>,
+    /// The dormant projects not read as executions, found while the new input is still read.
+    dormant_candidates: DormantCandidates,
     unpack_all: bool,
     incremental: bool,
+}
+
+/// The dormant projects a run may leave packed or unpack, worked out before it knows which projects
+/// its events name: each entry not also read as an execution of the ledger or the history (a run
+/// since the dormant part was written unpacked it, and that copy is the one that counts), with its
+/// first event time as the project list knows it, and what those the project list knows add to the
+/// fleet's rows if all stay packed.
+#[derive(Default)]
+struct DormantCandidates {
+    entries: Vec<(usize, Option<i64>)>,
+    fleet: DormantFleet,
+}
+
+impl DormantCandidates {
+    fn of(
+        dormant: &Dormant,
+        earlier: &crate::normalize::FastSet<&str>,
+        known: &BTreeMap<String, (String, i64)>,
+    ) -> Self {
+        let mut candidates = DormantCandidates::default();
+        let firsts = firsts_of(&dormant.entries, known);
+        for (i, (entry, first)) in dormant.entries.iter().zip(firsts).enumerate() {
+            if earlier.contains(entry.project_id.as_str()) {
+                continue;
+            }
+            if let Some(first_ms) = first {
+                let day = calendar::day_of(first_ms);
+                candidates.fleet.add(day, &entry.months, entry.multi);
+            }
+            candidates.entries.push((i, first));
+        }
+        candidates
+    }
 }
 
 impl Resumed {
@@ -164,6 +199,7 @@ impl Resumed {
                 earlier_history: None,
                 earlier_settled: None,
                 dormant: None,
+                dormant_candidates: DormantCandidates::default(),
                 unpack_all: false,
                 incremental: false,
             });
@@ -178,14 +214,19 @@ impl Resumed {
             .carry
             .newest_event_ms
             .map(|n| normalize::late_before_day(n, late_days) * DAY_MS);
+        let normalizer =
+            normalize::Normalizer::resume(e.carry, late_before).with_late_event_days(late_days);
+        let dormant_candidates = dormant.as_ref().map_or_else(Default::default, |d| {
+            DormantCandidates::of(d, &normalizer.earlier_projects(), &e.projects)
+        });
         Ok(Resumed {
             // the history's executions are read with the rest; its text may be written again
             earlier_history: e.history.take(),
             earlier_settled: e.settled.take(),
             dormant,
+            dormant_candidates,
             unpack_all,
-            normalizer: normalize::Normalizer::resume(e.carry, late_before)
-                .with_late_event_days(late_days),
+            normalizer,
             previous_as_of: e.as_of,
             previous_projects: e.projects,
             previous_cut: e.cut_day,
@@ -203,34 +244,34 @@ impl Resumed {
         };
         let mut rows = Carry::default();
         {
-            let earlier = self.normalizer.earlier_projects();
             let named = self.normalizer.named_projects();
-            let known = &self.previous_projects;
             let all = self.unpack_all;
-            // a project also read as an execution of the ledger or the history was unpacked by a
-            // run since the dormant part was written: that copy is the one that counts. The others
-            // are unpacked when named (or all are), or when the project list does not know them;
-            // the rest stay packed and count for the fleet as their entry says
+            // the candidates are unpacked when named (or all are), or when the project list does
+            // not know them; the rest stay packed and count for the fleet as their entry says
+            let candidates = std::mem::take(&mut self.dormant_candidates);
+            left_out.fleet = candidates.fleet;
+            let mut left_first_day: Option<i64> = None;
             let mut picked = Vec::new();
-            for (entry, first) in dormant
-                .entries
-                .iter()
-                .zip(firsts_of(&dormant.entries, known))
-            {
-                let id = entry.project_id.as_str();
-                if earlier.contains(id) {
+            for (i, first) in candidates.entries {
+                let Some(entry) = dormant.entries.get(i) else {
                     continue;
-                }
+                };
+                let id = entry.project_id.as_str();
                 match first {
                     Some(first_ms) if !all && !named.contains(id) => {
-                        left_out
-                            .fleet
-                            .add(calendar::day_of(first_ms), &entry.months, entry.multi);
+                        let day = calendar::day_of(first_ms);
+                        left_first_day = Some(left_first_day.map_or(day, |d| d.min(day)));
                         left_out.projects.push(id.to_string());
                     }
-                    _ => picked.push(entry),
+                    Some(first_ms) => {
+                        let day = calendar::day_of(first_ms);
+                        left_out.fleet.remove(day, &entry.months, entry.multi);
+                        picked.push(entry);
+                    }
+                    None => picked.push(entry),
                 }
             }
+            left_out.fleet.first_day = left_first_day;
             let loaded = dormant.load(picked, &mut rows)?;
             left_out.unpacked = loaded.len();
             tracing::debug!(

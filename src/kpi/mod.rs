@@ -114,6 +114,35 @@ impl DormantFleet {
             }
         }
     }
+
+    /// Take back a project [`DormantFleet::add`] counted: what is left is what adding the others
+    /// alone gives (counts that fall to zero are removed), apart from `first_day`, which the caller
+    /// sets.
+    pub fn remove(&mut self, first_day: i64, months: &[i64], multi: bool) {
+        use std::collections::btree_map::Entry;
+        let cohort = calendar::month_of(first_day);
+        let Some(entry) = self.cohorts.get_mut(&cohort) else {
+            return;
+        };
+        entry.0 = entry.0.saturating_sub(1);
+        let take_one = |counts: &mut std::collections::BTreeMap<i64, u64>, m: i64| {
+            if let Entry::Occupied(mut n) = counts.entry(m) {
+                *n.get_mut() = n.get().saturating_sub(1);
+                if *n.get() == 0 {
+                    n.remove();
+                }
+            }
+        };
+        for &m in months {
+            take_one(&mut entry.1, m);
+            if multi {
+                take_one(&mut entry.2, m);
+            }
+        }
+        if entry.0 == 0 && entry.1.is_empty() && entry.2.is_empty() {
+            self.cohorts.remove(&cohort);
+        }
+    }
 }
 
 /// The per-project rows an incremental run re-emits (`crate::changes` holds the whole rule): a
@@ -316,6 +345,29 @@ pub fn ratio(num: u64, den: u64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dormant_project_taken_back_leaves_what_the_others_alone_add() {
+        let projects: [(i64, &[i64], bool); 4] = [
+            (20_100, &[660, 661, 663], true),
+            (20_105, &[660], false),
+            (20_140, &[661, 662], true),
+            (20_300, &[666], false),
+        ];
+        for taken in 0..projects.len() {
+            let mut all = DormantFleet::default();
+            let mut others = DormantFleet::default();
+            for (i, &(day, months, multi)) in projects.iter().enumerate() {
+                all.add(day, months, multi);
+                if i != taken {
+                    others.add(day, months, multi);
+                }
+            }
+            let (day, months, multi) = projects[taken];
+            all.remove(day, months, multi);
+            assert_eq!(all.cohorts, others.cohorts, "project {taken} taken back");
+        }
+    }
 
     #[test]
     fn project_scope_keeps_new_days_completed_months_and_touched_projects() {

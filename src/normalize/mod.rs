@@ -892,7 +892,10 @@ impl Normalizer {
 
     /// A normaliser that extends what earlier runs carried; events before `late_before_ms` are too
     /// late to apply and are set aside as `late_event`.
-    pub fn resume(carry: Carry, late_before_ms: Option<i64>) -> Self {
+    pub fn resume(mut carry: Carry, late_before_ms: Option<i64>) -> Self {
+        // in time order from here on (before their index is made), so that the run's executions are
+        // put in order by merging rather than sorting
+        sort_by_start(&mut carry.executions);
         let mut n = Self::new();
         n.earlier_ids = carry
             .event_ids
@@ -1382,10 +1385,11 @@ impl Normalizer {
             if track {
                 touched.executions.insert(new.execution_id.clone());
             }
+            let mut slot = None;
             let earlier_part = match self.earlier_index.get(&new.execution_id) {
                 Some(&Earlier::Part(i)) => earlier[i as usize].take(),
                 Some(&Earlier::Execution(i)) => {
-                    refolded.push(i);
+                    slot = Some(i as usize);
                     let x = std::mem::replace(&mut executions[i as usize], Execution::vacant());
                     Some(x.into_parts())
                 }
@@ -1398,7 +1402,14 @@ impl Normalizer {
                 }
                 None => new,
             };
+            let held = executions.len();
             finish_part(merged, &mut executions, &mut touched, true);
+            match slot {
+                // built again in its own slot: the executions read from the state stay in order
+                Some(i) if executions.len() > held => drop(executions.swap_remove(i)),
+                Some(i) => refolded.push(i as u32),
+                None => {}
+            }
         }
         drop(events);
         // the fold tables are done with
@@ -1407,7 +1418,7 @@ impl Normalizer {
         for p in earlier.into_iter().flatten() {
             finish_part(p, &mut executions, &mut touched, false);
         }
-        // the slots of refolded executions, built again above
+        // the slots of refolded executions not built again above
         refolded.sort_unstable();
         for i in refolded.into_iter().rev() {
             executions.swap_remove(i as usize);
@@ -1466,11 +1477,48 @@ impl Facts {
     }
 }
 
-/// Put executions in time order (start, then id: ids are unique, so the order is total). A 16-byte
-/// key per execution is sorted and the executions are then moved once each into place, so that the
-/// sort moves keys rather than whole executions, compares ids only between equal starts, and holds
-/// no second copy of the executions.
-fn sort_by_start(executions: &mut [Execution]) {
+/// Whether `a` comes before `b` in time order (start, then id: ids are unique, so the order is
+/// total).
+fn starts_before(a: &Execution, b: &Execution) -> bool {
+    (a.started_ms, &a.execution_id) < (b.started_ms, &b.execution_id)
+}
+
+/// Put executions in time order. A run extending a state holds the state's executions in order,
+/// then the few the run added: those are sorted apart and merged in from the back, each execution
+/// moved at most once and in order.
+fn sort_by_start(executions: &mut Vec<Execution>) {
+    let in_order = executions
+        .windows(2)
+        .take_while(|w| !starts_before(&w[1], &w[0]))
+        .count()
+        + 1;
+    if in_order >= executions.len() {
+        return;
+    }
+    if in_order < executions.len() / 2 {
+        return sort_keyed(executions);
+    }
+    let mut added = executions.split_off(in_order);
+    sort_keyed(&mut added);
+    let mut from = executions.len();
+    executions.resize_with(from + added.len(), Execution::vacant);
+    // the slots between `from` and `to` are vacant: each step fills the last of them
+    let mut to = executions.len();
+    while let Some(next) = added.last() {
+        to -= 1;
+        if from > 0 && starts_before(next, &executions[from - 1]) {
+            from -= 1;
+            executions.swap(from, to);
+        } else if let Some(x) = added.pop() {
+            executions[to] = x;
+        }
+    }
+}
+
+/// Sort executions by time: a 16-byte key per execution is sorted and the executions are then moved
+/// once each into place, so that the sort moves keys rather than whole executions, compares ids only
+/// between equal starts, and holds no second copy of the executions.
+fn sort_keyed(executions: &mut [Execution]) {
     let mut keys: Vec<(i64, u32)> = executions
         .iter()
         .enumerate()
@@ -1908,5 +1956,27 @@ mod tests {
             .map(|x| (x.started_ms, x.execution_id.to_string()))
             .collect();
         assert_eq!(got, expected);
+        // executions in order followed by a few added ones, some of which go before all of them, some
+        // between, some after, some on equal starts: merged in, the order is the same
+        for added in [1usize, 7, 300, 999] {
+            let mut extended = executions.clone();
+            for k in 0..added {
+                let mut x = Execution::vacant();
+                x.started_ms = [-5, 0, 48, 96, 200][k % 5];
+                x.execution_id = Text::from(format!("added-{k:04}").as_str());
+                extended.push(x);
+            }
+            let mut expected: Vec<(i64, String)> = extended
+                .iter()
+                .map(|x| (x.started_ms, x.execution_id.to_string()))
+                .collect();
+            expected.sort();
+            sort_by_start(&mut extended);
+            let got: Vec<(i64, String)> = extended
+                .iter()
+                .map(|x| (x.started_ms, x.execution_id.to_string()))
+                .collect();
+            assert_eq!(got, expected, "{added} added");
+        }
     }
 }

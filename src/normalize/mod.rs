@@ -1934,7 +1934,7 @@ mod tests {
     fn sorting_by_start_orders_by_start_then_id_whatever_the_input_order() {
         // a fixed pseudo-random walk over starts with many ties, so that ids decide often
         let mut seed = 7u64;
-        let mut executions: Vec<Execution> = (0..2000)
+        let executions: Vec<Execution> = (0..2000)
             .map(|i| {
                 seed = seed
                     .wrapping_mul(6364136223846793005)
@@ -1945,17 +1945,20 @@ mod tests {
                 x
             })
             .collect();
-        let mut expected: Vec<(i64, String)> = executions
-            .iter()
-            .map(|x| (x.started_ms, x.execution_id.to_string()))
-            .collect();
-        expected.sort();
-        sort_by_start(&mut executions);
-        let got: Vec<(i64, String)> = executions
-            .iter()
-            .map(|x| (x.started_ms, x.execution_id.to_string()))
-            .collect();
-        assert_eq!(got, expected);
+        // sorted, then compared with the (start, id) pairs sorted as plain values
+        let check = |mut executions: Vec<Execution>, what: &str| -> Vec<Execution> {
+            let pairs = |xs: &[Execution]| -> Vec<(i64, String)> {
+                xs.iter()
+                    .map(|x| (x.started_ms, x.execution_id.to_string()))
+                    .collect()
+            };
+            let mut expected = pairs(&executions);
+            expected.sort();
+            sort_by_start(&mut executions);
+            assert_eq!(pairs(&executions), expected, "{what}");
+            executions
+        };
+        let executions = check(executions, "in no order");
         // executions in order followed by a few added ones, some of which go before all of them, some
         // between, some after, some on equal starts: merged in, the order is the same
         for added in [1usize, 7, 300, 999] {
@@ -1966,17 +1969,7 @@ mod tests {
                 x.execution_id = Text::from(format!("added-{k:04}").as_str());
                 extended.push(x);
             }
-            let mut expected: Vec<(i64, String)> = extended
-                .iter()
-                .map(|x| (x.started_ms, x.execution_id.to_string()))
-                .collect();
-            expected.sort();
-            sort_by_start(&mut extended);
-            let got: Vec<(i64, String)> = extended
-                .iter()
-                .map(|x| (x.started_ms, x.execution_id.to_string()))
-                .collect();
-            assert_eq!(got, expected, "{added} added");
+            check(extended, &format!("{added} added"));
         }
     }
 }

@@ -99,7 +99,28 @@ pub fn fmt_ms(ms: i64) -> String {
 pub type Month = i64;
 
 /// Month ordinal of a day number.
+///
+/// The KPI functions ask for the month of every execution they pass over, mostly in time order:
+/// the last month found is remembered with its first and last day, so that most answers are two
+/// comparisons instead of a calendar computation.
 pub fn month_of(day: i64) -> Month {
+    thread_local! {
+        /// The last month computed on this thread: (first day, last day, month); empty at first.
+        static LAST: std::cell::Cell<(i64, i64, Month)> = const { std::cell::Cell::new((1, 0, 0)) };
+    }
+    LAST.with(|last| {
+        let (first, end, month) = last.get();
+        if (first..=end).contains(&day) {
+            return month;
+        }
+        let month = month_of_date(day);
+        last.set((month_first_day(month), month_last_day(month), month));
+        month
+    })
+}
+
+/// Month ordinal of a day number, from the calendar.
+fn month_of_date(day: i64) -> Month {
     let d = date(day);
     i64::from(d.year()) * 12 + i64::from(d.month0())
 }
@@ -240,5 +261,18 @@ mod tests {
         assert_eq!(fmt_month(m - 2), "2023-12-01");
         assert_eq!(day_of(-1), -1);
         assert_eq!(fmt_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn the_remembered_month_answers_as_the_calendar_does() {
+        // forwards, backwards and jumping, across month and year ends and a leap day
+        let start = day_number(NaiveDate::from_ymd_opt(2023, 12, 1).unwrap());
+        let days: Vec<i64> = (start..start + 120)
+            .chain((start..start + 120).rev())
+            .chain([start + 90, start - 400, start + 59, start + 60, -1, 0, 1])
+            .collect();
+        for day in days {
+            assert_eq!(month_of(day), month_of_date(day), "day {day}");
+        }
     }
 }

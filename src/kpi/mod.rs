@@ -78,6 +78,8 @@ pub struct Model<'a> {
     /// What projects left out of the facts (dormant ones an incremental run did not unpack) add to
     /// the rows it can re-emit.
     pub dormant: Option<DormantFleet>,
+    /// The counted executions within `execution_scope`, found once for the streams that read them.
+    scoped: std::sync::OnceLock<Vec<&'a Execution>>,
 }
 
 /// Per cohort month: its projects, and per month those active and those active with more than one
@@ -304,6 +306,7 @@ impl<'a> Model<'a> {
             execution_scope: None,
             project_scope: None,
             dormant: None,
+            scoped: std::sync::OnceLock::new(),
         }
     }
 
@@ -314,13 +317,23 @@ impl<'a> Model<'a> {
         self.project_scope.as_ref().and_then(|s| s.exact_from)
     }
 
-    /// Counted executions within the execution scope, in time order.
+    /// Counted executions within the execution scope, in time order (set the scope before the
+    /// first call: the executions in it are found once).
     pub fn scoped_executions(&self) -> impl Iterator<Item = &&'a Execution> {
-        self.counted.iter().filter(|x| {
-            self.execution_scope
-                .as_ref()
-                .is_none_or(|s| s.contains(&x.execution_id))
-        })
+        let scoped = match &self.execution_scope {
+            None => None,
+            Some(scope) => Some(self.scoped.get_or_init(|| {
+                self.counted
+                    .iter()
+                    .filter(|x| scope.contains(&x.execution_id))
+                    .copied()
+                    .collect()
+            })),
+        };
+        match scoped {
+            Some(scoped) => scoped.iter(),
+            None => self.counted.iter(),
+        }
     }
 }
 

@@ -101,21 +101,35 @@ pub fn plugin_usage<'m>(model: &'m Model) -> RecordIter<'m> {
 }
 
 fn plugin_usage_rows(model: &Model) -> Vec<Value> {
-    let mut usage: BTreeMap<(Month, &str), (u64, BTreeSet<&str>)> = BTreeMap::new();
+    // (month, category) -> (executions, projects)
+    let mut usage: BTreeMap<(Month, &str), (u64, u64)> = BTreeMap::new();
     // an incremental run re-emits the months from the scope's first day on
     let from_ms = model
         .project_scope
         .as_ref()
         .and_then(ProjectScope::fleet_from)
         .map_or(i64::MIN, |d| d * super::calendar::DAY_MS);
-    let first = model.counted.partition_point(|x| x.started_ms < from_ms);
-    for x in &model.counted[first..] {
-        let m = month_of(day_of(x.started_ms));
-        let categories: BTreeSet<&str> = x.plugins.iter().map(|p| p.plugin_category()).collect();
-        for c in categories {
-            let e = usage.entry((m, c)).or_default();
-            e.0 += 1;
-            e.1.insert(&x.project_id);
+    // project by project (each is a different project), so that a project is counted once per
+    // month and category by remembering only its own
+    let mut categories: Vec<&str> = Vec::new();
+    let mut counted: Vec<(Month, &str)> = Vec::new();
+    for pa in &model.projects {
+        counted.clear();
+        let first = pa.executions.partition_point(|x| x.started_ms < from_ms);
+        for x in &pa.executions[first..] {
+            let m = month_of(day_of(x.started_ms));
+            categories.clear();
+            categories.extend(x.plugins.iter().map(|p| p.plugin_category()));
+            categories.sort_unstable();
+            categories.dedup();
+            for &c in &categories {
+                let e = usage.entry((m, c)).or_default();
+                e.0 += 1;
+                if !counted.contains(&(m, c)) {
+                    counted.push((m, c));
+                    e.1 += 1;
+                }
+            }
         }
     }
     usage
@@ -125,7 +139,7 @@ fn plugin_usage_rows(model: &Model) -> Vec<Value> {
                 "month": fmt_month(m),
                 "plugin_category": c,
                 "executions": executions,
-                "projects": projects.len(),
+                "projects": projects,
             })
         })
         .collect()

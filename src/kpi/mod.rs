@@ -320,16 +320,15 @@ impl<'a> Model<'a> {
     /// Counted executions within the execution scope, in time order (set the scope before the
     /// first call: the executions in it are found once).
     pub fn scoped_executions(&self) -> impl Iterator<Item = &&'a Execution> {
-        let scoped = match &self.execution_scope {
-            None => None,
-            Some(scope) => Some(self.scoped.get_or_init(|| {
+        let scoped = self.execution_scope.as_ref().map(|scope| {
+            self.scoped.get_or_init(|| {
                 self.counted
                     .iter()
                     .filter(|x| scope.contains(&x.execution_id))
                     .copied()
                     .collect()
-            })),
-        };
+            })
+        });
         match scoped {
             Some(scoped) => scoped.iter(),
             None => self.counted.iter(),

@@ -1075,7 +1075,10 @@ impl<'de> serde::de::Visitor<'de> for LedgerInto<'_> {
         carry.structured = seq.next_element()?.ok_or_else(missing)?;
         carry.event_ids = seq.next_element()?.ok_or_else(missing)?;
         carry.newest_event_ms = seq.next_element()?.ok_or_else(missing)?;
-        seq.next_element()?.ok_or_else(missing)
+        // the project list is written in key order: read as the pairs it is made of (the same
+        // bytes) and built in one pass, rather than inserted one id at a time
+        let projects: Vec<(String, (String, i64))> = seq.next_element()?.ok_or_else(missing)?;
+        Ok(projects.into_iter().collect())
     }
 }
 

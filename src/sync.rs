@@ -313,6 +313,48 @@ fn firsts_of<'k>(
     }))
 }
 
+/// The project list of the next state: the projects of this run's facts (sorted by id), and the
+/// dormant projects left packed as the earlier list knows them (those win should an id be in both).
+/// Both sides are walked in id order and the map is built from sorted pairs in one pass, rather
+/// than by a lookup and an insert per packed project.
+fn project_list(
+    projects: &[crate::normalize::Project],
+    mut left_packed: Vec<String>,
+    previous: &BTreeMap<String, (String, i64)>,
+) -> BTreeMap<String, (String, i64)> {
+    left_packed.sort_unstable();
+    let mut earlier = previous.iter().peekable();
+    let mut packed = Vec::with_capacity(left_packed.len());
+    for id in left_packed {
+        while earlier.next_if(|(k, _)| **k < id).is_some() {}
+        if let Some((_, p)) = earlier.peek().filter(|(k, _)| **k == id) {
+            packed.push((id, (*p).clone()));
+        }
+    }
+    let mut live = projects
+        .iter()
+        .map(|p| (p.project_id.clone(), (p.source.clone(), p.first_event_ms)))
+        .peekable();
+    let mut packed = packed.into_iter().peekable();
+    let mut list = Vec::with_capacity(projects.len() + packed.len());
+    loop {
+        let next = match (live.peek(), packed.peek()) {
+            (Some(a), Some(b)) if a.0 < b.0 => live.next(),
+            (Some(a), Some(b)) if a.0 == b.0 => {
+                live.next();
+                packed.next()
+            }
+            (Some(_), None) => live.next(),
+            _ => packed.next(),
+        };
+        match next {
+            Some(pair) => list.push(pair),
+            None => break,
+        }
+    }
+    list.into_iter().collect()
+}
+
 /// Dormant projects an incremental run left packed: what they add to the fleet's rows, and their
 /// ids (the next state keeps them).
 #[derive(Default)]
@@ -698,16 +740,8 @@ pub fn run<W: Write>(
                 started.elapsed().as_secs_f64(),
                 rss()
             );
-            let mut known: BTreeMap<String, (String, i64)> = projects
-                .iter()
-                .map(|p| (p.project_id.clone(), (p.source.clone(), p.first_event_ms)))
-                .collect();
             // the dormant projects left packed are still known as they were
-            for id in left_packed {
-                if let Some(p) = previous_projects.get(&id) {
-                    known.insert(id, p.clone());
-                }
-            }
+            let known = project_list(projects, left_packed, previous_projects);
             let next = TapState {
                 as_of: Some(as_of_day),
                 projects: known,
@@ -1117,4 +1151,46 @@ fn rss() -> String {
             .map_or(String::new(), |v| v.trim().to_string())
     };
     format!("rss {}, peak {}", field("VmRSS:"), field("VmHWM:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_project_list_is_the_live_projects_and_the_packed_ones_as_known_before() {
+        let project = |id: &str, source: &str, first: i64| crate::normalize::Project {
+            project_id: id.to_string(),
+            source: source.to_string(),
+            first_event_ms: first,
+            last_event_ms: first,
+            is_ci_only: false,
+            opted_out_ms: None,
+            ip_hash_count: 0,
+        };
+        let live = [project("b", "explicit", 2), project("d", "random", 4)];
+        let previous: BTreeMap<String, (String, i64)> = [
+            ("a", "derived", 1),
+            ("b", "derived", 1),
+            ("c", "explicit", 3),
+            ("e", "random", 5),
+        ]
+        .into_iter()
+        .map(|(id, source, first)| (id.to_string(), (source.to_string(), first)))
+        .collect();
+        // out of order, one the earlier list does not know, one that is also live
+        let packed = ["e", "a", "z", "b"].map(String::from).to_vec();
+        // what inserting one at a time gives
+        let mut expected: BTreeMap<String, (String, i64)> = live
+            .iter()
+            .map(|p| (p.project_id.clone(), (p.source.clone(), p.first_event_ms)))
+            .collect();
+        for id in &packed {
+            if let Some(p) = previous.get(id) {
+                expected.insert(id.clone(), p.clone());
+            }
+        }
+        assert_eq!(project_list(&live, packed, &previous), expected);
+        assert_eq!(project_list(&live, Vec::new(), &previous).len(), live.len());
+    }
 }

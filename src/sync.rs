@@ -303,14 +303,23 @@ fn firsts_of<'k>(
                 .map(|e| known.get(&e.project_id).map(|(_, first)| *first)),
         );
     }
+    let ids = entries.iter().map(|e| e.project_id.as_str());
+    Box::new(known_in_order(ids, known).map(|p| p.map(|(_, first)| *first)))
+}
+
+/// What the project list knows of each of `ids`, given in ascending order: by one walk over both.
+fn known_in_order<'i, 'k>(
+    ids: impl Iterator<Item = &'i str> + 'k,
+    known: &'k BTreeMap<String, (String, i64)>,
+) -> impl Iterator<Item = Option<&'k (String, i64)>> + 'k {
     let mut known = known.iter().peekable();
-    Box::new(entries.iter().map(move |e| {
-        while known.next_if(|(k, _)| **k < e.project_id).is_some() {}
+    ids.map(move |id| {
+        while known.next_if(|(k, _)| k.as_str() < id).is_some() {}
         known
             .peek()
-            .filter(|(k, _)| **k == e.project_id)
-            .map(|(_, (_, first))| *first)
-    }))
+            .filter(|(k, _)| k.as_str() == id)
+            .map(|(_, p)| *p)
+    })
 }
 
 /// The project list of the next state: the projects of this run's facts (sorted by id), and the
@@ -323,14 +332,15 @@ fn project_list(
     previous: &BTreeMap<String, (String, i64)>,
 ) -> BTreeMap<String, (String, i64)> {
     left_packed.sort_unstable();
-    let mut earlier = previous.iter().peekable();
-    let mut packed = Vec::with_capacity(left_packed.len());
-    for id in left_packed {
-        while earlier.next_if(|(k, _)| **k < id).is_some() {}
-        if let Some((_, p)) = earlier.peek().filter(|(k, _)| **k == id) {
-            packed.push((id, (*p).clone()));
-        }
-    }
+    let found: Vec<Option<(String, i64)>> =
+        known_in_order(left_packed.iter().map(String::as_str), previous)
+            .map(|p| p.cloned())
+            .collect();
+    let packed: Vec<(String, (String, i64))> = left_packed
+        .into_iter()
+        .zip(found)
+        .filter_map(|(id, p)| Some((id, p?)))
+        .collect();
     let mut live = projects
         .iter()
         .map(|p| (p.project_id.clone(), (p.source.clone(), p.first_event_ms)))
@@ -867,7 +877,9 @@ pub fn run<W: Write>(
             );
             c
         });
-        model.execution_scope = changes.as_ref().map(|c| c.executions.clone());
+        if let Some(c) = &changes {
+            model.limit_executions(&c.executions);
+        }
         model.project_scope = changes.as_ref().map(|c| c.scope.clone());
         tracing::info!(
             "read {} events in {:.2}s: {} executions, {} projects, as_of {}",

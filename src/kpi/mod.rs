@@ -70,16 +70,16 @@ pub struct Model<'a> {
     pub projects: Vec<ProjectActivity<'a>>,
     /// First day of the day series (earliest first event of those projects).
     pub first_day: Option<i64>,
-    /// When set, the per-execution streams yield only these executions (an incremental run re-emits
-    /// only what new events touched, and need not build the rest).
-    pub execution_scope: Option<FastSet<crate::normalize::Text>>,
+
     /// When set, the per-project streams build only the rows this scope keeps.
     pub project_scope: Option<ProjectScope>,
     /// What projects left out of the facts (dormant ones an incremental run did not unpack) add to
     /// the rows it can re-emit.
     pub dormant: Option<DormantFleet>,
-    /// The counted executions within `execution_scope`, found once for the streams that read them.
-    scoped: std::sync::OnceLock<Vec<&'a Execution>>,
+    /// When set ([`Model::limit_executions`]), the per-execution streams yield only these counted
+    /// executions (an incremental run re-emits only what new events touched, and need not build the
+    /// rest).
+    scoped: Option<Vec<&'a Execution>>,
 }
 
 /// Per cohort month: its projects, and per month those active and those active with more than one
@@ -303,10 +303,9 @@ impl<'a> Model<'a> {
             counted,
             projects,
             first_day,
-            execution_scope: None,
             project_scope: None,
             dormant: None,
-            scoped: std::sync::OnceLock::new(),
+            scoped: None,
         }
     }
 
@@ -317,19 +316,18 @@ impl<'a> Model<'a> {
         self.project_scope.as_ref().and_then(|s| s.exact_from)
     }
 
-    /// Counted executions within the execution scope, in time order (set the scope before the
-    /// first call: the executions in it are found once).
+    /// Limit the per-execution streams to the counted executions whose ids are in `scope`.
+    pub fn limit_executions(&mut self, scope: &FastSet<crate::normalize::Text>) {
+        let scoped = self
+            .counted
+            .iter()
+            .filter(|x| scope.contains(&x.execution_id));
+        self.scoped = Some(scoped.copied().collect());
+    }
+
+    /// Counted executions within the limit set by [`Model::limit_executions`], in time order.
     pub fn scoped_executions(&self) -> impl Iterator<Item = &&'a Execution> {
-        let scoped = self.execution_scope.as_ref().map(|scope| {
-            self.scoped.get_or_init(|| {
-                self.counted
-                    .iter()
-                    .filter(|x| scope.contains(&x.execution_id))
-                    .copied()
-                    .collect()
-            })
-        });
-        match scoped {
+        match &self.scoped {
             Some(scoped) => scoped.iter(),
             None => self.counted.iter(),
         }

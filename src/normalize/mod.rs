@@ -1459,8 +1459,7 @@ pub fn normalize(events: Vec<Event>) -> Normalized {
 impl Facts {
     /// Facts from already-built executions (no opt-outs, no structured events): for tests and tools.
     pub fn from_executions(mut executions: Vec<Execution>) -> Facts {
-        executions
-            .sort_by(|a, b| (a.started_ms, &a.execution_id).cmp(&(b.started_ms, &b.execution_id)));
+        sort_by_start(&mut executions);
         let (projects, project_of) = build_projects(
             &executions,
             &BTreeMap::new(),
@@ -1619,18 +1618,16 @@ fn build_projects(
         }
     }
     // the projects are listed by id: each one's place in that order
-    let mut order: Vec<u32> = (0..accs.len() as u32).collect();
-    order.sort_unstable_by(|&a, &b| accs[a as usize].id.cmp(accs[b as usize].id));
+    let mut accs: Vec<(usize, Acc)> = accs.into_iter().enumerate().collect();
+    accs.sort_unstable_by(|a, b| a.1.id.cmp(b.1.id));
     let mut place = vec![0u32; accs.len()];
-    for (at, &i) in order.iter().enumerate() {
-        place[i as usize] = at as u32;
+    for (at, (i, _)) in accs.iter().enumerate() {
+        place[*i] = at as u32;
     }
     let project_of = acc_of.into_iter().map(|i| place[i as usize]).collect();
-    let mut accs: Vec<Option<Acc>> = accs.into_iter().map(Some).collect();
-    let projects = order
+    let projects = accs
         .into_iter()
-        .filter_map(|i| accs[i as usize].take())
-        .map(|mut a| {
+        .map(|(_, mut a)| {
             a.ips.sort_unstable();
             a.ips.dedup();
             let id = a.id;

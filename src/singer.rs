@@ -38,7 +38,7 @@ impl<W: Write> SingerWriter<W> {
         self.out.write_all(b"\n")
     }
 
-    /// RECORD messages formatted by [`record_line`] (on a worker), `count` of them.
+    /// RECORD messages formatted by [`RecordEnvelope::line`] (on a worker), `count` of them.
     pub fn record_lines(&mut self, stream: &str, lines: &[u8], count: u64) -> io::Result<()> {
         self.out.write_all(lines)?;
         *self.counts.entry(stream.to_string()).or_default() += count;
@@ -121,24 +121,35 @@ pub enum Record {
     Json(String),
 }
 
-/// Format one RECORD message line, so that records can be formatted apart from where they are
-/// written.
-pub fn record_line(
-    out: &mut impl Write,
-    stream: &str,
-    record: &Record,
-    time_extracted: &str,
-) -> io::Result<()> {
-    out.write_all(br#"{"type":"RECORD","stream":"#)?;
-    serde_json::to_writer(&mut *out, stream)?;
-    out.write_all(br#","record":"#)?;
-    match record {
-        Record::Value(value) => serde_json::to_writer(&mut *out, value)?,
-        Record::Json(text) => out.write_all(text.as_bytes())?,
+/// What surrounds every RECORD message of one stream, written out once: a stream of many records
+/// escapes its name and `time_extracted` once, not once per record.
+pub struct RecordEnvelope {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl RecordEnvelope {
+    pub fn new(stream: &str, time_extracted: &str) -> io::Result<RecordEnvelope> {
+        let mut head = br#"{"type":"RECORD","stream":"#.to_vec();
+        serde_json::to_writer(&mut head, stream)?;
+        head.extend_from_slice(br#","record":"#);
+        let mut tail = br#","time_extracted":"#.to_vec();
+        serde_json::to_writer(&mut tail, time_extracted)?;
+        tail.extend_from_slice(b"}\n");
+        Ok(RecordEnvelope { head, tail })
     }
-    out.write_all(br#","time_extracted":"#)?;
-    serde_json::to_writer(&mut *out, time_extracted)?;
-    out.write_all(b"}\n")
+
+    /// Format one RECORD message line, so that records can be formatted apart from where they are
+    /// written.
+    pub fn line(&self, out: &mut Vec<u8>, record: &Record) -> io::Result<()> {
+        out.extend_from_slice(&self.head);
+        match record {
+            Record::Value(value) => serde_json::to_writer(&mut *out, value)?,
+            Record::Json(text) => out.extend_from_slice(text.as_bytes()),
+        }
+        out.extend_from_slice(&self.tail);
+        Ok(())
+    }
 }
 
 /// RECORD lines formatted on another thread, with how many records they hold.
@@ -206,9 +217,16 @@ fn format_stream(
         lines: Vec::with_capacity(CHUNK_BYTES),
         count: 0,
     };
+    let envelope = match RecordEnvelope::new(stream, time_extracted) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return;
+        }
+    };
     let mut chunk = fresh();
     for record in records {
-        if let Err(e) = record_line(&mut chunk.lines, stream, &record, time_extracted) {
+        if let Err(e) = envelope.line(&mut chunk.lines, &record) {
             let _ = tx.send(Err(e));
             return;
         }

@@ -403,7 +403,7 @@ enum EventSink<'s> {
 
 impl EventSink<'_> {
     /// Events held at most while the state is decoded.
-    const HOLD: usize = 8192;
+    const HOLD: usize = 1 << 16;
 
     fn push(&mut self, e: crate::event::Event) {
         match self {

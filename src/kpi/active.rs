@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::calendar::DAY_MS;
 use super::calendar::{
     Month, day_of, fmt_day, fmt_month, is_complete, month_first_day, month_last_day, month_of,
+    push_day,
 };
 use super::{
     ACTIVE_WINDOW_DAYS, JsonIter, Model, ProjectActivity, RecordIter, ratio, usage,
@@ -91,7 +92,7 @@ impl ActiveDay<'_> {
         };
         let mut out = String::with_capacity(384);
         out.push_str(r#"{"date":""#);
-        out.push_str(&fmt_day(self.date));
+        push_day(&mut out, self.date);
         for (key, value) in [
             (
                 r#"","eom_active_unchanged":"#,
@@ -117,10 +118,21 @@ impl ActiveDay<'_> {
             out.push_str(value);
         }
         out.push_str(r#","project_id":"#);
-        // a project id is input text: escaped as JSON requires
-        out.push_str(&serde_json::to_string(self.project_id).unwrap_or_default());
+        push_json_str(&mut out, self.project_id);
         out.push('}');
         out
+    }
+}
+
+/// Append `text` as a JSON string. A project id is input text, escaped as JSON requires; most need
+/// no escaping and are copied as they are.
+fn push_json_str(out: &mut String, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(text).unwrap_or_default());
     }
 }
 

@@ -422,8 +422,13 @@ fn daily_rows_as_text_are_the_rows_as_values_written() {
         X::new("r", "r1", -20, "run", 2).build(),
         X::new("r", "r2", 31, "run", 2).build(),
         // an id that JSON must escape
-        X::new("q\"\\é", "q0", 0, "init", 0).build(),
-        X::new("q\"\\é", "q1", 10, "elt", 1).build(),
+        X::new("q\"\\é\u{1}", "q0", 0, "init", 0).build(),
+        X::new("q\"\\é\u{1}", "q1", 10, "elt", 1).build(),
+        // ids with one character to escape each
+        X::new("b\\", "b0", 0, "init", 0).build(),
+        X::new("b\\", "b1", 10, "elt", 1).build(),
+        X::new("c\u{1f}", "c0", 0, "init", 0).build(),
+        X::new("c\u{1f}", "c1", 10, "elt", 1).build(),
     ]);
     let mut m = Model::new(&f, Some(d0() + 50));
     let written = |m: &Model| -> (Vec<String>, Vec<String>) {
@@ -440,7 +445,7 @@ fn daily_rows_as_text_are_the_rows_as_values_written() {
     assert_eq!(values, text);
     // within an incremental run's scope: the same rows both ways, fewer of them
     m.project_scope = Some(super::ProjectScope {
-        touched: ["q\"\\é".to_string()].into_iter().collect(),
+        touched: ["q\"\\é\u{1}".to_string()].into_iter().collect(),
         rewritten: Default::default(),
         from: d0() + 31,
         previous_as_of: d0() + 45,

@@ -22,28 +22,40 @@ pub fn day_number(d: NaiveDate) -> i64 {
 
 /// `YYYY-MM-DD` of a day number.
 pub fn fmt_day(day: i64) -> String {
+    let mut out = String::with_capacity(10);
+    push_day(&mut out, day);
+    out
+}
+
+/// Append `YYYY-MM-DD` of a day number to `out`: a row of text takes its date without a string of
+/// its own.
+pub fn push_day(out: &mut String, day: i64) {
     let d = date(day);
     match u32::try_from(d.year()) {
         // written digit by digit: records carry millions of dates, and the formatting machinery
         // costs ten times the arithmetic
         Ok(year) if year <= 9999 => {
-            let digit = |n: u32| b'0' + (n % 10) as u8;
+            let digit = |n: u32| char::from(b'0' + (n % 10) as u8);
             let (month, day) = (d.month(), d.day());
-            let text = [
+            for c in [
                 digit(year / 1000),
                 digit(year / 100),
                 digit(year / 10),
                 digit(year),
-                b'-',
+                '-',
                 digit(month / 10),
                 digit(month),
-                b'-',
+                '-',
                 digit(day / 10),
                 digit(day),
-            ];
-            text.iter().map(|&b| char::from(b)).collect()
+            ] {
+                out.push(c);
+            }
         }
-        _ => d.format("%Y-%m-%d").to_string(),
+        _ => {
+            use std::fmt::Write;
+            let _ = write!(out, "{}", d.format("%Y-%m-%d"));
+        }
     }
 }
 

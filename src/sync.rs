@@ -17,8 +17,8 @@ use crate::health::alarm;
 use crate::kpi::DormantFleet;
 use crate::kpi::calendar::DAY_MS;
 use crate::kpi::{self, calendar};
-use crate::normalize::Carry;
 use crate::normalize::{self, NormalizeStats};
+use crate::normalize::{Carry, Text};
 use crate::read::{self, Mark, Resume};
 use crate::singer::{self, Record, SingerWriter};
 use crate::source::{self, Input, SourceError};
@@ -164,7 +164,7 @@ struct DormantCandidates {
 impl DormantCandidates {
     fn of(
         dormant: &Dormant,
-        earlier: &crate::normalize::FastSet<&str>,
+        earlier: &crate::normalize::FastSet<Text>,
         known: &BTreeMap<String, (String, i64)>,
     ) -> Self {
         let mut candidates = DormantCandidates::default();
@@ -214,10 +214,21 @@ impl Resumed {
             .carry
             .newest_event_ms
             .map(|n| normalize::late_before_day(n, late_days) * DAY_MS);
-        let normalizer =
-            normalize::Normalizer::resume(e.carry, late_before).with_late_event_days(late_days);
-        let dormant_candidates = dormant.as_ref().map_or_else(Default::default, |d| {
-            DormantCandidates::of(d, &normalizer.earlier_projects(), &e.projects)
+        // the dormant candidates are worked out on another core while the state's executions are
+        // put in time order and indexed
+        let earlier = dormant.as_ref().map(|_| e.carry.projects());
+        let (normalizer, dormant_candidates) = std::thread::scope(|scope| {
+            let candidates = dormant.as_ref().zip(earlier.as_ref()).map(|(d, earlier)| {
+                let known = &e.projects;
+                scope.spawn(move || DormantCandidates::of(d, earlier, known))
+            });
+            let normalizer =
+                normalize::Normalizer::resume(e.carry, late_before).with_late_event_days(late_days);
+            let candidates = candidates.map(|c| {
+                c.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            });
+            (normalizer, candidates.unwrap_or_default())
         });
         Ok(Resumed {
             // the history's executions are read with the rest; its text may be written again

@@ -327,6 +327,29 @@ impl Carry {
         self.tables.absorb(other.tables);
         self.texts.absorb(other.texts);
     }
+
+    /// The projects of its executions and parts. A project's rows are read one after the other and
+    /// share its id's one copy, so an id at the same address as the last one is not hashed again
+    /// (worked out before the executions are put in time order, which scatters them).
+    pub fn projects(&self) -> FastSet<Text> {
+        let mut projects = FastSet::default();
+        let mut last: Option<&Text> = None;
+        for id in self
+            .parts
+            .iter()
+            .filter_map(|p| p.variant.project_id.as_ref())
+            .chain(self.executions.iter().map(|x| &x.project_id))
+        {
+            if last.is_some_and(|l| Arc::ptr_eq(l, id)) {
+                continue;
+            }
+            last = Some(id);
+            if !projects.contains(id) {
+                projects.insert(id.clone());
+            }
+        }
+        projects
+    }
 }
 
 /// What the events read in this run changed (the sets are left empty in a run that extends no earlier
@@ -986,26 +1009,6 @@ impl Normalizer {
     /// resumed run.
     pub fn named_projects(&self) -> &FastSet<Text> {
         &self.named
-    }
-
-    /// The projects of the executions (and parts) read from the state.
-    pub fn earlier_projects(&self) -> FastSet<&str> {
-        let parts = self.earlier_parts.iter().flatten();
-        let mut projects = FastSet::default();
-        // a project's executions are read one after the other and share its id's one copy: an id at
-        // the same address as the last one is not hashed again
-        let mut last: Option<&str> = None;
-        for id in parts
-            .filter_map(|p| p.variant.project_id.as_deref())
-            .chain(self.earlier_executions.iter().map(|x| &*x.project_id))
-        {
-            if last.is_some_and(|l| std::ptr::eq(l, id)) {
-                continue;
-            }
-            last = Some(id);
-            projects.insert(id);
-        }
-        projects
     }
 
     /// Take in executions read from the state after it was resumed (a dormant project's history):
@@ -1773,6 +1776,34 @@ mod tests {
         assert_eq!(b.command_line.command.as_deref(), Some("elt"));
         assert!(Arc::ptr_eq(&b.command_line, &c.command_line));
         assert!(!Arc::ptr_eq(&a.command_line, &b.command_line));
+    }
+
+    #[test]
+    fn a_carry_knows_its_projects_whatever_the_addresses_of_their_ids() {
+        let t0 = 1_600_000_000_000;
+        let out = normalize(vec![ev(Some("e1"), "a", exit(0), t0, t0)]);
+        let x = out.facts.executions[0].clone();
+        let with_project = |id: &Text| {
+            let mut y = x.clone();
+            y.project_id = id.clone();
+            y
+        };
+        let (p, q, other_q) = (Text::from("p"), Text::from("q"), Text::from("q"));
+        // runs of one copy, a copy seen again after another, and an equal id in a copy of its own
+        let executions = [&p, &p, &q, &p, &other_q].map(with_project).to_vec();
+        let mut part = x.clone().into_parts();
+        part.variant.project_id = Some(Text::from("r"));
+        let mut orphan = x.clone().into_parts();
+        orphan.variant.project_id = None;
+        let carry = Carry {
+            executions,
+            parts: vec![part, orphan],
+            ..Carry::default()
+        };
+        let known = carry.projects();
+        let mut projects: Vec<&str> = known.iter().map(|t| &**t).collect();
+        projects.sort_unstable();
+        assert_eq!(projects, ["p", "q", "r"]);
     }
 
     #[test]

@@ -160,8 +160,13 @@ pub struct Chunk {
 
 /// Formatted lines are handed over in pieces of about this size.
 const CHUNK_BYTES: usize = 1 << 16;
-/// Pieces a stream formats ahead of the writer: what waits in memory is bounded per stream.
-const CHUNKS_AHEAD: usize = 4;
+/// Pieces a stream formats ahead of the writer by default: what waits in memory is bounded per
+/// stream.
+pub const CHUNKS_AHEAD: usize = 4;
+/// Pieces a stream formats ahead of the writer in a run with little new input (8 MiB per stream):
+/// with only a few pieces ahead, the worker on a later stream soon waits for the writer, and the
+/// streams are made one after the other.
+pub const CHUNKS_AHEAD_SHORT_RUN: usize = 128;
 
 /// Format the records of every stream in `streams` on `workers` threads of `scope`, handing each
 /// stream's RECORD lines over in order, in bounded pieces, through its own receiver (returned in the
@@ -172,6 +177,7 @@ const CHUNKS_AHEAD: usize = 4;
 pub fn format_streams<'scope, F, I>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     workers: usize,
+    ahead: usize,
     time_extracted: &str,
     streams: Vec<(&'static str, F)>,
 ) -> Vec<std::sync::mpsc::Receiver<io::Result<Chunk>>>
@@ -182,7 +188,7 @@ where
     let mut receivers = Vec::with_capacity(streams.len());
     let mut jobs = Vec::with_capacity(streams.len());
     for (stream, records) in streams {
-        let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
+        let (tx, rx) = std::sync::mpsc::sync_channel(ahead);
         receivers.push(rx);
         jobs.push((stream, records, tx));
     }
@@ -250,7 +256,7 @@ mod tests {
     use super::*;
 
     /// Every stream's lines, read in stream order as the writer reads them.
-    fn formatted(workers: usize, streams: u64, n: u64) -> Vec<(u64, String)> {
+    fn formatted(workers: usize, ahead: usize, streams: u64, n: u64) -> Vec<(u64, String)> {
         std::thread::scope(|scope| {
             let jobs = (0..streams)
                 .map(|s| {
@@ -268,7 +274,7 @@ mod tests {
                 })
                 .collect();
             let mut out = Vec::new();
-            for rx in format_streams(scope, workers, "T", jobs) {
+            for rx in format_streams(scope, workers, ahead, "T", jobs) {
                 let (mut lines, mut count) = (Vec::new(), 0);
                 for chunk in rx {
                     let chunk = chunk.expect("formatted");
@@ -285,8 +291,13 @@ mod tests {
     fn streams_formatted_on_threads_arrive_whole_and_in_order() {
         let n = 20_000;
         // fewer workers than streams, each stream many pieces: the writer never waits forever
-        for workers in [1, 2, 8] {
-            let streams = formatted(workers, 5, n);
+        for (workers, ahead) in [
+            (1, CHUNKS_AHEAD),
+            (2, CHUNKS_AHEAD),
+            (8, CHUNKS_AHEAD),
+            (2, CHUNKS_AHEAD_SHORT_RUN),
+        ] {
+            let streams = formatted(workers, ahead, 5, n);
             assert_eq!(streams.len(), 5);
             for (s, (count, text)) in streams.iter().enumerate() {
                 assert_eq!(*count, n);
@@ -315,7 +326,13 @@ mod tests {
                     Record::Value(json!({"i": i}))
                 })
             };
-            drop(format_streams(scope, 2, "T", vec![("s", records)]));
+            drop(format_streams(
+                scope,
+                2,
+                CHUNKS_AHEAD,
+                "T",
+                vec![("s", records)],
+            ));
         });
         // the worker ended (the scope returned) after at most a few pieces
         assert!(made.load(std::sync::atomic::Ordering::Relaxed) < 1_000_000);

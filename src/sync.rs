@@ -1001,6 +1001,13 @@ pub fn run<W: Write>(
             Ok(join_state(next_state))
         };
         let workers = cores();
+        // a short run's streams are made further ahead of the writer, so that both cores keep making
+        // records while the largest stream is written
+        let ahead = if short_run {
+            singer::CHUNKS_AHEAD_SHORT_RUN
+        } else {
+            singer::CHUNKS_AHEAD
+        };
         // the streams' own threads end here, before the model they read is handed out
         std::thread::scope(|streams| -> Result<(), SyncError> {
             if health_done.get().is_none() {
@@ -1024,7 +1031,7 @@ pub fn run<W: Write>(
                 });
             }
             let formatted =
-                singer::format_streams(streams, workers, writer.time_extracted(), makers);
+                singer::format_streams(streams, workers, ahead, writer.time_extracted(), makers);
             let lanes = selected
                 .into_iter()
                 .zip(formatted)

@@ -916,9 +916,17 @@ impl Normalizer {
     /// A normaliser that extends what earlier runs carried; events before `late_before_ms` are too
     /// late to apply and are set aside as `late_event`.
     pub fn resume(mut carry: Carry, late_before_ms: Option<i64>) -> Self {
-        // in time order from here on (before their index is made), so that the run's executions are
-        // put in order by merging rather than sorting
-        sort_by_start(&mut carry.executions);
+        // in time order from here on, so that the run's executions are put in order by merging
+        // rather than sorting; indexed at the places they are moved to, but before they move, while
+        // they (and their ids) are still in the order they were read and allocated
+        let sorted = carry.executions.is_sorted_by(|a, b| !starts_before(b, a));
+        let order = (!sorted).then(|| time_order(&carry.executions));
+        let mut place: Vec<u32> = (0..carry.executions.len() as u32).collect();
+        if let Some(order) = &order {
+            for (at, &(_, from)) in order.iter().enumerate() {
+                place[from as usize] = at as u32;
+            }
+        }
         let mut n = Self::new();
         n.earlier_ids = carry
             .event_ids
@@ -937,9 +945,12 @@ impl Normalizer {
             parts
                 .map(|(i, p)| (p.execution_id.clone(), Earlier::Part(i as u32)))
                 .chain(
-                    executions.map(|(i, x)| (x.execution_id.clone(), Earlier::Execution(i as u32))),
+                    executions.map(|(i, x)| (x.execution_id.clone(), Earlier::Execution(place[i]))),
                 ),
         );
+        if let Some(order) = &order {
+            apply_order(&mut carry.executions, order);
+        }
         n.earlier_parts = carry.parts.into_iter().map(Some).collect();
         n.earlier_executions = carry.executions;
         n.tables = carry.tables;
@@ -1521,28 +1532,40 @@ fn sort_by_start(executions: &mut Vec<Execution>) {
 /// once each into place, so that the sort moves keys rather than whole executions, compares ids only
 /// between equal starts, and holds no second copy of the executions.
 fn sort_keyed(executions: &mut [Execution]) {
-    let mut keys: Vec<(i64, u32)> = executions
+    let order = time_order(executions);
+    apply_order(executions, &order);
+}
+
+/// Where each execution goes to put them in time order: the `i`th in time order is the one at
+/// `order[i].1` now.
+fn time_order(executions: &[Execution]) -> Vec<(i64, u32)> {
+    let mut order: Vec<(i64, u32)> = executions
         .iter()
         .enumerate()
         .map(|(i, x)| (x.started_ms, i as u32))
         .collect();
-    keys.sort_unstable_by(|a, b| {
+    order.sort_unstable_by(|a, b| {
         a.0.cmp(&b.0).then_with(|| {
             executions[a.1 as usize]
                 .execution_id
                 .cmp(&executions[b.1 as usize].execution_id)
         })
     });
-    // position i takes the execution at keys[i].1: follow each cycle of that permutation
-    let mut placed = vec![false; keys.len()];
-    for start in 0..keys.len() {
+    order
+}
+
+/// Move the executions into the order [`time_order`] found.
+fn apply_order(executions: &mut [Execution], order: &[(i64, u32)]) {
+    // position i takes the execution at order[i].1: follow each cycle of that permutation
+    let mut placed = vec![false; order.len()];
+    for start in 0..order.len() {
         if placed[start] {
             continue;
         }
         let mut at = start;
         loop {
             placed[at] = true;
-            let from = keys[at].1 as usize;
+            let from = order[at].1 as usize;
             if from == start {
                 break;
             }
@@ -1804,6 +1827,48 @@ mod tests {
         let mut projects: Vec<&str> = known.iter().map(|t| &**t).collect();
         projects.sort_unstable();
         assert_eq!(projects, ["p", "q", "r"]);
+    }
+
+    #[test]
+    fn events_fold_into_the_right_execution_of_a_state_read_out_of_time_order() {
+        let t0 = 1_600_000_000_000;
+        let first = normalize(vec![
+            ev(Some("e1"), "a", EventKind::Cli, t0, t0),
+            ev(Some("e2"), "b", EventKind::Cli, t0 + 10, t0 + 10),
+            ev(Some("e3"), "c", EventKind::Cli, t0 + 20, t0 + 20),
+        ]);
+        let mut executions = first.facts.executions;
+        // read grouped some other way than by time, as a state's rows are
+        executions.reverse();
+        let carry = Carry {
+            executions,
+            ..first.carry
+        };
+        let mut n = Normalizer::resume(carry, Some(t0 - 1));
+        n.push(ev(Some("e4"), "a", exit(1), t0 + 100, t0 + 100));
+        n.push(ev(Some("e5"), "c", exit(3), t0 + 300, t0 + 300));
+        let out = n.finish();
+        let ends: Vec<(&str, i64, Option<i64>, u32)> = out
+            .facts
+            .executions
+            .iter()
+            .map(|x| {
+                (
+                    &*x.execution_id,
+                    x.finished_ms - t0,
+                    x.exit_code,
+                    x.event_count,
+                )
+            })
+            .collect();
+        assert_eq!(
+            ends,
+            [
+                ("a", 100, Some(1), 2),
+                ("b", 10, None, 1),
+                ("c", 300, Some(3), 2)
+            ]
+        );
     }
 
     #[test]

@@ -70,6 +70,15 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Free `value` on a thread of its own: what a large run holds takes a tenth of a second or more to
+/// free, and freeing it need not hold up what comes next (the process usually exits right after the
+/// run).
+pub fn free_aside<T: Send + 'static>(value: T) {
+    let _ = std::thread::Builder::new()
+        .name("free".into())
+        .spawn(move || drop(value));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

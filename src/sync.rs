@@ -1080,7 +1080,7 @@ pub fn run<W: Write>(
     writer.finish("succeeded")?;
     tracing::debug!("state written at {:.2}s", started.elapsed().as_secs_f64());
     drop(model);
-    free_aside((facts, touched, changes, state));
+    crate::memory::free_aside((facts, touched, changes, state));
     for (reason, n) in &report.problems_by_reason {
         tracing::warn!("skipped or flagged input: {reason}: {n}");
     }
@@ -1161,14 +1161,6 @@ fn set_dormant_apart<'a>(
 /// The cores there are to read and to make streams on.
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
-}
-
-/// Free `value` on a thread of its own: a large run's facts take a tenth of a second or more to free,
-/// and the process usually exits right after the run.
-fn free_aside<T: Send + 'static>(value: T) {
-    let _ = std::thread::Builder::new()
-        .name("free".into())
-        .spawn(move || drop(value));
 }
 
 /// Resident and peak memory for the debug timings (Linux; empty elsewhere).

@@ -483,3 +483,27 @@ fn execution_rows_as_text_are_the_rows_as_values_written() {
     assert_eq!(row["is_pipeline_run"], true);
     assert_eq!(row["project_id"], "q\"\\é");
 }
+
+#[test]
+fn a_project_takes_the_source_of_its_first_execution_that_is_not_init() {
+    // enough executions that the projects are gathered in halves: the first source is in the
+    // earlier half, a later one in the other
+    let f = facts_of(vec![
+        X::new("p", "p0", 0, "init", 0).source("random").build(),
+        X::new("p", "p1", 1, "run", 1).source("explicit").build(),
+        X::new("q", "q0", 2, "run", 1).source("random").build(),
+        X::new("p", "p2", 3, "run", 1).source("env").ip("a").build(),
+        X::new("q", "q1", 4, "run", 1).ip("b").build(),
+    ]);
+    let source = |id: &str| {
+        let p = f.projects.iter().find(|p| p.project_id == id).unwrap();
+        (p.source.as_str(), p.first_event_ms, p.last_event_ms)
+    };
+    let at = |day: i64| (d0() + day) * DAY_MS + 3_600_000;
+    assert_eq!(source("p"), ("explicit", at(0), at(3)));
+    assert_eq!(source("q"), ("random", at(2), at(4)));
+    // each execution points at its own project
+    for (x, &i) in f.executions.iter().zip(&f.project_of) {
+        assert_eq!(f.projects[i as usize].project_id, *x.project_id);
+    }
+}

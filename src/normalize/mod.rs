@@ -1437,6 +1437,10 @@ impl Normalizer {
         for i in refolded.into_iter().rev() {
             executions.swap_remove(i as usize);
         }
+        // what is left (the index of the state's executions, the shared tables) is freed beside
+        // the work below
+        let texts = std::mem::take(&mut self.shared.texts);
+        crate::memory::free_aside((self, tables));
         sort_by_start(&mut executions);
         let structured_seen: Vec<(String, i64)> = structured
             .iter()
@@ -1454,7 +1458,7 @@ impl Normalizer {
             structured,
             event_ids,
             newest_event_ms: newest,
-            texts: std::mem::take(&mut self.shared.texts),
+            texts,
         };
         out.touched = touched;
         out
@@ -1581,6 +1585,106 @@ pub fn late_before_day(newest_ms: i64, late_event_days: i64) -> i64 {
     day_of(newest_ms) - late_event_days
 }
 
+/// Executions from which a run gathers its projects in two halves, one on each core; 4 in unit
+/// tests, so that small inputs are gathered in halves too.
+#[cfg(not(test))]
+const PARALLEL_PROJECTS_FROM: usize = 1 << 16;
+#[cfg(test)]
+const PARALLEL_PROJECTS_FROM: usize = 4;
+
+/// What a project's executions say of it, gathered in time order.
+struct ProjectAcc<'a> {
+    id: &'a str,
+    first: i64,
+    last: i64,
+    source: Option<&'a str>,
+    ci_only: bool,
+    /// Every IP hash seen, repeats and all; only how many distinct there are counts.
+    ips: Vec<&'a str>,
+}
+
+/// The projects of a run of executions in time order, and each execution's project among them.
+struct ProjectAccs<'a> {
+    accs: Vec<ProjectAcc<'a>>,
+    index: HashMap<&'a str, u32>,
+    acc_of: Vec<u32>,
+}
+
+impl<'a> ProjectAccs<'a> {
+    fn of(executions: &'a [Execution]) -> Self {
+        // a project's executions share its id's copy: most are found by that copy's address, without
+        // hashing the text (an id held in several copies is found by its text once per copy)
+        let mut by_address: HashMap<usize, u32> = HashMap::default();
+        let mut index: HashMap<&str, u32> = HashMap::default();
+        let mut accs: Vec<ProjectAcc> = Vec::new();
+        let mut acc_of: Vec<u32> = Vec::with_capacity(executions.len());
+        // Executions are in time order, so the first non-null source of a non-init execution wins.
+        for x in executions {
+            let address = address(Some(&x.project_id));
+            let i = match by_address.get(&address) {
+                Some(&i) => i,
+                None => {
+                    let i = *index.entry(&*x.project_id).or_insert_with(|| {
+                        accs.push(ProjectAcc {
+                            id: &x.project_id,
+                            first: x.started_ms,
+                            last: x.started_ms,
+                            source: None,
+                            ci_only: true,
+                            ips: Vec::new(),
+                        });
+                        (accs.len() - 1) as u32
+                    });
+                    by_address.insert(address, i);
+                    i
+                }
+            };
+            acc_of.push(i);
+            let a = &mut accs[i as usize];
+            a.first = a.first.min(x.started_ms);
+            a.last = a.last.max(x.started_ms);
+            if a.source.is_none() && x.command_line.command.as_deref() != Some("init") {
+                a.source = x.project_id_source.as_deref();
+            }
+            a.ci_only &= x.is_ci == Some(true);
+            a.ips.extend(x.ip_hashes.iter().map(|t| &**t));
+        }
+        ProjectAccs {
+            accs,
+            index,
+            acc_of,
+        }
+    }
+
+    /// Fold in what the executions right after these say.
+    fn append(&mut self, later: ProjectAccs<'a>) {
+        let mut place = Vec::with_capacity(later.accs.len());
+        for acc in later.accs {
+            let i = match self.index.get(acc.id) {
+                Some(&i) => {
+                    let a = &mut self.accs[i as usize];
+                    a.first = a.first.min(acc.first);
+                    a.last = a.last.max(acc.last);
+                    // the earlier executions' source, when they had one, came first
+                    a.source = a.source.or(acc.source);
+                    a.ci_only &= acc.ci_only;
+                    a.ips.extend(acc.ips);
+                    i
+                }
+                None => {
+                    let i = self.accs.len() as u32;
+                    self.index.insert(acc.id, i);
+                    self.accs.push(acc);
+                    i
+                }
+            };
+            place.push(i);
+        }
+        self.acc_of
+            .extend(later.acc_of.into_iter().map(|i| place[i as usize]));
+    }
+}
+
 /// The projects of `executions` (sorted by id), and where each execution's project is among them.
 fn build_projects(
     executions: &[Execution],
@@ -1588,54 +1692,29 @@ fn build_projects(
     structured_seen: &[(String, i64)],
     stats: &mut NormalizeStats,
 ) -> (Vec<Project>, Vec<u32>) {
-    struct Acc<'a> {
-        id: &'a str,
-        first: i64,
-        last: i64,
-        source: Option<&'a str>,
-        ci_only: bool,
-        /// Every IP hash seen, repeats and all; only how many distinct there are counts.
-        ips: Vec<&'a str>,
-    }
-    // a project's executions share its id's copy: most are found by that copy's address, without
-    // hashing the text (an id held in several copies is found by its text once per copy)
-    let mut by_address: HashMap<usize, u32> = HashMap::default();
-    let mut index: HashMap<&str, u32> = HashMap::default();
-    let mut accs: Vec<Acc> = Vec::new();
-    let mut acc_of: Vec<u32> = Vec::with_capacity(executions.len());
-    // Executions are in time order, so the first non-null source of a non-init execution wins.
-    for x in executions {
-        let address = address(Some(&x.project_id));
-        let i = match by_address.get(&address) {
-            Some(&i) => i,
-            None => {
-                let i = *index.entry(&*x.project_id).or_insert_with(|| {
-                    accs.push(Acc {
-                        id: &x.project_id,
-                        first: x.started_ms,
-                        last: x.started_ms,
-                        source: None,
-                        ci_only: true,
-                        ips: Vec::new(),
-                    });
-                    (accs.len() - 1) as u32
-                });
-                by_address.insert(address, i);
-                i
-            }
-        };
-        acc_of.push(i);
-        let a = &mut accs[i as usize];
-        a.first = a.first.min(x.started_ms);
-        a.last = a.last.max(x.started_ms);
-        if a.source.is_none() && x.command_line.command.as_deref() != Some("init") {
-            a.source = x.project_id_source.as_deref();
-        }
-        a.ci_only &= x.is_ci == Some(true);
-        a.ips.extend(x.ip_hashes.iter().map(|t| &**t));
-    }
+    // a large run's executions are gathered in two halves, one on each core, the later half then
+    // folded into the earlier one
+    let mut gathered = if executions.len() >= PARALLEL_PROJECTS_FROM {
+        let (earlier, later) = executions.split_at(executions.len() / 2);
+        std::thread::scope(|scope| {
+            let later = scope.spawn(|| ProjectAccs::of(later));
+            let mut gathered = ProjectAccs::of(earlier);
+            gathered.append(
+                later
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+            gathered
+        })
+    } else {
+        ProjectAccs::of(executions)
+    };
     for (project, time) in structured_seen {
-        match index.get(project.as_str()).map(|&i| &mut accs[i as usize]) {
+        match gathered
+            .index
+            .get(project.as_str())
+            .map(|&i| &mut gathered.accs[i as usize])
+        {
             Some(a) => {
                 a.first = a.first.min(*time);
                 a.last = a.last.max(*time);
@@ -1643,8 +1722,9 @@ fn build_projects(
             None => stats.orphan_structured_events += 1,
         }
     }
+    let ProjectAccs { accs, acc_of, .. } = gathered;
     // the projects are listed by id: each one's place in that order
-    let mut accs: Vec<(usize, Acc)> = accs.into_iter().enumerate().collect();
+    let mut accs: Vec<(usize, ProjectAcc)> = accs.into_iter().enumerate().collect();
     accs.sort_unstable_by(|a, b| a.1.id.cmp(b.1.id));
     let mut place = vec![0u32; accs.len()];
     for (at, (i, _)) in accs.iter().enumerate() {

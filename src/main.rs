@@ -213,9 +213,25 @@ fn run(cli: Cli) -> Result<()> {
         }
         None => None,
     };
-    let stdout = std::io::stdout().lock();
-    sync::run(&config, &selections, state, stdout)?;
+    sync::run(&config, &selections, state, singer_output()?)?;
     Ok(())
+}
+
+/// Where Singer messages go: standard output as a plain file. The writer hands it large pieces (64
+/// KiB of records, a state of many megabytes), and `Stdout`'s line buffering would search each piece
+/// for its last line end.
+#[cfg(unix)]
+fn singer_output() -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    Ok(std::fs::File::from(
+        std::io::stdout().as_fd().try_clone_to_owned()?,
+    ))
+}
+
+/// Where Singer messages go: standard output.
+#[cfg(not(unix))]
+fn singer_output() -> std::io::Result<std::io::StdoutLock<'static>> {
+    Ok(std::io::stdout().lock())
 }
 
 fn main() -> ExitCode {

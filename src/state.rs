@@ -325,29 +325,38 @@ pub struct EncodedState {
 /// A compressed part of the state as its base64 text: made on the core that packed it, or carried
 /// as it was read.
 #[derive(Debug)]
-struct Blob(StateSlice);
+struct Blob {
+    text: StateSlice,
+    /// Whether the text may go between JSON quotes as it is: worked out where the blob is made, so
+    /// that writing the state does not scan it.
+    plain: bool,
+}
 
 impl Blob {
     fn packed(bytes: &[u8]) -> Blob {
-        Blob(StateSlice::owned(b64().encode(bytes)))
+        // base64 always may go between quotes as it is
+        Blob {
+            text: StateSlice::owned(b64().encode(bytes)),
+            plain: true,
+        }
     }
 
-    /// Whether the text may go between JSON quotes as it is (base64 always may; a carried text was
-    /// decoded as base64 when it was read, and is checked again here, which costs far less than
-    /// escaping it byte by byte).
-    fn is_plain(&self) -> bool {
+    /// A text carried as it was read. It was decoded as base64 when it was read, and is checked again
+    /// here, which costs far less than escaping it byte by byte.
+    fn carried(text: StateSlice) -> Blob {
         // checked a chunk at a time without stopping early, which the compiler vectorises
-        self.0.as_bytes().chunks(4096).all(|chunk| {
+        let plain = text.as_bytes().chunks(4096).all(|chunk| {
             chunk.iter().fold(true, |plain, &b| {
                 plain & (b != b'"') & (b != b'\\') & (0x20..0x7f).contains(&b)
             })
-        })
+        });
+        Blob { text, plain }
     }
 }
 
 impl Serialize for Blob {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0.as_str())
+        s.serialize_str(self.text.as_str())
     }
 }
 
@@ -411,12 +420,12 @@ impl Item<'_> {
     fn write(&self, out: &mut dyn Write) -> std::io::Result<()> {
         match self {
             Item::Value(v) => erased_json::Json::to_writer(*v, out),
-            Item::Blob(blob) if blob.is_plain() => {
+            Item::Blob(blob) if blob.plain => {
                 out.write_all(b"\"")?;
-                out.write_all(blob.0.as_bytes())?;
+                out.write_all(blob.text.as_bytes())?;
                 out.write_all(b"\"")
             }
-            Item::Blob(blob) => erased_json::Json::to_writer(&blob.0.as_str(), out),
+            Item::Blob(blob) => erased_json::Json::to_writer(&blob.text.as_str(), out),
             Item::Tap(tap, blobs) => {
                 let mut items = Vec::with_capacity(tap.len() + blobs.len());
                 let mut blobs = blobs.iter().copied().peekable();
@@ -1336,17 +1345,23 @@ impl TapState {
         let parts = || -> Result<_, StateError> {
             let settled = match settled {
                 None => None,
-                Some(SettledOut::Carried(s)) => Some((Blob(s.text), s.rows, s.before_ms)),
+                Some(SettledOut::Carried(s)) => Some((Blob::carried(s.text), s.rows, s.before_ms)),
                 Some(SettledOut::Rows(rows, before_ms)) => {
                     let n = rows.len();
                     Some((Blob::packed(&encode_history(rows)?), n, before_ms))
                 }
             };
             let dormant = match dormant {
-                DormantPart::Carried(d) => (Blob(d.text), Some(d.cut_day), d.entries.len()),
+                DormantPart::Carried(d) => {
+                    (Blob::carried(d.text), Some(d.cut_day), d.entries.len())
+                }
                 DormantPart::Rows(projects, cut) => {
                     let n = projects.len();
-                    (Blob(StateSlice::owned(dormant::encode(projects)?)), cut, n)
+                    (
+                        Blob::carried(StateSlice::owned(dormant::encode(projects)?)),
+                        cut,
+                        n,
+                    )
                 }
             };
             let history = match history {
@@ -1356,7 +1371,7 @@ impl TapState {
                         true => None,
                         false => Some(Blob::packed(&encode_history(returned)?)),
                     };
-                    (Blob(text), rows + n, returned)
+                    (Blob::carried(text), rows + n, returned)
                 }
                 HistoryOut::Rows(rows) => {
                     let n = rows.len();
@@ -1540,13 +1555,13 @@ mod tests {
     fn a_blob_that_is_not_plain_base64_is_escaped_when_written() {
         let encoded = EncodedState {
             value: json!({"tap_kpis": {"version": STATE_VERSION}}),
-            dormant: Blob("a\"b\\c\n".into()),
-            history: Blob("QUJD".into()),
+            dormant: Blob::carried("a\"b\\c\n".into()),
+            history: Blob::carried("QUJD".into()),
             returned: None,
-            ledger: Blob("é".into()),
-            settled: Some(Blob("QUJE".into())),
+            ledger: Blob::carried("é".into()),
+            settled: Some(Blob::carried("QUJE".into())),
         };
-        assert!(!encoded.dormant.is_plain() && encoded.history.is_plain());
+        assert!(!encoded.dormant.plain && encoded.history.plain && !encoded.ledger.plain);
         let mut written = Vec::new();
         encoded.write_json(&mut written).unwrap();
         let text = String::from_utf8(written).unwrap();

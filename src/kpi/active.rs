@@ -250,38 +250,55 @@ fn rolling(model: &Model, first: i64, hot_days: impl Fn(&[&Execution]) -> Vec<i6
     series.prefix_sum()
 }
 
-/// Days on which a project ran at least two executions of invoke/el/elt/run/test/ui.
+/// Days on which a project ran at least two executions of invoke/el/elt/run/test/ui. The executions
+/// are in time order, so each day's are next to each other and are counted in one pass.
 fn busy_days(executions: &[&Execution]) -> Vec<i64> {
-    let mut per_day: BTreeMap<i64, u32> = BTreeMap::new();
+    let mut days = Vec::new();
+    let mut today: Option<(i64, u32)> = None;
     for x in executions {
-        if x.command_line
+        let counts = x
+            .command_line
             .command
             .as_deref()
-            .is_some_and(|c| c == "ui" || EXEC_COMMANDS.contains(&c))
-        {
-            *per_day.entry(day_of(x.started_ms)).or_default() += 1;
+            .is_some_and(|c| c == "ui" || EXEC_COMMANDS.contains(&c));
+        if !counts {
+            continue;
+        }
+        let day = day_of(x.started_ms);
+        match &mut today {
+            Some((d, n)) if *d == day => {
+                *n += 1;
+                if *n == 2 {
+                    days.push(day);
+                }
+            }
+            _ => today = Some((day, 1)),
         }
     }
-    per_day
-        .into_iter()
-        .filter(|(_, n)| *n >= 2)
-        .map(|(d, _)| d)
-        .collect()
+    days
 }
 
-/// Days on which a project ran at least two distinct pipelines.
-fn multi_pipeline_days<'a>(executions: &[&'a Execution]) -> Vec<i64> {
-    let mut per_day: BTreeMap<i64, BTreeSet<&'a str>> = BTreeMap::new();
+/// Days on which a project ran at least two distinct pipelines: a day's first pipeline, and then any
+/// other one (the executions are in time order, as for [`busy_days`]).
+fn multi_pipeline_days(executions: &[&Execution]) -> Vec<i64> {
+    let mut days = Vec::new();
+    let mut today: Option<(i64, &str, bool)> = None;
     for x in executions {
-        if let Some(id) = &x.pipeline_id {
-            per_day.entry(day_of(x.started_ms)).or_default().insert(id);
+        let Some(id) = x.pipeline_id.as_deref() else {
+            continue;
+        };
+        let day = day_of(x.started_ms);
+        match &mut today {
+            Some((d, first, seen_other)) if *d == day => {
+                if !*seen_other && *first != id {
+                    *seen_other = true;
+                    days.push(day);
+                }
+            }
+            _ => today = Some((day, id, false)),
         }
     }
-    per_day
-        .into_iter()
-        .filter(|(_, s)| s.len() >= 2)
-        .map(|(d, _)| d)
-        .collect()
+    days
 }
 
 /// `active_projects_daily`: one record per day from the first event to as_of.

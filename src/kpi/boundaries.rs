@@ -333,11 +333,18 @@ fn unique_pipe_greater_1_needs_two_pipelines_on_one_day() {
         X::new("p", "a", 20, "run", 1).build(),
         two,
         X::new("p", "c", 21, "run", 1).build(),
+        // one pipeline run twice in a day is not two pipelines
+        X::new("p", "d", 60, "run", 1).build(),
+        X::new("p", "e", 60, "run", 1).build(),
     ]);
-    let rows = active::active_projects_daily(&Model::new(&f, Some(d0() + 30)));
+    let rows = active::active_projects_daily(&Model::new(&f, Some(d0() + 70)));
     assert_eq!(day_row(&rows, 20)["unique_pipe_greater_1"], 1);
     assert_eq!(day_row(&rows, 20)["unique_pipelines"], 2);
     assert_eq!(day_row(&rows, 21)["unique_pipelines"], 1);
+    assert_eq!(day_row(&rows, 48)["unique_pipe_greater_1"], 1);
+    assert_eq!(day_row(&rows, 49)["unique_pipe_greater_1"], 0);
+    assert_eq!(day_row(&rows, 60)["unique_pipelines"], 1);
+    assert_eq!(day_row(&rows, 60)["unique_pipe_greater_1"], 0);
 }
 
 #[test]

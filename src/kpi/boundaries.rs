@@ -514,3 +514,32 @@ fn a_project_takes_the_source_of_its_first_execution_that_is_not_init() {
         assert_eq!(f.projects[i as usize].project_id, *x.project_id);
     }
 }
+
+#[test]
+fn every_month_with_an_execution_has_its_segment() {
+    // p: January, February, April (nothing in March); q: one execution in February
+    let mut xs = project_runs("p", &[10, 40, 45, 100]);
+    xs.push(X::new("q", "q0", 35, "config", 0).build());
+    let f = facts_of(xs);
+    let m = Model::new(&f, Some(d0() + 120));
+    let seen: Vec<(String, String, u64, u64)> = usage::segments(&m)
+        .iter()
+        .map(|s| {
+            let month = fmt_day(super::calendar::month_first_day(s.month));
+            (
+                s.project_id.to_string(),
+                month,
+                s.executions,
+                s.pipeline_runs,
+            )
+        })
+        .collect();
+    let expected = [
+        ("p", "2024-01-01", 2, 1),
+        ("p", "2024-02-01", 2, 2),
+        ("p", "2024-04-01", 1, 1),
+        ("q", "2024-02-01", 1, 0),
+    ]
+    .map(|(p, m, x, r)| (p.to_string(), m.to_string(), x, r));
+    assert_eq!(seen, expected);
+}

@@ -34,38 +34,50 @@ pub fn segments<'a>(model: &Model<'a>) -> Vec<Segment<'a>> {
 }
 
 /// Segments of every (project, month) with an execution on or after the project's `from(project)`
-/// day (a month's first day: a month's segment depends only on that month's executions).
+/// day (a month's first day: a month's segment depends only on that month's executions). A project's
+/// executions are in time order, so each month's are next to each other and are counted in one pass.
 pub fn segments_from<'a>(model: &Model<'a>, from: impl Fn(&str) -> i64) -> Vec<Segment<'a>> {
     let mut out = Vec::new();
     for pa in &model.projects {
-        let mut months: BTreeMap<Month, (u64, u64, u64)> = BTreeMap::new();
-        let from_ms = from(&pa.project.project_id).saturating_mul(super::calendar::DAY_MS);
+        let project_id = &pa.project.project_id;
+        let segment = |month, (executions, runs, active_eom): (u64, u64, u64)| Segment {
+            project_id,
+            month,
+            executions,
+            pipeline_runs: runs,
+            pipeline_runs_active_eom: active_eom,
+            segment: segment_name(active_eom),
+        };
+        // the month being counted: executions, pipeline runs, runs of a project active at its end
+        let mut counting: Option<(Month, (u64, u64, u64))> = None;
+        let from_ms = from(project_id).saturating_mul(super::calendar::DAY_MS);
         let first = pa.executions.partition_point(|x| x.started_ms < from_ms);
         for x in &pa.executions[first..] {
             let day = day_of(x.started_ms);
             let m = month_of(day);
-            let entry = months.entry(m).or_default();
-            entry.0 += 1;
+            let counts = match &mut counting {
+                Some((month, counts)) if *month == m => counts,
+                _ => {
+                    if let Some((month, counts)) = counting.take() {
+                        out.push(segment(month, counts));
+                    }
+                    &mut counting.insert((m, (0, 0, 0))).1
+                }
+            };
+            counts.0 += 1;
             if x.pipeline_id.is_some() {
-                entry.1 += 1;
+                counts.1 += 1;
                 let last = month_last_day(m);
                 let counted = if last <= model.as_of {
                     pa.is_active(last)
                 } else {
                     pa.is_active(day)
                 };
-                entry.2 += u64::from(counted);
+                counts.2 += u64::from(counted);
             }
         }
-        for (month, (executions, runs, active_eom)) in months {
-            out.push(Segment {
-                project_id: &pa.project.project_id,
-                month,
-                executions,
-                pipeline_runs: runs,
-                pipeline_runs_active_eom: active_eom,
-                segment: segment_name(active_eom),
-            });
+        if let Some((month, counts)) = counting {
+            out.push(segment(month, counts));
         }
     }
     out

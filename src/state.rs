@@ -341,15 +341,16 @@ impl Blob {
         }
     }
 
-    /// A text carried as it was read. It was decoded as base64 when it was read, and is checked again
-    /// here, which costs far less than escaping it byte by byte.
+    /// A text carried as it was read. One cut from the state's text as it was goes back as it is;
+    /// another is checked, which costs far less than escaping it byte by byte.
     fn carried(text: StateSlice) -> Blob {
         // checked a chunk at a time without stopping early, which the compiler vectorises
-        let plain = text.as_bytes().chunks(4096).all(|chunk| {
-            chunk.iter().fold(true, |plain, &b| {
-                plain & (b != b'"') & (b != b'\\') & (0x20..0x7f).contains(&b)
-            })
-        });
+        let plain = text.is_verbatim()
+            || text.as_bytes().chunks(4096).all(|chunk| {
+                chunk.iter().fold(true, |plain, &b| {
+                    plain & (b != b'"') & (b != b'\\') & (0x20..0x7f).contains(&b)
+                })
+            });
         Blob { text, plain }
     }
 }

@@ -59,6 +59,9 @@ impl std::ops::Deref for Storage {
 pub struct StateSlice {
     all: Arc<Storage>,
     range: Range<usize>,
+    /// Cut from between the quotes of a JSON string that had no escapes: it goes back between
+    /// quotes as it is.
+    verbatim: bool,
 }
 
 impl StateSlice {
@@ -68,7 +71,15 @@ impl StateSlice {
         StateSlice {
             all: Arc::new(Storage::Text(text)),
             range,
+            verbatim: false,
         }
+    }
+
+    /// Whether the text was cut from between the quotes of a JSON string without escapes, and so may
+    /// be written back between quotes as it is (a JSON string holds no raw quote or control
+    /// character, which reading it checked).
+    pub fn is_verbatim(&self) -> bool {
+        self.verbatim
     }
 
     pub fn as_str(&self) -> &str {
@@ -207,6 +218,7 @@ impl<'a> StateFields<'a> {
         Ok(Some(StateSlice {
             all: Arc::clone(all),
             range: start..start + inner.len(),
+            verbatim: true,
         }))
     }
 }
@@ -225,12 +237,14 @@ mod tests {
         let fields = state.fields().unwrap();
         let ledger = fields.large_text("ledger").unwrap().unwrap();
         assert_eq!(ledger.as_str(), "QUJD");
-        // borrowed: the slice lies within the state's own text
+        // borrowed: the slice lies within the state's own text, and goes back as it is
         assert!(Arc::ptr_eq(&ledger.all, &state.0));
+        assert!(ledger.is_verbatim());
         // a text with escapes is unescaped into a text of its own
         let history = fields.large_text("history").unwrap().unwrap();
         assert_eq!(history.as_str(), "a\"b");
         assert!(!Arc::ptr_eq(&history.all, &state.0));
+        assert!(!history.is_verbatim());
         assert!(fields.large_text("dormant").unwrap().is_none());
         assert_eq!(fields.get::<u64>("version"), Some(7));
         let small = fields.small_values();

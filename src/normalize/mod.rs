@@ -98,6 +98,36 @@ pub struct ExecutionTables {
     /// As `profiles`.
     command_lines: HashMap<u64, Arc<CommandLine>>,
     pipeline_ids: Interner,
+    /// Pipeline ids by a hash of the addresses of what they are made of, as `profiles`: a project's
+    /// runs of one pipeline share their plugins' and strings' copies, and its id is hashed once.
+    pipeline_memo: HashMap<u64, PipelineMemo>,
+}
+
+/// A pipeline id, with the shared copies it was made of (held, so that their addresses stay theirs).
+#[derive(Debug, Clone)]
+struct PipelineMemo {
+    plugins: Box<[Arc<plugins::PluginInfo>]>,
+    environment_hash: Option<Text>,
+    project_id: Text,
+    id: Text,
+}
+
+impl PipelineMemo {
+    fn made_of(
+        &self,
+        plugins: &[Plugin],
+        environment_hash: Option<&Text>,
+        project_id: &Text,
+    ) -> bool {
+        self.plugins.len() == plugins.len()
+            && self
+                .plugins
+                .iter()
+                .zip(plugins)
+                .all(|(a, b)| Arc::ptr_eq(a, &b.info))
+            && address(self.environment_hash.as_ref()) == address(environment_hash)
+            && Arc::ptr_eq(&self.project_id, project_id)
+    }
 }
 
 /// A value made of shared strings, found again by their addresses.
@@ -166,6 +196,47 @@ impl ExecutionTables {
             self.command_lines.entry(key).or_insert(command_line);
         }
         self.pipeline_ids.absorb(other.pipeline_ids);
+        for (key, memo) in other.pipeline_memo {
+            self.pipeline_memo.entry(key).or_insert(memo);
+        }
+    }
+
+    /// The shared pipeline id of a run of these plugins (in pipeline order) in this environment and
+    /// project.
+    fn pipeline_id(
+        &mut self,
+        plugins: &[Plugin],
+        environment_hash: Option<&Text>,
+        project_id: &Text,
+    ) -> Text {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut hasher = self.pipeline_memo.hasher().build_hasher();
+        for p in plugins {
+            (Arc::as_ptr(&p.info) as usize).hash(&mut hasher);
+        }
+        address(environment_hash).hash(&mut hasher);
+        address(Some(project_id)).hash(&mut hasher);
+        let key = hasher.finish();
+        if let Some(memo) = self.pipeline_memo.get(&key)
+            && memo.made_of(plugins, environment_hash, project_id)
+        {
+            return memo.id.clone();
+        }
+        let id = self.pipeline_ids.get(&plugins::pipeline_id(
+            plugins,
+            environment_hash.map(|t| &**t),
+            project_id,
+        ));
+        self.pipeline_memo.insert(
+            key,
+            PipelineMemo {
+                plugins: plugins.iter().map(|p| Arc::clone(&p.info)).collect(),
+                environment_hash: environment_hash.cloned(),
+                project_id: project_id.clone(),
+                id: id.clone(),
+            },
+        );
+        id
     }
 
     /// The shared copy of `profile`.
@@ -612,13 +683,8 @@ impl ExecParts {
             .as_deref()
             .is_some_and(|c| PIPELINE_COMMANDS.contains(&c))
             && !plugins.is_empty();
-        let pipeline_id = is_pipeline.then(|| {
-            tables.pipeline_ids.get(&plugins::pipeline_id(
-                &plugins,
-                v.environment_hash.as_deref(),
-                &project_id,
-            ))
-        });
+        let pipeline_id = is_pipeline
+            .then(|| tables.pipeline_id(&plugins, v.environment_hash.as_ref(), &project_id));
         let mut ip_hashes = self.ip_hashes;
         ip_hashes.shrink_to_fit();
         let v = self.variant;
@@ -1838,6 +1904,62 @@ mod tests {
                 .any(|m| m.contains("00000000-0000-4000-8000-abcdef000000"))
         );
         assert_eq!(n.carry.event_ids.len(), 90);
+    }
+
+    #[test]
+    fn pipeline_ids_are_the_same_whatever_copies_they_are_made_of() {
+        let mut tables = ExecutionTables::default();
+        let plugin = |name: &str| {
+            plugins::plugin_from_dict(
+                serde_json::json!({"category": "extractors", "name_hash": name})
+                    .as_object()
+                    .unwrap(),
+            )
+        };
+        let (tap, target) = (plugin("tap"), plugin("target"));
+        let mut build = |project: &Text, plugins: Vec<Plugin>, environment: Option<&Text>| {
+            let mut ordered = plugins.clone();
+            plugins::pipeline_order(&mut ordered);
+            let expected = plugins::pipeline_id(&ordered, environment.map(|e| &**e), project);
+            let x = ExecParts {
+                execution_id: "x".into(),
+                variant: Variant {
+                    project_id: Some(project.clone()),
+                    command: Some("run".into()),
+                    environment_hash: environment.cloned(),
+                    ..Default::default()
+                },
+                started_ms: 0,
+                finished_ms: 1,
+                exit_code: Some(0),
+                ip_hashes: TextSet::new(),
+                plugins,
+                event_count: 1,
+                position: Position::default(),
+                weight: 1,
+                presence_months: BTreeSet::new(),
+            }
+            .into_execution(&mut tables)
+            .unwrap();
+            let id = x.pipeline_id.expect("a pipeline run");
+            assert_eq!(*id, expected);
+            id
+        };
+        let (p, other_p, q) = (Text::from("p"), Text::from("p"), Text::from("q"));
+        let dev = Text::from("dev");
+        let both = || vec![tap.clone(), target.clone()];
+        let first = build(&p, both(), None);
+        // the same copies again, and equal text in other copies: one id
+        assert!(Arc::ptr_eq(&first, &build(&p, both(), None)));
+        assert_eq!(
+            first,
+            build(&other_p, vec![plugin("tap"), plugin("target")], None)
+        );
+        // another project, environment or plugin list: another id
+        assert_ne!(first, build(&q, both(), None));
+        assert_ne!(first, build(&p, both(), Some(&dev)));
+        assert_ne!(first, build(&p, vec![tap.clone()], None));
+        assert_eq!(build(&p, both(), Some(&dev)), build(&p, both(), Some(&dev)));
     }
 
     #[test]

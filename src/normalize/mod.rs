@@ -958,6 +958,9 @@ pub struct Normalizer {
     earlier_parts: Vec<Option<ExecParts>>,
     /// Executions read from the state.
     earlier_executions: Vec<Execution>,
+    /// The executions read from the state while they are moved into time order on another core
+    /// (see [`Normalizer::earlier_executions`]).
+    placing: Option<std::thread::JoinHandle<Vec<Execution>>>,
     /// Where each execution id read from the state is.
     earlier_index: HashMap<Text, Earlier>,
     tables: ExecutionTables,
@@ -981,7 +984,7 @@ impl Normalizer {
 
     /// A normaliser that extends what earlier runs carried; events before `late_before_ms` are too
     /// late to apply and are set aside as `late_event`.
-    pub fn resume(mut carry: Carry, late_before_ms: Option<i64>) -> Self {
+    pub fn resume(carry: Carry, late_before_ms: Option<i64>) -> Self {
         // in time order from here on, so that the run's executions are put in order by merging
         // rather than sorting; indexed at the places they are moved to, but before they move, while
         // they (and their ids) are still in the order they were read and allocated
@@ -1014,11 +1017,19 @@ impl Normalizer {
                     executions.map(|(i, x)| (x.execution_id.clone(), Earlier::Execution(place[i]))),
                 ),
         );
-        if let Some(order) = &order {
-            apply_order(&mut carry.executions, order);
-        }
         n.earlier_parts = carry.parts.into_iter().map(Some).collect();
-        n.earlier_executions = carry.executions;
+        match order {
+            // moved into place on another core while the run's first events are taken in: only
+            // folding needs them, and it asks for them first
+            Some(order) => {
+                let mut executions = carry.executions;
+                n.placing = Some(std::thread::spawn(move || {
+                    apply_order(&mut executions, &order);
+                    executions
+                }));
+            }
+            None => n.earlier_executions = carry.executions,
+        }
         n.tables = carry.tables;
         n.earlier_opt_outs = carry.opt_outs;
         n.earlier_structured = carry.structured;
@@ -1088,9 +1099,21 @@ impl Normalizer {
         &self.named
     }
 
+    /// The executions read from the state, in time order (once they are in place).
+    fn earlier_executions(&mut self) -> &mut Vec<Execution> {
+        if let Some(placing) = self.placing.take() {
+            self.earlier_executions = placing
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        }
+        &mut self.earlier_executions
+    }
+
     /// Take in executions read from the state after it was resumed (a dormant project's history):
     /// new events fold into them as into the others.
     pub fn absorb_earlier(&mut self, carry: Carry) {
+        // appended after the others, once those are in place
+        self.earlier_executions();
         for x in carry.executions {
             let i = self.earlier_executions.len() as u32;
             self.earlier_index
@@ -1412,7 +1435,7 @@ impl Normalizer {
         }
         // the executions read from the state stay where they are; those new events fold into are
         // taken out, folded and built again
-        let mut executions = std::mem::take(&mut self.earlier_executions);
+        let mut executions = std::mem::take(self.earlier_executions());
         let mut refolded: Vec<u32> = Vec::new();
         executions.reserve_exact(self.builders.len() + self.earlier_parts.len());
         // parts without a project id yet: carried, in case later events name it

@@ -129,6 +129,7 @@ pub struct RecordEnvelope {
 }
 
 impl RecordEnvelope {
+    /// The envelope of `stream`'s records, each stamped with `time_extracted`.
     pub fn new(stream: &str, time_extracted: &str) -> io::Result<RecordEnvelope> {
         let mut head = br#"{"type":"RECORD","stream":"#.to_vec();
         serde_json::to_writer(&mut head, stream)?;

@@ -334,9 +334,15 @@ struct Blob {
 
 impl Blob {
     fn packed(bytes: &[u8]) -> Blob {
-        // base64 always may go between quotes as it is
+        Blob::encoded(b64().encode(bytes))
+    }
+
+    /// A text this run made of base64 (and the dormant part's separators), which always may go
+    /// between quotes as it is.
+    fn encoded(text: String) -> Blob {
+        debug_assert!(needs_no_escape(text.as_bytes()));
         Blob {
-            text: StateSlice::owned(b64().encode(bytes)),
+            text: StateSlice::owned(text),
             plain: true,
         }
     }
@@ -344,15 +350,19 @@ impl Blob {
     /// A text carried as it was read. One cut from the state's text as it was goes back as it is;
     /// another is checked, which costs far less than escaping it byte by byte.
     fn carried(text: StateSlice) -> Blob {
-        // checked a chunk at a time without stopping early, which the compiler vectorises
-        let plain = text.is_verbatim()
-            || text.as_bytes().chunks(4096).all(|chunk| {
-                chunk.iter().fold(true, |plain, &b| {
-                    plain & (b != b'"') & (b != b'\\') & (0x20..0x7f).contains(&b)
-                })
-            });
+        let plain = text.is_verbatim() || needs_no_escape(text.as_bytes());
         Blob { text, plain }
     }
+}
+
+/// Whether `bytes` may go between JSON quotes as they are: printable ASCII other than a quote or a
+/// backslash. Checked a chunk at a time without stopping early, which the compiler vectorises.
+fn needs_no_escape(bytes: &[u8]) -> bool {
+    bytes.chunks(4096).all(|chunk| {
+        chunk.iter().fold(true, |plain, &b| {
+            plain & (b != b'"') & (b != b'\\') & (0x20..0x7f).contains(&b)
+        })
+    })
 }
 
 impl Serialize for Blob {
@@ -1358,11 +1368,7 @@ impl TapState {
                 }
                 DormantPart::Rows(projects, cut) => {
                     let n = projects.len();
-                    (
-                        Blob::carried(StateSlice::owned(dormant::encode(projects)?)),
-                        cut,
-                        n,
-                    )
+                    (Blob::encoded(dormant::encode(projects)?), cut, n)
                 }
             };
             let history = match history {

@@ -70,7 +70,6 @@ pub struct Model<'a> {
     pub projects: Vec<ProjectActivity<'a>>,
     /// First day of the day series (earliest first event of those projects).
     pub first_day: Option<i64>,
-
     /// When set, the per-project streams build only the rows this scope keeps.
     pub project_scope: Option<ProjectScope>,
     /// What projects left out of the facts (dormant ones an incremental run did not unpack) add to

@@ -891,7 +891,7 @@ pub fn run<W: Write>(
             c
         });
         if let Some(c) = &changes {
-            model.limit_executions(&c.executions);
+            model.limit_executions(&c.executions, touched.earliest_ms);
         }
         model.project_scope = changes.as_ref().map(|c| c.scope.clone());
         tracing::info!(
@@ -1146,13 +1146,17 @@ fn set_dormant_apart<'a>(
             kept.extend(rows.into_iter().map(LedgerEntry::Execution));
             continue;
         }
-        let (months, multi) = crate::kpi::usage::cohort_activity(rows.iter().map(|k| {
-            let x = k.execution;
-            (x.started_ms, x.is_exec(), k.weight, k.presence_months())
-        }));
+        let mut months = Vec::new();
+        let multi = crate::kpi::usage::cohort_activity(
+            rows.iter().map(|k| {
+                let x = k.execution;
+                (x.started_ms, x.is_exec(), k.weight, k.presence_months())
+            }),
+            &mut months,
+        );
         dormant.push(DormantOut {
             project_id,
-            months: months.into_iter().collect(),
+            months,
             multi,
             rows: rows.into_iter().map(LedgerEntry::Execution).collect(),
         });

@@ -11,8 +11,7 @@ use super::calendar::{
     push_day,
 };
 use super::{
-    ACTIVE_WINDOW_DAYS, JsonIter, Model, ProjectActivity, RecordIter, ratio, usage,
-    windows_to_intervals,
+    ACTIVE_WINDOW_DAYS, JsonIter, Model, ProjectActivity, RecordIter, ratio, windows_to_intervals,
 };
 use crate::normalize::{EXEC_COMMANDS, Execution};
 
@@ -407,18 +406,21 @@ pub fn monthly_kpis<'m>(model: &'m Model) -> RecordIter<'m> {
     Box::new(monthly_kpis_rows(model).into_iter())
 }
 
-fn monthly_kpis_rows(model: &Model) -> Vec<Value> {
-    let Some(first) = model.first_day.filter(|f| *f <= model.as_of) else {
-        return Vec::new();
-    };
+/// The first day `monthly_kpis` reads, `None` when it has no month to write.
+pub(super) fn monthly_first_day(model: &Model) -> Option<i64> {
+    let first = model.first_day.filter(|f| *f <= model.as_of)?;
     // an incremental run reads no month before the summarised history's end again
     let first = match model.series_from() {
         Some(from) if from > first => month_first_day(month_of(from)),
         _ => first,
     };
-    if first > model.as_of {
+    (first <= model.as_of).then_some(first)
+}
+
+fn monthly_kpis_rows(model: &Model) -> Vec<Value> {
+    let Some(first) = monthly_first_day(model) else {
         return Vec::new();
-    }
+    };
     let as_of = model.as_of;
     let mut months: BTreeMap<Month, MonthAcc> = (month_of(first)..=month_of(as_of))
         .map(|m| (m, MonthAcc::default()))
@@ -469,7 +471,7 @@ fn monthly_kpis_rows(model: &Model) -> Vec<Value> {
             acc.pipelines.insert(id);
         }
     }
-    for s in usage::segments_from(model, |_| first) {
+    for s in model.segments() {
         if let Some(acc) = months.get_mut(&s.month) {
             *acc.segments.entry(s.segment).or_default() += 1;
         }

@@ -543,3 +543,104 @@ fn every_month_with_an_execution_has_its_segment() {
     .map(|(p, m, x, r)| (p.to_string(), m.to_string(), x, r));
     assert_eq!(seen, expected);
 }
+
+#[test]
+fn segments_made_once_serve_both_streams_of_a_scoped_run() {
+    // monthly_kpis reads from February; p was rewritten (kept from February), q's segments are
+    // kept from April only
+    let mut xs = project_runs("p", &[10, 40, 45, 100]);
+    xs.extend(project_runs("q", &[12, 41, 70, 101, 102]));
+    let f = facts_of(xs);
+    let as_of = Some(d0() + 120);
+    let full = Model::new(&f, as_of);
+    let (february, april) = (d0() + 31, d0() + 91);
+    let scope = super::ProjectScope {
+        touched: ["p".to_string(), "q".to_string()].into_iter().collect(),
+        rewritten: ["p".to_string()].into_iter().collect(),
+        from: april,
+        previous_as_of: d0() + 110,
+        completed: None,
+        exact_from: Some(february),
+    };
+    let mut scoped = Model::new(&f, as_of);
+    scoped.project_scope = Some(scope.clone());
+    // the monthly rows of the months read, segment counts included, are the full run's
+    let monthly = active::monthly_kpis(&scoped);
+    let full_monthly: Vec<Value> = active::monthly_kpis(&full)
+        .into_iter()
+        .filter(|r| r["month"].as_str() >= Some("2024-02-01"))
+        .collect();
+    assert_eq!(monthly.len(), 3, "February to April");
+    assert_eq!(monthly, full_monthly);
+    // the project segments kept are the full run's, and only those
+    let rows = |m: &Model| -> Vec<Value> { super::usage::project_monthly_segments(m).collect() };
+    let kept: Vec<Value> = rows(&full)
+        .into_iter()
+        .filter(|r| {
+            let month = r["month"]
+                .as_str()
+                .and_then(crate::kpi::calendar::parse_day);
+            month.is_some_and(|m| scope.keeps_month(r["project_id"].as_str().unwrap_or(""), m))
+        })
+        .collect();
+    assert_eq!(kept.len(), 3, "p's February and April, q's April: {kept:?}");
+    assert_eq!(rows(&scoped), kept);
+}
+
+#[test]
+fn an_incremental_run_looks_up_only_executions_from_the_earliest_touched() {
+    let f = facts_of(project_runs("p", &[10, 20, 30]));
+    let mut m = Model::new(&f, Some(d0() + 40));
+    let scope: crate::normalize::FastSet<crate::normalize::Text> =
+        ["p-10", "p-30"].into_iter().map(Into::into).collect();
+    let ids = |m: &Model| -> Vec<String> {
+        m.scoped_executions()
+            .map(|x| x.execution_id.to_string())
+            .collect()
+    };
+    m.limit_executions(&scope, None);
+    assert_eq!(ids(&m), ["p-10", "p-30"]);
+    m.limit_executions(&scope, Some((d0() + 30) * DAY_MS));
+    assert_eq!(ids(&m), ["p-30"]);
+}
+
+#[test]
+fn plugin_usage_is_in_month_then_category_order_whatever_the_order_seen() {
+    let with_category = |mut x: Execution, category: &str| {
+        x.plugins = vec![plugins::plugin_from_dict(
+            json!({"category": "utilities", "name_hash": category})
+                .as_object()
+                .unwrap(),
+        )]
+        .into();
+        x
+    };
+    let f = facts_of(vec![
+        // (an unknown utility's category is its name)
+        with_category(X::new("p", "p1", 1, "run", 0).build(), "zeta"),
+        with_category(X::new("p", "p2", 2, "run", 0).build(), "mid"),
+        with_category(X::new("q", "q1", 3, "run", 0).build(), "alpha"),
+        with_category(X::new("q", "q2", 40, "run", 0).build(), "zeta"),
+        with_category(X::new("p", "p3", 41, "run", 0).build(), "alpha"),
+        with_category(X::new("q", "q3", 42, "run", 0).build(), "alpha"),
+    ]);
+    let m = Model::new(&f, Some(d0() + 50));
+    let seen: Vec<(String, String, u64)> = super::usage::plugin_usage(&m)
+        .map(|r| {
+            (
+                r["month"].as_str().unwrap_or("").to_string(),
+                r["plugin_category"].as_str().unwrap_or("").to_string(),
+                r["projects"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let expected = [
+        ("2024-01-01", "alpha", 1),
+        ("2024-01-01", "mid", 1),
+        ("2024-01-01", "zeta", 1),
+        ("2024-02-01", "alpha", 2),
+        ("2024-02-01", "zeta", 1),
+    ]
+    .map(|(m, c, n)| (m.to_string(), c.to_string(), n));
+    assert_eq!(seen, expected);
+}

@@ -75,6 +75,9 @@ pub struct Model<'a> {
     /// What projects left out of the facts (dormant ones an incremental run did not unpack) add to
     /// the rows it can re-emit.
     pub dormant: Option<DormantFleet>,
+    /// Segments of the project months `monthly_kpis` and `project_monthly_segments` read, made once
+    /// by whichever of them comes first ([`Model::segments`]).
+    segments: std::sync::OnceLock<Vec<usage::Segment<'a>>>,
     /// When set ([`Model::limit_executions`]), the per-execution streams yield only these counted
     /// executions (an incremental run re-emits only what new events touched, and need not build the
     /// rest).
@@ -304,8 +307,23 @@ impl<'a> Model<'a> {
             first_day,
             project_scope: None,
             dormant: None,
+            segments: std::sync::OnceLock::new(),
             scoped: None,
         }
+    }
+
+    /// The segments of every project month either segment-reading stream needs: from the first
+    /// month `monthly_kpis` reads and each project's first month `project_monthly_segments` keeps,
+    /// whichever is earlier (a month's segment depends only on that month, so each stream takes
+    /// its own months from the same list).
+    pub fn segments(&self) -> &[usage::Segment<'a>] {
+        self.segments.get_or_init(|| {
+            let monthly = active::monthly_first_day(self).unwrap_or(i64::MAX);
+            let scope = self.project_scope.as_ref();
+            usage::segments_from(self, |project| {
+                monthly.min(scope.map_or(i64::MIN, |sc| sc.first_month_day(project)))
+            })
+        })
     }
 
     /// The first day of the fleet-wide series anything reads in an incremental run: rows before it
@@ -315,10 +333,15 @@ impl<'a> Model<'a> {
         self.project_scope.as_ref().and_then(|s| s.exact_from)
     }
 
-    /// Limit the per-execution streams to the counted executions whose ids are in `scope`.
-    pub fn limit_executions(&mut self, scope: &FastSet<crate::normalize::Text>) {
-        let scoped = self
-            .counted
+    /// Limit the per-execution streams to the counted executions whose ids are in `scope`, none of
+    /// which starts before `earliest_ms` (when known: the executions before it are not looked up).
+    pub fn limit_executions(
+        &mut self,
+        scope: &FastSet<crate::normalize::Text>,
+        earliest_ms: Option<i64>,
+    ) {
+        let first = earliest_ms.map_or(0, |ms| self.counted.partition_point(|x| x.started_ms < ms));
+        let scoped = self.counted[first..]
             .iter()
             .filter(|x| scope.contains(&x.execution_id));
         self.scoped = Some(scoped.copied().collect());

@@ -1,8 +1,10 @@
 //! Usage, segments and retention (kpis.md §6).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
+
+use crate::normalize::text::FastMap;
 
 use super::calendar::{Month, day_of, fmt_month, month_first_day, month_last_day, month_of};
 use super::{Model, ProjectScope, RecordIter, ratio};
@@ -85,12 +87,12 @@ pub fn segments_from<'a>(model: &Model<'a>, from: impl Fn(&str) -> i64) -> Vec<S
 
 /// `project_monthly_segments`.
 pub fn project_monthly_segments<'m>(model: &'m Model) -> RecordIter<'m> {
-    // an incremental run builds only the months its scope keeps
+    // an incremental run writes only the months its scope keeps
     let scope = model.project_scope.as_ref();
-    let from = |project: &str| scope.map_or(i64::MIN, |sc| sc.first_month_day(project));
     Box::new(
-        segments_from(model, from)
-            .into_iter()
+        model
+            .segments()
+            .iter()
             .filter(move |s| {
                 scope.is_none_or(|sc| sc.keeps_month(s.project_id, month_first_day(s.month)))
             })
@@ -113,25 +115,34 @@ pub fn plugin_usage<'m>(model: &'m Model) -> RecordIter<'m> {
 }
 
 fn plugin_usage_rows(model: &Model) -> Vec<Value> {
-    // (month, category) -> (executions, projects)
-    let mut usage: BTreeMap<(Month, &str), (u64, u64)> = BTreeMap::new();
     // an incremental run re-emits the months from the scope's first day on
     let from_ms = model
         .project_scope
         .as_ref()
         .and_then(ProjectScope::fleet_from)
         .map_or(i64::MIN, |d| d * super::calendar::DAY_MS);
+    // categories by number, in the order first seen: a fleet has a handful
+    let mut category_numbers: FastMap<&str, u32> = FastMap::default();
+    let mut category_names: Vec<&str> = Vec::new();
+    // (month, category number) -> (executions, projects)
+    let mut usage: FastMap<(Month, u32), (u64, u64)> = FastMap::default();
     // project by project (each is a different project), so that a project is counted once per
     // month and category by remembering only its own
-    let mut categories: Vec<&str> = Vec::new();
-    let mut counted: Vec<(Month, &str)> = Vec::new();
+    let mut categories: Vec<u32> = Vec::new();
+    let mut counted: Vec<(Month, u32)> = Vec::new();
     for pa in &model.projects {
         counted.clear();
         let first = pa.executions.partition_point(|x| x.started_ms < from_ms);
         for x in &pa.executions[first..] {
             let m = month_of(day_of(x.started_ms));
             categories.clear();
-            categories.extend(x.plugins.iter().map(|p| p.plugin_category()));
+            categories.extend(x.plugins.iter().map(|p| {
+                let name = p.plugin_category();
+                *category_numbers.entry(name).or_insert_with(|| {
+                    category_names.push(name);
+                    (category_names.len() - 1) as u32
+                })
+            }));
             categories.sort_unstable();
             categories.dedup();
             for &c in &categories {
@@ -144,8 +155,12 @@ fn plugin_usage_rows(model: &Model) -> Vec<Value> {
             }
         }
     }
-    usage
+    let mut rows: Vec<((Month, &str), (u64, u64))> = usage
         .into_iter()
+        .map(|((m, c), counts)| ((m, category_names[c as usize]), counts))
+        .collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    rows.into_iter()
         .map(|((m, c), (executions, projects))| {
             json!({
                 "month": fmt_month(m),
@@ -165,17 +180,26 @@ use super::Cohort;
 /// the same rule ([`super::DormantFleet`]).
 pub fn cohort_activity<'x>(
     executions: impl Iterator<Item = (i64, bool, u32, &'x [i64])>,
-) -> (BTreeSet<Month>, bool) {
-    let mut months = BTreeSet::new();
+    months: &mut Vec<Month>,
+) -> bool {
+    months.clear();
     let mut exec_weight = 0u64;
     for (started_ms, is_exec, weight, presence) in executions {
-        months.insert(month_of(day_of(started_ms)));
-        months.extend(presence.iter().copied());
+        // executions come mostly in time order: a month already last is not pushed again
+        let m = month_of(day_of(started_ms));
+        if months.last() != Some(&m) {
+            months.push(m);
+        }
+        months.extend_from_slice(presence);
         if is_exec {
             exec_weight += u64::from(weight);
         }
     }
-    (months, exec_weight > 1)
+    if !months.is_sorted() {
+        months.sort_unstable();
+    }
+    months.dedup();
+    exec_weight > 1
 }
 
 /// `cohort_retention`: per cohort month and month number, projects still executing.
@@ -187,16 +211,18 @@ fn cohort_retention_rows(model: &Model) -> Vec<Value> {
     let last_month = month_of(model.as_of);
     // cohort -> (projects, active per month, active-and-multi-exec per month)
     let mut cohorts: BTreeMap<Month, Cohort> = BTreeMap::new();
+    let mut months = Vec::new();
     for pa in &model.projects {
         let cohort = month_of(pa.first_day);
-        let (months, multi) = cohort_activity(
+        let multi = cohort_activity(
             pa.executions
                 .iter()
                 .map(|x| (x.started_ms, x.is_exec(), x.weight, &*x.presence_months)),
+            &mut months,
         );
         let entry = cohorts.entry(cohort).or_default();
         entry.0 += 1;
-        for m in months {
+        for &m in &months {
             *entry.1.entry(m).or_default() += 1;
             if multi {
                 *entry.2.entry(m).or_default() += 1;
@@ -248,5 +274,27 @@ mod tests {
         assert_eq!(segment_name(50), "MARLIN");
         assert_eq!(segment_name(2000), "MARLIN");
         assert_eq!(segment_name(2001), "WHALE");
+    }
+
+    #[test]
+    fn cohort_activity_lists_each_month_once_in_order() {
+        let at = |month: Month| super::super::calendar::month_first_day(month) * 86_400_000;
+        let (jan, feb, mar) = (2024 * 12, 2024 * 12 + 1, 2024 * 12 + 2);
+        let mut months = vec![99];
+        // out of time order, a month repeated apart, summarised presence of earlier months
+        let multi = cohort_activity(
+            [
+                (at(mar), true, 1, &[][..]),
+                (at(jan), false, 1, &[][..]),
+                (at(mar), false, 1, &[feb, jan][..]),
+            ]
+            .into_iter(),
+            &mut months,
+        );
+        assert_eq!(months, [jan, feb, mar]);
+        assert!(!multi, "one exec execution");
+        let multi = cohort_activity([(at(feb), true, 2, &[][..])].into_iter(), &mut months);
+        assert_eq!(months, [feb]);
+        assert!(multi, "a summarised execution standing for two");
     }
 }

@@ -155,13 +155,16 @@ fn plugin_usage_rows(model: &Model) -> Vec<Value> {
             }
         }
     }
-    let mut rows: Vec<((Month, &str), (u64, u64))> = usage
+    // (month, category, executions, projects), in month then category order
+    let mut rows: Vec<(Month, &str, u64, u64)> = usage
         .into_iter()
-        .map(|((m, c), counts)| ((m, category_names[c as usize]), counts))
-        .collect();
-    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    rows.into_iter()
         .map(|((m, c), (executions, projects))| {
+            (m, category_names[c as usize], executions, projects)
+        })
+        .collect();
+    rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    rows.into_iter()
+        .map(|(m, c, executions, projects)| {
             json!({
                 "month": fmt_month(m),
                 "plugin_category": c,

@@ -644,3 +644,28 @@ fn plugin_usage_is_in_month_then_category_order_whatever_the_order_seen() {
     .map(|(m, c, n)| (m.to_string(), c.to_string(), n));
     assert_eq!(seen, expected);
 }
+
+#[test]
+fn an_incremental_run_writes_the_pipelines_of_touched_projects_only() {
+    let mut xs = project_runs("p", &[10, 20]);
+    xs.extend(project_runs("q", &[11, 21]));
+    let f = facts_of(xs);
+    let full = Model::new(&f, Some(d0() + 30));
+    let mut scoped = Model::new(&f, Some(d0() + 30));
+    scoped.project_scope = Some(super::ProjectScope {
+        touched: ["p".to_string()].into_iter().collect(),
+        rewritten: Default::default(),
+        from: d0() + 31,
+        previous_as_of: d0() + 25,
+        completed: None,
+        exact_from: None,
+    });
+    let of_p: Vec<Value> = facts::pipelines(&full)
+        .into_iter()
+        .filter(|r| r["project_id"] == "p")
+        .collect();
+    assert_eq!(of_p.len(), 1);
+    assert_eq!(of_p[0]["runs"], 2);
+    assert_eq!(facts::pipelines(&full).len(), 2);
+    assert_eq!(facts::pipelines(&scoped), of_p);
+}

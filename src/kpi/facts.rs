@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::calendar::{day_of, fmt_day, fmt_ms, runtime_bin};
 use super::{JsonIter, Model, RecordIter};
-use crate::normalize::{Execution, FastSet, Plugin};
+use crate::normalize::{Execution, Plugin};
 
 /// How many executions a set stands for (summarised history carries weights).
 pub fn weight<'a>(xs: impl Iterator<Item = &'a Execution>) -> u64 {
@@ -141,21 +141,21 @@ pub fn pipeline_runs<'m>(model: &'m Model) -> RecordIter<'m> {
 /// `pipelines`: one record per pipeline id with runs on or before as_of.
 pub fn pipelines<'m>(model: &'m Model) -> RecordIter<'m> {
     let mut runs: BTreeMap<&str, Vec<&Execution>> = BTreeMap::new();
-    // an incremental run re-emits the pipelines of touched projects only: those with a run in one
-    let wanted: Option<FastSet<&str>> = model.project_scope.as_ref().map(|scope| {
-        model
-            .counted
-            .iter()
-            .filter(|x| scope.touched.contains(&*x.project_id))
-            .filter_map(|x| x.pipeline_id.as_deref())
-            .collect()
-    });
-    for x in &model.counted {
-        if let Some(id) = &x.pipeline_id
-            && wanted.as_ref().is_none_or(|w| w.contains(&**id))
-        {
+    let mut add = |x: &'m Execution| {
+        if let Some(id) = &x.pipeline_id {
             runs.entry(id).or_default().push(x);
         }
+    };
+    match &model.project_scope {
+        // an incremental run re-emits the pipelines of touched projects only; a pipeline id is
+        // digested from its project's id, so all its runs are that project's
+        Some(scope) => model
+            .projects
+            .iter()
+            .filter(|pa| scope.touched.contains(&pa.project.project_id))
+            .flat_map(|pa| pa.executions.iter().copied())
+            .for_each(&mut add),
+        None => model.counted.iter().copied().for_each(&mut add),
     }
     Box::new(runs.into_iter().map(|(id, xs)| {
         let first = xs[0];

@@ -1736,7 +1736,13 @@ impl<'a> ProjectAccs<'a> {
                 a.source = x.project_id_source.as_deref();
             }
             a.ci_only &= x.is_ci == Some(true);
-            a.ips.extend(x.ip_hashes.iter().map(|t| &**t));
+            for ip in x.ip_hashes.iter() {
+                // a project's executions mostly share one copy of the same IP hash: a repeat of
+                // the last one seen is not listed again
+                if a.ips.last().is_none_or(|last| !std::ptr::eq(*last, &**ip)) {
+                    a.ips.push(ip);
+                }
+            }
         }
         ProjectAccs {
             accs,

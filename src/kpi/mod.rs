@@ -266,7 +266,17 @@ impl<'a> Model<'a> {
             .filter(|x| x.started_ms < end_ms)
             .collect();
         let mut qualifying: Vec<Vec<i64>> = vec![Vec::new(); facts.projects.len()];
-        let mut by_project: Vec<Vec<&Execution>> = vec![Vec::new(); facts.projects.len()];
+        // each project's list made once at its size, rather than grown execution by execution
+        let mut sizes = vec![0usize; facts.projects.len()];
+        for (x, &i) in facts.executions.iter().zip(&facts.project_of) {
+            if x.started_ms < end_ms
+                && let Some(n) = sizes.get_mut(i as usize)
+            {
+                *n += 1;
+            }
+        }
+        let mut by_project: Vec<Vec<&Execution>> =
+            sizes.into_iter().map(Vec::with_capacity).collect();
         for (x, &i) in facts.executions.iter().zip(&facts.project_of) {
             let i = i as usize;
             let Some(p) = facts.projects.get(i) else {

@@ -127,6 +127,18 @@ fn project_runs(project: &str, days: &[i64]) -> Vec<Execution> {
     v
 }
 
+/// An incremental run's scope: `projects` touched, rows re-emitted from `from`.
+fn scope_touching(projects: &[&str], from: i64, previous_as_of: i64) -> super::ProjectScope {
+    super::ProjectScope {
+        touched: projects.iter().map(|p| p.to_string()).collect(),
+        rewritten: Default::default(),
+        from,
+        previous_as_of,
+        completed: None,
+        exact_from: None,
+    }
+}
+
 fn facts_of(xs: Vec<Execution>) -> Facts {
     Facts::from_executions(xs)
 }
@@ -451,14 +463,7 @@ fn daily_rows_as_text_are_the_rows_as_values_written() {
     assert!(values.len() > 40, "both projects have active days");
     assert_eq!(values, text);
     // within an incremental run's scope: the same rows both ways, fewer of them
-    m.project_scope = Some(super::ProjectScope {
-        touched: ["q\"\\é\u{1}".to_string()].into_iter().collect(),
-        rewritten: Default::default(),
-        from: d0() + 31,
-        previous_as_of: d0() + 45,
-        completed: None,
-        exact_from: None,
-    });
+    m.project_scope = Some(scope_touching(&["q\"\\é\u{1}"], d0() + 31, d0() + 45));
     let (scoped, scoped_text) = written(&m);
     assert!(!scoped.is_empty() && scoped.len() < values.len());
     assert_eq!(scoped, scoped_text);
@@ -555,12 +560,9 @@ fn segments_made_once_serve_both_streams_of_a_scoped_run() {
     let full = Model::new(&f, as_of);
     let (february, april) = (d0() + 31, d0() + 91);
     let scope = super::ProjectScope {
-        touched: ["p".to_string(), "q".to_string()].into_iter().collect(),
         rewritten: ["p".to_string()].into_iter().collect(),
-        from: april,
-        previous_as_of: d0() + 110,
-        completed: None,
         exact_from: Some(february),
+        ..scope_touching(&["p", "q"], april, d0() + 110)
     };
     let mut scoped = Model::new(&f, as_of);
     scoped.project_scope = Some(scope.clone());
@@ -652,14 +654,7 @@ fn an_incremental_run_writes_the_pipelines_of_touched_projects_only() {
     let f = facts_of(xs);
     let full = Model::new(&f, Some(d0() + 30));
     let mut scoped = Model::new(&f, Some(d0() + 30));
-    scoped.project_scope = Some(super::ProjectScope {
-        touched: ["p".to_string()].into_iter().collect(),
-        rewritten: Default::default(),
-        from: d0() + 31,
-        previous_as_of: d0() + 25,
-        completed: None,
-        exact_from: None,
-    });
+    scoped.project_scope = Some(scope_touching(&["p"], d0() + 31, d0() + 25));
     let of_p: Vec<Value> = facts::pipelines(&full)
         .into_iter()
         .filter(|r| r["project_id"] == "p")

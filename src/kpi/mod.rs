@@ -384,6 +384,30 @@ pub fn ratio(num: u64, den: u64) -> Option<f64> {
     (den > 0).then(|| num as f64 / den as f64)
 }
 
+/// Asks the processor to bring the first `n` of these executions into cache: a project's
+/// executions lie apart in memory (they are stored in time order), so a pass project by project
+/// waits on memory unless the next ones are fetched while the current ones are counted.
+pub(crate) fn prefetch(executions: &[&Execution], n: usize) {
+    prefetch_each(executions.iter().take(n));
+}
+
+/// [`prefetch`] of the last `n` executions: the passes that read only recent months start there.
+pub(crate) fn prefetch_last(executions: &[&Execution], n: usize) {
+    prefetch_each(executions.iter().skip(executions.len().saturating_sub(n)));
+}
+
+fn prefetch_each<'x, 'a: 'x>(executions: impl Iterator<Item = &'x &'a Execution>) {
+    #[cfg(target_arch = "x86_64")]
+    for x in executions {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: SSE is part of every x86_64 processor, and a prefetch only hints: it reads
+        // nothing the program sees and faults on no address
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref::<Execution>(x).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = executions;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,27 +492,3 @@ mod tests {
 
 #[cfg(test)]
 mod boundaries;
-
-/// Asks the processor to bring the first `n` of these executions into cache: a project's
-/// executions lie apart in memory (they are stored in time order), so a pass project by project
-/// waits on memory unless the next ones are fetched while the current ones are counted.
-pub(crate) fn prefetch(executions: &[&Execution], n: usize) {
-    prefetch_each(executions.iter().take(n));
-}
-
-/// [`prefetch`] of the last `n` executions: the passes that read only recent months start there.
-pub(crate) fn prefetch_last(executions: &[&Execution], n: usize) {
-    prefetch_each(executions.iter().skip(executions.len().saturating_sub(n)));
-}
-
-fn prefetch_each<'x, 'a: 'x>(executions: impl Iterator<Item = &'x &'a Execution>) {
-    #[cfg(target_arch = "x86_64")]
-    for x in executions {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: SSE is part of every x86_64 processor, and a prefetch only hints: it reads
-        // nothing the program sees and faults on no address
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref::<Execution>(x).cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = executions;
-}

@@ -1663,6 +1663,57 @@ mod tests {
     }
 
     #[test]
+    fn rows_that_say_the_same_share_one_profile_and_the_others_read_back_as_they_were() {
+        let with = |id: &str, change: &dyn Fn(&mut Variant)| {
+            let mut p = part(id, Some("p1"));
+            change(&mut p.variant);
+            p.into_execution(&mut Default::default()).unwrap()
+        };
+        let written = [
+            with("x1", &|_| {}),
+            with("x2", &|v| v.is_ci = Some(true)),
+            with("x3", &|v| v.command = Some("elt".into())),
+            with("x4", &|_| {}),
+            with("x5", &|v| v.meltano_version = Some("3.5.0".into())),
+        ];
+        let state = TapState {
+            as_of: Some(19_700),
+            projects: BTreeMap::new(),
+            inputs: vec![],
+            carry: Carry::default(),
+            alarms_sent: json!([]),
+            cut_day: Some(19_600),
+            history: None,
+            dormant: None,
+            settled: None,
+            health: BTreeMap::new(),
+        };
+        let value = state
+            .to_value(
+                written
+                    .iter()
+                    .map(|x| LedgerEntry::Execution(Kept::whole(x))),
+                HistoryOut::Rows(vec![]),
+                DormantPart::Rows(vec![], None),
+            )
+            .unwrap();
+        let back = TapState::from_value(value).unwrap().unwrap();
+        let mut read: Vec<&Execution> = back.carry.executions.iter().collect();
+        read.sort_by(|a, b| a.execution_id.cmp(&b.execution_id));
+        assert_eq!(read.len(), written.len());
+        for (r, w) in read.iter().zip(&written) {
+            assert_eq!((*r).clone().into_parts(), w.clone().into_parts());
+            assert_eq!(r.pipeline_id, w.pipeline_id);
+        }
+        // x1 and x4 say the same: one shared copy; the others differ in one field each
+        assert!(Arc::ptr_eq(&read[0].profile, &read[3].profile));
+        assert!(Arc::ptr_eq(&read[0].command_line, &read[3].command_line));
+        assert!(!Arc::ptr_eq(&read[0].profile, &read[1].profile));
+        assert!(!Arc::ptr_eq(&read[0].command_line, &read[2].command_line));
+        assert!(!Arc::ptr_eq(&read[0].profile, &read[4].profile));
+    }
+
+    #[test]
     fn a_state_reads_back_as_written() {
         let state = TapState {
             as_of: Some(19_700),

@@ -240,10 +240,7 @@ fn rolling(model: &Model, first: i64, hot_days: impl Fn(&[&Execution]) -> Vec<i6
     let mut series = DaySeries::new(first, model.as_of);
     // only days whose window reaches `first` count
     let from_ms = (first - ACTIVE_WINDOW_DAYS) * DAY_MS;
-    for (n, pa) in model.projects.iter().enumerate() {
-        if let Some(next) = model.projects.get(n + 1) {
-            super::prefetch_last(&next.executions, 8);
-        }
+    for pa in model.projects_fetched_ahead(super::Ahead::Last(8)) {
         let recent = &pa.executions[pa.executions.partition_point(|x| x.started_ms < from_ms)..];
         for (s, e) in windows_to_intervals(hot_days(recent), ACTIVE_WINDOW_DAYS) {
             series.add_interval(s, e);

@@ -336,6 +336,20 @@ impl<'a> Model<'a> {
         })
     }
 
+    /// The projects in order, the next one's executions (those `ahead` names) fetched into cache as
+    /// each is handed out, for the passes that go project by project over executions.
+    pub(crate) fn projects_fetched_ahead(
+        &self,
+        ahead: Ahead,
+    ) -> impl Iterator<Item = &ProjectActivity<'a>> {
+        self.projects.iter().enumerate().map(move |(n, pa)| {
+            if let Some(next) = self.projects.get(n + 1) {
+                prefetch(&next.executions, ahead);
+            }
+            pa
+        })
+    }
+
     /// The first day of the fleet-wide series anything reads in an incremental run: rows before it
     /// come from summarised history, are never re-emitted, and health resumes after them from its
     /// carried state. `None`: every day from the first.
@@ -384,28 +398,32 @@ pub fn ratio(num: u64, den: u64) -> Option<f64> {
     (den > 0).then(|| num as f64 / den as f64)
 }
 
-/// Asks the processor to bring the first `n` of these executions into cache: a project's
-/// executions lie apart in memory (they are stored in time order), so a pass project by project
-/// waits on memory unless the next ones are fetched while the current ones are counted.
-pub(crate) fn prefetch(executions: &[&Execution], n: usize) {
-    prefetch_each(executions.iter().take(n));
+/// Which of a project's executions a pass reads first, and so which to fetch ahead.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ahead {
+    /// The first n: a pass over every execution.
+    First(usize),
+    /// The last n: a pass over recent months only, which starts there.
+    Last(usize),
 }
 
-/// [`prefetch`] of the last `n` executions: the passes that read only recent months start there.
-pub(crate) fn prefetch_last(executions: &[&Execution], n: usize) {
-    prefetch_each(executions.iter().skip(executions.len().saturating_sub(n)));
-}
-
-fn prefetch_each<'x, 'a: 'x>(executions: impl Iterator<Item = &'x &'a Execution>) {
+/// Asks the processor to bring these executions into cache: a project's executions lie apart in
+/// memory (they are stored in time order), so a pass project by project waits on memory unless the
+/// next ones are fetched while the current ones are counted.
+fn prefetch(executions: &[&Execution], ahead: Ahead) {
+    let wanted = match ahead {
+        Ahead::First(n) => &executions[..n.min(executions.len())],
+        Ahead::Last(n) => &executions[executions.len().saturating_sub(n)..],
+    };
     #[cfg(target_arch = "x86_64")]
-    for x in executions {
+    for x in wanted {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         // SAFETY: SSE is part of every x86_64 processor, and a prefetch only hints: it reads
         // nothing the program sees and faults on no address
         unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref::<Execution>(x).cast()) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = executions;
+    let _ = wanted;
 }
 
 #[cfg(test)]

@@ -40,10 +40,7 @@ pub fn segments<'a>(model: &Model<'a>) -> Vec<Segment<'a>> {
 /// executions are in time order, so each month's are next to each other and are counted in one pass.
 pub fn segments_from<'a>(model: &Model<'a>, from: impl Fn(&str) -> i64) -> Vec<Segment<'a>> {
     let mut out = Vec::new();
-    for (n, pa) in model.projects.iter().enumerate() {
-        if let Some(next) = model.projects.get(n + 1) {
-            super::prefetch_last(&next.executions, 8);
-        }
+    for pa in model.projects_fetched_ahead(super::Ahead::Last(8)) {
         let project_id = &pa.project.project_id;
         let segment = |month, (executions, runs, active_eom): (u64, u64, u64)| Segment {
             project_id,
@@ -133,10 +130,7 @@ fn plugin_usage_rows(model: &Model) -> Vec<Value> {
     // month and category by remembering only its own
     let mut categories: Vec<u32> = Vec::new();
     let mut counted: Vec<(Month, u32)> = Vec::new();
-    for (n, pa) in model.projects.iter().enumerate() {
-        if let Some(next) = model.projects.get(n + 1) {
-            super::prefetch_last(&next.executions, 8);
-        }
+    for pa in model.projects_fetched_ahead(super::Ahead::Last(8)) {
         counted.clear();
         let first = pa.executions.partition_point(|x| x.started_ms < from_ms);
         for x in &pa.executions[first..] {
@@ -221,10 +215,7 @@ fn cohort_retention_rows(model: &Model) -> Vec<Value> {
     // cohort -> (projects, active per month, active-and-multi-exec per month)
     let mut cohorts: BTreeMap<Month, Cohort> = BTreeMap::new();
     let mut months = Vec::new();
-    for (n, pa) in model.projects.iter().enumerate() {
-        if let Some(next) = model.projects.get(n + 1) {
-            super::prefetch(&next.executions, 16);
-        }
+    for pa in model.projects_fetched_ahead(super::Ahead::First(16)) {
         let cohort = month_of(pa.first_day);
         let multi = cohort_activity(
             pa.executions

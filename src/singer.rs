@@ -161,6 +161,8 @@ pub struct Chunk {
 
 /// Formatted lines are handed over in pieces of about this size.
 const CHUNK_BYTES: usize = 1 << 16;
+/// Room a piece has past [`CHUNK_BYTES`]: the last line of a piece ends beyond that size.
+const CHUNK_SLACK: usize = 1 << 14;
 /// Pieces a stream formats ahead of the writer by default: what waits in memory is bounded per
 /// stream.
 pub const CHUNKS_AHEAD: usize = 4;
@@ -220,8 +222,10 @@ fn format_stream(
     time_extracted: &str,
     tx: &std::sync::mpsc::SyncSender<io::Result<Chunk>>,
 ) {
+    // room past the handing-over size for the line that crosses it, so that a piece is not
+    // reallocated (and its bytes copied into fresh pages) as it is closed
     let fresh = || Chunk {
-        lines: Vec::with_capacity(CHUNK_BYTES),
+        lines: Vec::with_capacity(CHUNK_BYTES + CHUNK_SLACK),
         count: 0,
     };
     let envelope = match RecordEnvelope::new(stream, time_extracted) {

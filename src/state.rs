@@ -696,11 +696,17 @@ impl<'a> Tables<'a> {
 /// postcard, zstd-compressed. The rows are serialised into one buffer and compressed from it:
 /// postcard writes byte by byte, which into a buffered writer costs several times a push into a
 /// vector.
-fn pack(value: &impl Serialize, rows: usize) -> Result<Vec<u8>, StateError> {
+/// `rows` executions and `other_bytes` of other parts (a guess on the high side) are serialised and
+/// compressed.
+fn pack(value: &impl Serialize, rows: usize, other_bytes: usize) -> Result<Vec<u8>, StateError> {
     let damaged = |e: &dyn std::fmt::Display| StateError::Damaged(e.to_string());
-    // reserved generously: pages never filled are never touched
-    let raw = postcard::to_extend(value, Vec::with_capacity(64 * 1024 + rows * 128))
-        .map_err(|e| damaged(&e))?;
+    // reserved generously (pages never filled are never touched), so that the buffer is not
+    // reallocated and copied into fresh pages as it fills
+    let raw = postcard::to_extend(
+        value,
+        Vec::with_capacity(64 * 1024 + rows * 128 + other_bytes),
+    )
+    .map_err(|e| damaged(&e))?;
     // in one call over the whole buffer: faster than a stream, and the frame records its size
     zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(|e| damaged(&e))
 }
@@ -729,7 +735,12 @@ fn encode_carry<'a>(
         newest: carry.newest_event_ms,
         projects,
     };
-    Ok((pack(&ledger, tables.order.len())?, tables.order.len()))
+    // a project list entry (id, source, first seen) and an event id take under 64 bytes each
+    let other_bytes = (projects.len() + ledger.ids.len()) * 64;
+    Ok((
+        pack(&ledger, tables.order.len(), other_bytes)?,
+        tables.order.len(),
+    ))
 }
 
 fn encode_history(rows: Vec<LedgerEntry<'_>>) -> Result<Vec<u8>, StateError> {
@@ -739,7 +750,7 @@ fn encode_history(rows: Vec<LedgerEntry<'_>>) -> Result<Vec<u8>, StateError> {
         plugins: &tables.plugins,
         parts: tables.rows(),
     };
-    pack(&history, tables.order.len())
+    pack(&history, tables.order.len(), 0)
 }
 
 type Projects = BTreeMap<String, (String, i64)>;

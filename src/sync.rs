@@ -665,7 +665,13 @@ pub fn run<W: Write>(
         });
         let mut sink = EventSink::Waiting {
             decoding,
-            held: Vec::new(),
+            // reserved at once (pages are touched only as events come): growing it copied the
+            // events held so far into fresh pages, on the core that reads
+            held: if resuming {
+                Vec::with_capacity(EventSink::HOLD)
+            } else {
+                Vec::new()
+            },
             late_days,
             as_of,
         };

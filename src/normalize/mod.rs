@@ -3,6 +3,7 @@
 //! pipeline run gets its pipeline id (kpis.md §1–§4).
 
 pub mod arena;
+mod earlier_index;
 pub mod plugins;
 pub mod text;
 
@@ -17,6 +18,7 @@ use crate::decode::{Problem, Reason, excerpt};
 use crate::event::{Event, EventKind, Position};
 use crate::kpi::calendar::day_of;
 use arena::Arena;
+use earlier_index::{Earlier, EarlierIndex};
 pub use plugins::Plugin;
 pub use text::{FastIndex, FastMap, FastSet, Interner, Text, TextSet};
 
@@ -248,13 +250,6 @@ impl ExecutionTables {
     pub fn command_line(&mut self, command_line: CommandLine) -> Arc<CommandLine> {
         share(&mut self.command_lines, command_line)
     }
-}
-
-/// Where an execution read from a state is held by the normaliser.
-#[derive(Debug, Clone, Copy)]
-enum Earlier {
-    Part(u32),
-    Execution(u32),
 }
 
 impl Execution {
@@ -962,7 +957,7 @@ pub struct Normalizer {
     /// (see [`Normalizer::earlier_executions`]).
     placing: Option<std::thread::JoinHandle<Vec<Execution>>>,
     /// Where each execution id read from the state is.
-    earlier_index: HashMap<Text, Earlier>,
+    earlier_index: EarlierIndex,
     tables: ExecutionTables,
     earlier_opt_outs: BTreeMap<String, i64>,
     earlier_structured: BTreeMap<String, (i64, i64)>,
@@ -1008,15 +1003,15 @@ impl Normalizer {
         // room for the executions of the dormant projects a run unpacks: an index that grows
         // rehashes every entry it holds
         let held = carry.parts.len() + carry.executions.len();
-        n.earlier_index =
-            HashMap::with_capacity_and_hasher(held + held / 4 + 4096, Default::default());
-        n.earlier_index.extend(
-            parts
-                .map(|(i, p)| (p.execution_id.clone(), Earlier::Part(i as u32)))
-                .chain(
-                    executions.map(|(i, x)| (x.execution_id.clone(), Earlier::Execution(place[i]))),
-                ),
-        );
+        n.earlier_index = EarlierIndex::with_capacity(held + held / 4 + 4096);
+        for (i, p) in parts {
+            n.earlier_index
+                .insert(&p.execution_id, Earlier::Part(i as u32));
+        }
+        for (i, x) in executions {
+            n.earlier_index
+                .insert(&x.execution_id, Earlier::Execution(place[i]));
+        }
         n.earlier_parts = carry.parts.into_iter().map(Some).collect();
         match order {
             // moved into place on another core while the run's first events are taken in: only
@@ -1117,13 +1112,12 @@ impl Normalizer {
         for x in carry.executions {
             let i = self.earlier_executions.len() as u32;
             self.earlier_index
-                .insert(x.execution_id.clone(), Earlier::Execution(i));
+                .insert(&x.execution_id, Earlier::Execution(i));
             self.earlier_executions.push(x);
         }
         for p in carry.parts {
             let i = self.earlier_parts.len() as u32;
-            self.earlier_index
-                .insert(p.execution_id.clone(), Earlier::Part(i));
+            self.earlier_index.insert(&p.execution_id, Earlier::Part(i));
             self.earlier_parts.push(Some(p));
         }
         self.tables.absorb(carry.tables);
@@ -1489,9 +1483,13 @@ impl Normalizer {
                 touched.executions.insert(new.execution_id.clone());
             }
             let mut slot = None;
-            let earlier_part = match self.earlier_index.get(&new.execution_id) {
-                Some(&Earlier::Part(i)) => earlier[i as usize].take(),
-                Some(&Earlier::Execution(i)) => {
+            let found = self.earlier_index.get(&new.execution_id, |at| match at {
+                Earlier::Part(i) => earlier.get(i as usize)?.as_ref().map(|p| &*p.execution_id),
+                Earlier::Execution(i) => executions.get(i as usize).map(|x| &*x.execution_id),
+            });
+            let earlier_part = match found {
+                Some(Earlier::Part(i)) => earlier[i as usize].take(),
+                Some(Earlier::Execution(i)) => {
                     slot = Some(i as usize);
                     let x = std::mem::replace(&mut executions[i as usize], Execution::vacant());
                     Some(x.into_parts())

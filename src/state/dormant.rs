@@ -320,6 +320,7 @@ pub fn encode(mut projects: Vec<DormantOut<'_>>) -> Result<String, StateError> {
     let head = pack(
         &(&tables.texts, plugins, entries, chunks),
         tables.order.len(),
+        0,
     )?;
     let mut text = b64().encode(head);
     text.push(SEPARATOR);
@@ -442,7 +443,7 @@ mod tests {
             .collect();
         let texts: Vec<&str> = chunked.texts.iter().map(String::as_str).collect();
         let plugins: Vec<&str> = chunked.plugins.iter().map(String::as_str).collect();
-        let whole = b64().encode(pack(&(texts, plugins, rows), 80).unwrap());
+        let whole = b64().encode(pack(&(texts, plugins, rows), 80, 0).unwrap());
         assert!(!whole.contains(SEPARATOR));
         let old = Dormant::read(StateSlice::owned(whole), 7).unwrap();
         assert!(matches!(old.rows, RowStore::Whole(_)));

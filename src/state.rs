@@ -36,6 +36,7 @@ use crate::normalize::{
 use crate::source::Fingerprint;
 
 mod dormant;
+mod skeleton;
 mod text;
 pub use dormant::{Dormant, DormantEntry, DormantOut};
 pub use text::{StateFields, StateSlice, StateText};

@@ -105,7 +105,7 @@ impl std::ops::Deref for StateSlice {
 #[derive(Debug)]
 pub struct StateFields<'a> {
     text: &'a StateText,
-    tap: Option<BTreeMap<String, &'a RawValue>>,
+    tap: Option<BTreeMap<String, &'a str>>,
 }
 
 /// The top level of a state: only the tap's part is read (other keys are passed over).
@@ -150,11 +150,16 @@ impl StateText {
 
     /// Read the text's structure in one pass: the tap's keys and where their values are.
     pub fn fields(&self) -> Result<StateFields<'_>, serde_json::Error> {
-        let top: Top<'_> = serde_json::from_str(self.as_str())?;
-        Ok(StateFields {
-            text: self,
-            tap: top.tap_kpis,
-        })
+        let tap = match super::skeleton::members_of(self.as_str(), "tap_kpis") {
+            Some(tap) => tap,
+            // not what a state usually is: `serde_json` reads it, and says what is wrong, if anything
+            None => {
+                let top: Top<'_> = serde_json::from_str(self.as_str())?;
+                top.tap_kpis
+                    .map(|m| m.into_iter().map(|(k, v)| (k, v.get())).collect())
+            }
+        };
+        Ok(StateFields { text: self, tap })
     }
 
     /// The state as a JSON value.
@@ -183,7 +188,7 @@ impl<'a> StateFields<'a> {
     /// A small value of the tap's part, parsed; `None` when absent or not of that type.
     pub fn get<T: Deserialize<'a>>(&self, key: &str) -> Option<T> {
         let raw = self.tap.as_ref()?.get(key)?;
-        serde_json::from_str(raw.get()).ok()
+        serde_json::from_str(raw).ok()
     }
 
     /// The tap's part without its large texts, as a JSON object.
@@ -192,7 +197,7 @@ impl<'a> StateFields<'a> {
             .iter()
             .flatten()
             .filter(|(k, _)| !LARGE_TEXTS.contains(&k.as_str()))
-            .filter_map(|(k, raw)| Some((k.clone(), serde_json::from_str(raw.get()).ok()?)))
+            .filter_map(|(k, raw)| Some((k.clone(), serde_json::from_str(raw).ok()?)))
             .collect()
     }
 
@@ -202,7 +207,6 @@ impl<'a> StateFields<'a> {
         let Some(raw) = self.tap.as_ref().and_then(|t| t.get(key)) else {
             return Ok(None);
         };
-        let raw = raw.get();
         let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
             return Ok(None);
         };

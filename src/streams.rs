@@ -54,7 +54,11 @@ pub const STREAMS: &[StreamDef] = &[
         ["execution_id"],
         Records::KpiJson(facts::cli_executions, facts::cli_executions_json)
     ),
-    stream!("projects", ["project_id"], Records::Kpi(facts::projects)),
+    stream!(
+        "projects",
+        ["project_id"],
+        Records::KpiJson(facts::projects, facts::projects_json)
+    ),
     stream!("pipelines", ["pipeline_id"], Records::Kpi(facts::pipelines)),
     stream!(
         "pipeline_runs",

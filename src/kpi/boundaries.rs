@@ -497,6 +497,38 @@ fn execution_rows_as_text_are_the_rows_as_values_written() {
 }
 
 #[test]
+fn project_rows_as_text_are_the_rows_as_values_written() {
+    let mut xs = project_runs("p", &[1, 2, 9]);
+    xs.push(X::new("p", "p-exec", 3, "invoke", 0).exit(Some(1)).build());
+    xs.push(X::new("p", "p-other", 4, "elt", 3).exit(None).build());
+    xs.extend(project_runs("q\"\\é", &[5]));
+    xs.push(
+        X::new("r", "r0", 6, "init", 0)
+            .source("random")
+            .ip("a")
+            .build(),
+    );
+    let mut f = facts_of(xs);
+    f.projects[0].opted_out_ms = Some((d0() + 20) * DAY_MS + 5);
+    let m = Model::new(&f, Some(d0() + 50));
+    let values: Vec<String> = super::facts::projects(&m).map(|v| v.to_string()).collect();
+    let text: Vec<String> = super::facts::projects_json(&m).collect();
+    assert_eq!(values.len(), 3);
+    assert_eq!(values, text);
+    let p: Value = serde_json::from_str(&text[0]).unwrap();
+    assert_eq!(p["executions"], 6);
+    // three runs, the invoke and the elt; init is not one
+    assert_eq!(p["exec_executions"], 5);
+    assert_eq!(p["exec_executions_successful"], 3);
+    assert_eq!(p["pipeline_runs"], 4);
+    assert_eq!(p["pipeline_runs_successful"], 3);
+    // runs of two plugins on days 1, 2 and 9 share a pipeline; the run of three is another
+    assert_eq!(p["unique_pipelines"], 2);
+    assert_eq!(p["has_opted_out"], true);
+    assert_eq!(p["opted_out_at"], "2024-01-21T00:00:00.005Z");
+}
+
+#[test]
 fn a_project_takes_the_source_of_its_first_execution_that_is_not_init() {
     // enough executions that the projects are gathered in halves: the first source is in the
     // earlier half, a later one in the other

@@ -1,6 +1,6 @@
 //! Fact streams: executions, pipeline runs, pipelines and projects (kpis.md §2–§4).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -176,7 +176,39 @@ pub fn pipelines<'m>(model: &'m Model) -> RecordIter<'m> {
 
 /// `projects`: one record per project with an execution on or before as_of.
 pub fn projects<'m>(model: &'m Model) -> RecordIter<'m> {
-    Box::new(model.projects.iter().filter_map(|pa| {
+    Box::new(project_rows(model).map(|row| serde_json::to_value(row).unwrap_or(Value::Null)))
+}
+
+/// `projects` as JSON text, the same rows as [`projects`].
+pub fn projects_json<'m>(model: &'m Model) -> JsonIter<'m> {
+    Box::new(project_rows(model).map(|row| serde_json::to_string(&row).unwrap_or_default()))
+}
+
+/// A `projects` row, its fields in sorted order (see [`PluginRow`]).
+#[derive(Serialize)]
+struct ProjectRow<'a> {
+    cohort_month: String,
+    exec_executions: u64,
+    exec_executions_successful: u64,
+    executions: u64,
+    first_active_date: Option<String>,
+    first_event_at: String,
+    has_opted_out: bool,
+    ip_hash_count: usize,
+    is_ci_only: bool,
+    last_active_date: Option<String>,
+    last_event_at: String,
+    lifespan_days: i64,
+    opted_out_at: Option<String>,
+    pipeline_runs: u64,
+    pipeline_runs_successful: u64,
+    project_id: &'a str,
+    project_id_source: &'a str,
+    unique_pipelines: usize,
+}
+
+fn project_rows<'m>(model: &'m Model) -> impl Iterator<Item = ProjectRow<'m>> {
+    model.projects.iter().filter_map(|pa| {
         let p = pa.project;
         let xs = &pa.executions;
         let first_active = pa.added_day().filter(|d| *d <= model.as_of);
@@ -192,31 +224,41 @@ pub fn projects<'m>(model: &'m Model) -> RecordIter<'m> {
         {
             return None;
         }
-        let exec: Vec<_> = xs.iter().filter(|x| x.is_exec()).collect();
-        let runs: Vec<_> = xs.iter().filter(|x| x.is_pipeline_run()).collect();
-        let unique: BTreeSet<_> = runs
-            .iter()
-            .filter_map(|x| x.pipeline_id.as_deref())
-            .collect();
-        Some(json!({
-            "project_id": p.project_id,
-            "project_id_source": p.source,
-            "first_event_at": fmt_ms(p.first_event_ms),
-            "last_event_at": fmt_ms(p.last_event_ms),
-            "lifespan_days": day_of(p.last_event_ms) - day_of(p.first_event_ms),
-            "cohort_month": super::calendar::fmt_month(super::calendar::month_of(pa.first_day)),
-            "ip_hash_count": p.ip_hash_count,
-            "is_ci_only": p.is_ci_only,
-            "opted_out_at": p.opted_out_ms.map(fmt_ms),
-            "has_opted_out": p.opted_out_ms.is_some(),
-            "executions": weight(xs.iter().copied()),
-            "exec_executions": weight(exec.iter().copied().copied()),
-            "exec_executions_successful": weight(exec.iter().copied().copied().filter(|x| x.is_success())),
-            "pipeline_runs": weight(runs.iter().copied().copied()),
-            "pipeline_runs_successful": weight(runs.iter().copied().copied().filter(|x| x.is_success())),
-            "unique_pipelines": unique.len(),
-            "first_active_date": first_active.map(fmt_day),
-            "last_active_date": last_active.map(fmt_day),
-        }))
-    }))
+        let (mut exec, mut exec_ok, mut runs, mut runs_ok) = (0, 0, 0, 0);
+        let mut unique: Vec<&str> = Vec::new();
+        for x in xs {
+            let w = u64::from(x.weight);
+            if x.is_exec() {
+                exec += w;
+                exec_ok += if x.is_success() { w } else { 0 };
+            }
+            if x.is_pipeline_run() {
+                runs += w;
+                runs_ok += if x.is_success() { w } else { 0 };
+                unique.extend(x.pipeline_id.as_deref());
+            }
+        }
+        unique.sort_unstable();
+        unique.dedup();
+        Some(ProjectRow {
+            cohort_month: super::calendar::fmt_month(super::calendar::month_of(pa.first_day)),
+            exec_executions: exec,
+            exec_executions_successful: exec_ok,
+            executions: weight(xs.iter().copied()),
+            first_active_date: first_active.map(fmt_day),
+            first_event_at: fmt_ms(p.first_event_ms),
+            has_opted_out: p.opted_out_ms.is_some(),
+            ip_hash_count: p.ip_hash_count,
+            is_ci_only: p.is_ci_only,
+            last_active_date: last_active.map(fmt_day),
+            last_event_at: fmt_ms(p.last_event_ms),
+            lifespan_days: day_of(p.last_event_ms) - day_of(p.first_event_ms),
+            opted_out_at: p.opted_out_ms.map(fmt_ms),
+            pipeline_runs: runs,
+            pipeline_runs_successful: runs_ok,
+            project_id: &p.project_id,
+            project_id_source: &p.source,
+            unique_pipelines: unique.len(),
+        })
+    })
 }

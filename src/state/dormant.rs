@@ -9,12 +9,15 @@
 //! run reads the head and decodes only the chunks of the projects it unpacks: most of the part is
 //! never decompressed. (A part written before chunks, one base64 text of everything, is still read.)
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::{
     LedgerEntry, Rows, RowsInto, StateError, StateSlice, Tables, TextTable, ZSTD_LEVEL, b64, pack,
     plugins_of, postcard_seed, unzstd, unzstd_with,
 };
+use crate::normalize::plugins::PluginInfo;
 use crate::normalize::{Carry, FastSet};
 use base64::Engine;
 
@@ -210,20 +213,72 @@ impl Dormant {
     }
 
     /// Add the rows of these entries (of this part) to `carry`; returns the ids of the projects
-    /// loaded. Each chunk they lie in is unpacked once.
+    /// loaded. Each chunk they lie in is unpacked once; from [`Dormant::SPLIT_FROM`] entries on, the
+    /// later half of the chunks is unpacked and read on another core (this runs while the other
+    /// core has nothing to do), and its rows follow the earlier half's in `carry`, as they would
+    /// have if read on one.
     pub fn load(
         &self,
         mut picked: Vec<&DormantEntry>,
         carry: &mut Carry,
     ) -> Result<FastSet<String>, StateError> {
-        let mut loaded = FastSet::default();
         if picked.is_empty() {
-            return Ok(loaded);
+            return Ok(FastSet::default());
         }
-        let mut interned = vec![None; self.texts.len()];
         let infos = plugins_of(self.plugins.iter().map(String::as_str))?;
         // rows are read in chunk order, and each project's rows as they were written
         picked.sort_by_key(|e| (e.chunk, e.rows.start));
+        let split = if picked.len() >= Self::SPLIT_FROM {
+            chunk_boundary_from(&picked, picked.len() / 2)
+        } else {
+            picked.len()
+        };
+        let (earlier, later) = picked.split_at(split);
+        let (loaded, chunks_read) = std::thread::scope(|scope| {
+            let later = (!later.is_empty()).then(|| {
+                scope.spawn(|| {
+                    let mut rows = Carry::default();
+                    self.load_sorted(later, &infos, &mut rows)
+                        .map(|loaded| (loaded, rows))
+                })
+            });
+            let (mut loaded, mut chunks_read) = self.load_sorted(earlier, &infos, carry)?;
+            if let Some(later) = later {
+                let ((more, more_chunks), mut rows) = later
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                loaded.extend(more);
+                chunks_read += more_chunks;
+                carry.executions.append(&mut rows.executions);
+                carry.parts.append(&mut rows.parts);
+                carry.tables.absorb(rows.tables);
+                carry.texts.absorb(rows.texts);
+            }
+            Ok::<_, StateError>((loaded, chunks_read))
+        })?;
+        if let RowStore::Chunked { starts } = &self.rows {
+            tracing::debug!(
+                "{chunks_read} of {} dormant chunk(s) decompressed",
+                starts.len().saturating_sub(1)
+            );
+        }
+        Ok(loaded)
+    }
+
+    /// Entries unpacked from which the work is shared by two cores (a thread costs tens of
+    /// microseconds; a few entries take about as much to read).
+    const SPLIT_FROM: usize = 32;
+
+    /// [`Dormant::load`] of entries in chunk order, on one core: the ids loaded and the number of
+    /// chunks unpacked.
+    fn load_sorted(
+        &self,
+        picked: &[&DormantEntry],
+        infos: &[Arc<PluginInfo>],
+        carry: &mut Carry,
+    ) -> Result<(FastSet<String>, usize), StateError> {
+        let mut loaded = FastSet::default();
+        let mut interned = vec![None; self.texts.len()];
         let (mut current, mut bytes) = (None, std::borrow::Cow::Borrowed(&[][..]));
         let mut unzip =
             zstd::bulk::Decompressor::new().map_err(|e| damaged("rows are not zstd", &e))?;
@@ -243,7 +298,7 @@ impl Dormant {
                     texts: &self.texts,
                     interned: &mut interned,
                 },
-                infos: &infos,
+                infos,
                 carry,
                 failure: &mut failure,
             };
@@ -254,14 +309,21 @@ impl Dormant {
             })?;
             loaded.insert(e.project_id.clone());
         }
-        if let RowStore::Chunked { starts } = &self.rows {
-            tracing::debug!(
-                "{chunks_read} of {} dormant chunk(s) decompressed",
-                starts.len().saturating_sub(1)
-            );
-        }
-        Ok(loaded)
+        Ok((loaded, chunks_read))
     }
+}
+
+/// The first place from `at` on where a new chunk starts in entries sorted by chunk (their end if
+/// none does), so that no chunk is unpacked by both halves.
+fn chunk_boundary_from(sorted: &[&DormantEntry], at: usize) -> usize {
+    let Some(chunk) = at
+        .checked_sub(1)
+        .and_then(|i| sorted.get(i))
+        .map(|e| e.chunk)
+    else {
+        return at.min(sorted.len());
+    };
+    at + sorted[at..].iter().take_while(|e| e.chunk == chunk).count()
 }
 
 /// One project to write into a new dormant part: its id, its cohort's counts and its rows.
@@ -421,6 +483,53 @@ mod tests {
             .map(|x| x.execution_id.to_string())
             .collect();
         assert_eq!(loaded(&part, &ids), want);
+    }
+
+    #[test]
+    fn many_projects_are_read_on_two_cores_in_the_order_one_would_read_them() {
+        let executions = asleep(600);
+        let text = encode(part_of(&executions)).unwrap();
+        let part = Dormant::read(StateSlice::owned(text), 19_600).unwrap();
+        // every third project, out of order: more than enough to share the work
+        let mut picked: Vec<&DormantEntry> = part.entries.iter().step_by(3).collect();
+        picked.reverse();
+        assert!(picked.len() >= Dormant::SPLIT_FROM);
+        let mut carry = Carry::default();
+        let projects = part.load(picked.clone(), &mut carry).unwrap();
+        assert_eq!(projects.len(), 200);
+        // read on one core, in chunk order
+        picked.sort_by_key(|e| (e.chunk, e.rows.start));
+        let infos = plugins_of(part.plugins.iter().map(String::as_str)).unwrap();
+        let mut one = Carry::default();
+        let (alone, chunks) = part.load_sorted(&picked, &infos, &mut one).unwrap();
+        assert_eq!(alone, projects);
+        assert!(chunks > 1);
+        let ids = |c: &Carry| -> Vec<String> {
+            c.executions
+                .iter()
+                .map(|x| x.execution_id.to_string())
+                .collect()
+        };
+        assert_eq!(ids(&carry), ids(&one));
+        assert_eq!(carry.executions, one.executions);
+    }
+
+    #[test]
+    fn the_halves_meet_where_a_chunk_starts() {
+        let entry = |chunk: u32| DormantEntry {
+            project_id: String::new(),
+            months: Vec::new(),
+            multi: false,
+            chunk,
+            rows: 0..0,
+        };
+        let entries: Vec<DormantEntry> = [0, 0, 1, 1, 1, 2].into_iter().map(entry).collect();
+        let sorted: Vec<&DormantEntry> = entries.iter().collect();
+        assert_eq!(chunk_boundary_from(&sorted, 0), 0);
+        assert_eq!(chunk_boundary_from(&sorted, 2), 2);
+        assert_eq!(chunk_boundary_from(&sorted, 3), 5);
+        assert_eq!(chunk_boundary_from(&sorted, 4), 5);
+        assert_eq!(chunk_boundary_from(&sorted, 6), 6);
     }
 
     #[test]

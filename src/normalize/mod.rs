@@ -103,6 +103,10 @@ pub struct ExecutionTables {
     /// Pipeline ids by a hash of the addresses of what they are made of, as `profiles`: a project's
     /// runs of one pipeline share their plugins' and strings' copies, and its id is hashed once.
     pipeline_memo: HashMap<u64, PipelineMemo>,
+    /// The profile handed out last: executions read from a state come project by project, most
+    /// of a project's with one profile, and comparing with the last one spares a probe of
+    /// `profiles` (a cache miss in a table of a hundred thousand) for each.
+    last_profile: Option<Arc<Profile>>,
 }
 
 /// A pipeline id, with the shared copies it was made of (held, so that their addresses stay theirs).
@@ -243,7 +247,14 @@ impl ExecutionTables {
 
     /// The shared copy of `profile`.
     pub fn profile(&mut self, profile: Profile) -> Arc<Profile> {
-        share(&mut self.profiles, profile)
+        if let Some(last) = &self.last_profile
+            && last.address_key() == profile.address_key()
+        {
+            return Arc::clone(last);
+        }
+        let shared = share(&mut self.profiles, profile);
+        self.last_profile = Some(Arc::clone(&shared));
+        shared
     }
 
     /// The shared copy of `command_line`.
@@ -2028,6 +2039,37 @@ mod tests {
         assert_eq!(b.command_line.command.as_deref(), Some("elt"));
         assert!(Arc::ptr_eq(&b.command_line, &c.command_line));
         assert!(!Arc::ptr_eq(&a.command_line, &b.command_line));
+    }
+
+    #[test]
+    fn the_last_profile_is_handed_out_again_and_an_earlier_one_from_the_table() {
+        let mut texts = Interner::default();
+        let mut tables = ExecutionTables::default();
+        let mut profile = |project: &str, version: &str| {
+            tables.profile(Profile {
+                project_id: texts.get(project),
+                meltano_version: Some(texts.get(version)),
+                ..Profile::default()
+            })
+        };
+        let a = profile("p", "3.5");
+        let again = profile("p", "3.5");
+        let newer = profile("p", "3.6");
+        let other = profile("q", "3.5");
+        let back = profile("p", "3.5");
+        assert!(Arc::ptr_eq(&a, &again));
+        assert!(!Arc::ptr_eq(&a, &newer) && !Arc::ptr_eq(&a, &other));
+        assert!(!Arc::ptr_eq(&newer, &other));
+        assert!(Arc::ptr_eq(&a, &back));
+        assert_eq!(&*newer.meltano_version.clone().unwrap(), "3.6");
+        // the same text in another copy is another profile, as the table would have it
+        let copy = tables.profile(Profile {
+            project_id: Text::from("p"),
+            meltano_version: Some(Text::from("3.5")),
+            ..Profile::default()
+        });
+        assert!(!Arc::ptr_eq(&a, &copy));
+        assert_eq!(*a, *copy);
     }
 
     #[test]

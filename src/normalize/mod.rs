@@ -399,6 +399,12 @@ impl Carry {
         if other.executions.capacity() > self.executions.capacity() {
             std::mem::swap(&mut self.executions, &mut other.executions);
         }
+        self.append_rows(other);
+    }
+
+    /// Take in the executions and parts of a carry read apart, after these and in their order (as
+    /// if read after these on the same core).
+    pub fn append_rows(&mut self, mut other: Carry) {
         self.executions.append(&mut other.executions);
         self.parts.append(&mut other.parts);
         self.tables.absorb(other.tables);

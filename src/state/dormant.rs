@@ -244,15 +244,12 @@ impl Dormant {
             });
             let (mut loaded, mut chunks_read) = self.load_sorted(earlier, &infos, carry)?;
             if let Some(later) = later {
-                let ((more, more_chunks), mut rows) = later
+                let ((more, more_chunks), rows) = later
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
                 loaded.extend(more);
                 chunks_read += more_chunks;
-                carry.executions.append(&mut rows.executions);
-                carry.parts.append(&mut rows.parts);
-                carry.tables.absorb(rows.tables);
-                carry.texts.absorb(rows.texts);
+                carry.append_rows(rows);
             }
             Ok::<_, StateError>((loaded, chunks_read))
         })?;

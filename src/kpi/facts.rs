@@ -224,10 +224,11 @@ fn project_rows<'m>(model: &'m Model) -> impl Iterator<Item = ProjectRow<'m>> {
         {
             return None;
         }
-        let (mut exec, mut exec_ok, mut runs, mut runs_ok) = (0, 0, 0, 0);
+        let (mut all, mut exec, mut exec_ok, mut runs, mut runs_ok) = (0, 0, 0, 0, 0);
         let mut unique: Vec<&str> = Vec::new();
         for x in xs {
             let w = u64::from(x.weight);
+            all += w;
             if x.is_exec() {
                 exec += w;
                 exec_ok += if x.is_success() { w } else { 0 };
@@ -244,7 +245,7 @@ fn project_rows<'m>(model: &'m Model) -> impl Iterator<Item = ProjectRow<'m>> {
             cohort_month: super::calendar::fmt_month(super::calendar::month_of(pa.first_day)),
             exec_executions: exec,
             exec_executions_successful: exec_ok,
-            executions: weight(xs.iter().copied()),
+            executions: all,
             first_active_date: first_active.map(fmt_day),
             first_event_at: fmt_ms(p.first_event_ms),
             has_opted_out: p.opted_out_ms.is_some(),

@@ -36,6 +36,19 @@ pub fn hand_back_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, DEFAULT_PURGE_DELAY_MS) }
 }
 
+/// Hand back now the memory freed so far, wherever it was freed.
+///
+/// mimalloc hands back what a thread frees on that thread's own heap; what one thread frees of
+/// another's (the decoding threads' events, freed once they are folded; the tables freed on a
+/// thread of their own) is only taken back when the owning heap next looks at it. A long run calls
+/// this between stages so that the next stage's peak does not stack on the last one's leftovers: on
+/// the 40,000-project fleet, 45 MiB was still held after folding, and the peak was 10 MiB higher.
+pub fn collect() {
+    // SAFETY: `mi_collect` walks mimalloc's own heaps and returns their free pages; it takes a flag
+    // and touches nothing of the caller's.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 /// Ask the kernel not to back this process with transparent huge pages.
 ///
 /// mimalloc asks for huge pages on its arenas. On a virtual machine whose host takes back the

@@ -707,6 +707,9 @@ pub fn run<W: Write>(
         rss()
     );
     let normalized = normalizer.finish();
+    if !short_run {
+        crate::memory::collect();
+    }
     tracing::debug!(
         "normalised at {:.2}s ({})",
         started.elapsed().as_secs_f64(),
@@ -754,9 +757,10 @@ pub fn run<W: Write>(
     let previous_projects = &previous_projects;
     let has_dormant = dormant.is_some();
     let (state, model, changes) = std::thread::scope(|scope| {
-        // the next state is summarised and encoded on the other core while the model is built, the
-        // health rules run and the records are written
-        let next_state = scope.spawn(move || -> Result<EncodedState, StateError> {
+        // a short run summarises and encodes the next state on the other core while the model is
+        // built, the health rules run and the records are written; a long one once the records are
+        // written and the model is freed, so that their memory and the state's do not add up
+        let encode_next_state = move || -> Result<EncodedState, StateError> {
             let mut compacted = compact::compact(
                 executions,
                 std::mem::take(&mut carry.parts),
@@ -865,7 +869,12 @@ pub fn run<W: Write>(
                 rss()
             );
             value
-        });
+        };
+        // being encoded, or to encode once the records are out
+        let next_state = match short_run {
+            true => Ok(scope.spawn(encode_next_state)),
+            false => Err(encode_next_state),
+        };
         let mut model = kpi::Model::new(&facts, as_of);
         if has_dormant {
             model.first_day = match (model.first_day, left_out.fleet.first_day) {
@@ -999,15 +1008,11 @@ pub fn run<W: Write>(
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         };
-        // a long run keeps its peak low: the rules run, and the next state is encoded, before the
-        // streams are made; a short one makes them all side by side (the state is then still being
-        // encoded, and joined below)
-        let next_state = if short_run {
-            Err(next_state)
-        } else {
+        // a long run keeps its peak low: the rules run before the streams are made; a short one
+        // makes them all side by side
+        if !short_run {
             let _ = health_done.set(run_rules());
-            Ok(join_state(next_state))
-        };
+        }
         let workers = cores();
         // a short run's streams are made further ahead of the writer, so that both cores keep making
         // records while the largest stream is written
@@ -1066,7 +1071,15 @@ pub fn run<W: Write>(
         })?;
         let health = health_done.into_inner().unwrap_or_default();
         report.recent_alarms = health.recent_alarms;
-        let mut state = next_state.unwrap_or_else(join_state)?;
+        let (mut state, model) = match next_state {
+            Ok(encoding) => (join_state(encoding)?, Some(model)),
+            Err(encode) => {
+                drop(watched);
+                drop(model);
+                crate::memory::collect();
+                (encode()?, None)
+            }
+        };
         state.set_health(&health.carries, json!(health.alarms_sent))?;
         Ok::<_, SyncError>((state, model, changes))
     })?;

@@ -2,9 +2,8 @@
 //! million events would briefly hold two copies while it grows), and chunks can be freed from the
 //! front once nothing reads them any more.
 
-/// Items per chunk: 1,024 (64 KiB of 64-byte events, a size the allocator reuses for anything once
-/// freed); 16 in unit tests, so that small inputs cross
-/// chunks too.
+/// Items per chunk: 1,024 (40 KiB of 40-byte events, a size the allocator reuses for anything once
+/// freed); 16 in unit tests, so that small inputs cross chunks too.
 #[cfg(not(test))]
 const CHUNK_BITS: u32 = 10;
 #[cfg(test)]
@@ -61,6 +60,11 @@ impl<T> Arena<T> {
     pub fn get(&self, index: u32) -> Option<&T> {
         let (c, i) = Self::locate(index);
         self.chunks.get(c).and_then(|chunk| chunk.get(i))
+    }
+
+    /// The item pushed last.
+    pub fn last(&self) -> Option<&T> {
+        self.len.checked_sub(1).and_then(|i| self.get(i as u32))
     }
 
     pub fn get_mut(&mut self, index: u32) -> Option<&mut T> {

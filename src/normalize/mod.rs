@@ -4,6 +4,7 @@
 
 pub mod arena;
 mod earlier_index;
+mod event_store;
 pub mod plugins;
 pub mod text;
 
@@ -17,8 +18,8 @@ use crate::decode::{Problem, Reason, excerpt};
 
 use crate::event::{Event, EventKind, Position};
 use crate::kpi::calendar::day_of;
-use arena::Arena;
 use earlier_index::{Earlier, EarlierIndex};
+use event_store::{EventStore, LiteEvent, NO_EVENT, NO_PLUGINS};
 pub use plugins::Plugin;
 pub use text::{FastIndex, FastMap, FastSet, Interner, Text, TextSet};
 
@@ -790,31 +791,6 @@ impl Variant {
     }
 }
 
-/// The part of an event an execution needs, in 64 bytes. Events live in one arena, each execution's
-/// chained from its builder, so that an execution costs no vector of its own while the input is read.
-#[derive(Debug, Clone)]
-struct LiteEvent {
-    time: i64,
-    /// `i64::MIN` when the event has no dedup time.
-    dedup_ms: i64,
-    /// `NO_EXIT` when the event carries no exit code.
-    exit_code: i64,
-    position: Position,
-    /// Index into the normaliser's variants.
-    variant: u32,
-    /// Index into the normaliser's plugin lists, `NO_PLUGINS` when the event has none.
-    plugins: u32,
-    /// The same execution's event read before this one, `NO_EVENT` for its first.
-    prev: u32,
-    is_block: bool,
-    alive: bool,
-}
-
-const NO_PLUGINS: u32 = u32::MAX;
-const NO_EVENT: u32 = u32::MAX;
-/// An exit code no process reports stands for "none" in the arena.
-const NO_EXIT: i64 = i64::MIN;
-
 fn dedup_bits(dedup_ms: Option<i64>) -> i64 {
     dedup_ms.unwrap_or(i64::MIN)
 }
@@ -827,11 +803,27 @@ fn intern<T: std::hash::Hash + Eq>(table: &mut Table<T>, value: T) -> u32 {
     table.insert_full(value).0 as u32
 }
 
+/// An execution while the input is read: its id's key (see [`execution_key`]) and its first and
+/// latest event in the store, each event chained to the one before.
 struct ExecutionBuilder {
-    execution_id: Text,
-    /// The execution's first and latest event in the arena.
+    key: SlotKey,
     first: u32,
     last: u32,
+}
+
+/// Exact key of an execution id: a UUID spelled as it prints, as its 128 bits (its text is made
+/// again from them once the execution is folded, so that reading holds no string per execution);
+/// any other id as the MD5 digest of its text, the text kept apart. Unlike [`event_key`], two
+/// spellings of one UUID stay two executions.
+fn execution_key(id: &str) -> (SlotKey, bool) {
+    if is_canonical_uuid(id)
+        && let Ok(u) = uuid::Uuid::try_parse(id)
+    {
+        return (slot_key(u.as_u128()), true);
+    }
+    use md5::{Digest, Md5};
+    let digest = u128::from_be_bytes(Md5::digest(id.as_bytes()).into());
+    (slot_key(digest), false)
 }
 
 fn keep_max<T: Ord + Clone>(slot: &mut Option<T>, value: Option<&T>) {
@@ -852,9 +844,9 @@ struct Shared {
 }
 
 impl Shared {
-    /// The arena entry of one execution event.
-    fn lite(&mut self, e: Event, time: i64, prev: u32) -> LiteEvent {
-        let variant = intern(&mut self.variants, EventVariant::of(&e, &mut self.texts));
+    /// The stored form of one execution event.
+    fn lite(&mut self, e: &Event, time: i64, prev: u32) -> LiteEvent {
+        let variant = intern(&mut self.variants, EventVariant::of(e, &mut self.texts));
         let plugins = if e.plugins.is_empty() {
             NO_PLUGINS
         } else {
@@ -867,12 +859,11 @@ impl Shared {
         };
         LiteEvent {
             time,
-            dedup_ms: dedup_bits(e.dedup_ms()),
+            dedup_ms: e.dedup_ms(),
             exit_code: match e.kind {
-                EventKind::Exit { exit_code: Some(c) } => c,
-                _ => NO_EXIT,
+                EventKind::Exit { exit_code } => exit_code,
+                _ => None,
             },
-            position: e.position,
             variant,
             plugins,
             prev,
@@ -884,16 +875,18 @@ impl Shared {
 
 impl ExecutionBuilder {
     /// The folded parts of the execution's live events; `None` when every event moved elsewhere.
-    fn fold(&self, events: &Arena<LiteEvent>, shared: &Shared) -> Option<ExecParts> {
+    fn fold(&self, id: &Text, events: &EventStore, shared: &Shared) -> Option<ExecParts> {
         let mut parts: Option<ExecParts> = None;
         let mut at = self.last;
+        let mut first_read = at;
         while let Some(e) = events.get(at) {
+            let this = at;
             at = e.prev;
             if !e.alive {
                 continue;
             }
             let parts = parts.get_or_insert_with(|| ExecParts {
-                execution_id: self.execution_id.clone(),
+                execution_id: id.clone(),
                 variant: Variant::default(),
                 started_ms: e.time,
                 finished_ms: e.time,
@@ -906,13 +899,11 @@ impl ExecutionBuilder {
                 presence_months: BTreeSet::new(),
             });
             // the chain runs newest first: the last one visited is the first read
-            parts.position = e.position.clone();
+            first_read = this;
             parts.event_count += 1;
             parts.started_ms = parts.started_ms.min(e.time);
             parts.finished_ms = parts.finished_ms.max(e.time);
-            if e.exit_code != NO_EXIT {
-                keep_max(&mut parts.exit_code, Some(&e.exit_code));
-            }
+            keep_max(&mut parts.exit_code, e.exit_code.as_ref());
             let x = &shared.variants[e.variant as usize];
             parts.variant.max_with_event(x, &shared.texts);
             if let Some(ip) = shared.texts.text(x.texts[EventVariant::IP]) {
@@ -923,6 +914,9 @@ impl ExecutionBuilder {
                     parts.see_plugin(shared.plugins.get(id), e.is_block.then_some(e.time));
                 }
             }
+        }
+        if let Some(parts) = &mut parts {
+            parts.position = events.position(first_read).unwrap_or_default();
         }
         parts
     }
@@ -951,15 +945,18 @@ struct StructuredSeen {
 #[derive(Default)]
 pub struct Normalizer {
     /// Every event with an id, in reading order, for the dedup pass.
-    /// Sightings by [`bucket_of`] their id (empty until the first).
-    sightings: Vec<Vec<Sighting>>,
+    /// Sightings by [`bucket_of`] their id (empty until the first), in chunks: a bucket that grew
+    /// by doubling held up to twice its entries (nearly so for every bucket of a million events).
+    sightings: Vec<arena::Arena<Sighting>>,
     /// Texts of the ids that are not canonical UUIDs (the others print from their key).
     odd_ids: HashMap<SlotKey, Box<str>>,
     /// Ids counted by earlier runs, with their event time: their copies are always dropped.
     earlier_ids: HashMap<SlotKey, i64>,
-    events: Arena<LiteEvent>,
+    events: EventStore,
     builders: Vec<ExecutionBuilder>,
-    by_execution: HashMap<Text, u32>,
+    by_execution: HashMap<SlotKey, u32>,
+    /// Texts of the execution ids that are not canonical UUIDs, by builder.
+    odd_execution_ids: HashMap<u32, Text>,
     state_changes: Vec<StateChange>,
     structured: Vec<StructuredSeen>,
     problems: Vec<Problem>,
@@ -1062,9 +1059,9 @@ impl Normalizer {
     fn retire(&mut self, home: Home) -> Option<(Position, i64)> {
         match home {
             Home::Execution(i) => {
-                let e = self.events.get_mut(i)?;
-                e.alive = false;
-                Some((e.position.clone(), e.time))
+                let time = self.events.get(i)?.time;
+                self.events.retire(i);
+                Some((self.events.position(i)?, time))
             }
             Home::StateChange(i) => {
                 let s = &mut self.state_changes[i as usize];
@@ -1084,7 +1081,7 @@ impl Normalizer {
             Home::Execution(i) => self
                 .events
                 .get(i)
-                .map_or((i64::MIN, i64::MIN), |e| (e.dedup_ms, e.time)),
+                .map_or((i64::MIN, i64::MIN), |e| (dedup_bits(e.dedup_ms), e.time)),
             Home::StateChange(i) => {
                 let s = &self.state_changes[i as usize];
                 (s.dedup_ms, s.time)
@@ -1236,15 +1233,17 @@ impl Normalizer {
                     return;
                 };
                 let index = self.events.len() as u32;
-                let builder = match self.by_execution.get(exec_id) {
+                let (exec_key, canonical) = execution_key(exec_id);
+                let builder = match self.by_execution.get(&exec_key) {
                     Some(&b) => b,
                     None => {
                         let b = self.builders.len() as u32;
-                        // execution ids are unique: shared by builder and index, not interned
-                        let execution_id = Text::from(exec_id);
-                        self.by_execution.insert(execution_id.clone(), b);
+                        if !canonical {
+                            self.odd_execution_ids.insert(b, Text::from(exec_id));
+                        }
+                        self.by_execution.insert(exec_key, b);
                         self.builders.push(ExecutionBuilder {
-                            execution_id,
+                            key: exec_key,
                             first: index,
                             last: NO_EVENT,
                         });
@@ -1252,9 +1251,9 @@ impl Normalizer {
                     }
                 };
                 let builder = &mut self.builders[builder as usize];
-                let lite = self.shared.lite(e, time, builder.last);
+                let lite = self.shared.lite(&e, time, builder.last);
                 builder.last = index;
-                self.events.push(lite);
+                self.events.push(lite, &e.position);
                 Home::Execution(index)
             }
         };
@@ -1285,12 +1284,12 @@ impl Normalizer {
     /// Where a counted event was read: copies of one id are told apart in reading order.
     fn read_at(&self, home: Home) -> (u32, u64, u32) {
         let p = match home {
-            Home::Execution(i) => match self.events.get(i) {
-                Some(e) => &e.position,
+            Home::Execution(i) => match self.events.position(i) {
+                Some(p) => p,
                 None => return (u32::MAX, u64::MAX, u32::MAX),
             },
-            Home::StateChange(i) => &self.state_changes[i as usize].position,
-            Home::Structured(i) => &self.structured[i as usize].position,
+            Home::StateChange(i) => self.state_changes[i as usize].position.clone(),
+            Home::Structured(i) => self.structured[i as usize].position.clone(),
         };
         (p.source, p.offset, p.index)
     }
@@ -1299,9 +1298,15 @@ impl Normalizer {
     /// sent times) and report the others; returns the kept copy of each id, bucket by bucket, each
     /// bucket sorted by id.
     fn remove_duplicates(&mut self) -> Vec<Vec<Sighting>> {
-        let mut buckets = std::mem::take(&mut self.sightings);
-        for bucket in &mut buckets {
-            self.keep_latest_copies(bucket);
+        let chunked = std::mem::take(&mut self.sightings);
+        let mut buckets = Vec::with_capacity(chunked.len());
+        for chunks in chunked {
+            // copied out at its size, one bucket at a time, to be sorted in place
+            let mut bucket = Vec::with_capacity(chunks.len());
+            bucket.extend(chunks.iter().copied());
+            drop(chunks);
+            self.keep_latest_copies(&mut bucket);
+            buckets.push(bucket);
         }
         buckets
     }
@@ -1378,8 +1383,8 @@ impl Normalizer {
         };
         let mut newest: Option<i64> = self.earlier_newest_ms;
         let mut see = |t: i64| newest = Some(newest.map_or(t, |n| n.max(t)));
-        for e in self.events.iter().filter(|e| e.alive) {
-            see(e.time);
+        for t in self.events.live_times() {
+            see(t);
         }
         for s in self.state_changes.iter().filter(|s| s.alive) {
             see(s.time);
@@ -1486,8 +1491,18 @@ impl Normalizer {
         let mut earlier = std::mem::take(&mut self.earlier_parts);
         let mut events = std::mem::take(&mut self.events);
         let builders = std::mem::take(&mut self.builders);
+        let odd_execution_ids = std::mem::take(&mut self.odd_execution_ids);
+        let mut uuid_text = uuid::Uuid::encode_buffer();
         for (n, b) in builders.iter().enumerate() {
-            let folded = b.fold(&events, &self.shared);
+            let id = match odd_execution_ids.get(&(n as u32)) {
+                Some(t) => t.clone(),
+                None => Text::from(
+                    &*uuid::Uuid::from_u128(event_key_of(b.key))
+                        .hyphenated()
+                        .encode_lower(&mut uuid_text),
+                ),
+            };
+            let folded = b.fold(&id, &events, &self.shared);
             // later executions start later in the arena: what lies before the next one's first
             // event is read for the last time
             if let Some(next) = builders.get(n + 1) {
@@ -1902,6 +1917,69 @@ mod tests {
         EventKind::Exit {
             exit_code: Some(code),
         }
+    }
+
+    #[test]
+    fn execution_ids_come_back_exactly_as_read_whatever_their_spelling() {
+        let t0 = 1_600_000_000_000;
+        let lower = "0a1b2c3d-0000-4000-8000-abcdef000001";
+        let upper = "0A1B2C3D-0000-4000-8000-ABCDEF000001";
+        let ids = [lower, upper, "run 7", "0a1b2c3d00004000800abcdef000001", ""];
+        let mut events = Vec::new();
+        for (k, id) in ids.iter().enumerate() {
+            for j in 0..2 {
+                let mut e = ev(None, id, exit(k as i64), t0 + k as i64 * 10 + j, t0);
+                e.position = Position {
+                    source: 1,
+                    line: 5 + k as u64,
+                    offset: 700 + k as u64,
+                    index: j as u32,
+                };
+                events.push(e);
+            }
+        }
+        let n = normalize(events);
+        let mut read: Vec<(&str, u32, i64)> = n
+            .facts
+            .executions
+            .iter()
+            .map(|x| (&*x.execution_id, x.event_count, x.started_ms))
+            .collect();
+        read.sort();
+        let mut want: Vec<(&str, u32, i64)> = ids
+            .iter()
+            .enumerate()
+            .map(|(k, id)| (*id, 2, t0 + k as i64 * 10))
+            .collect();
+        want.sort();
+        assert_eq!(read, want, "two spellings of one UUID are two executions");
+    }
+
+    #[test]
+    fn an_execution_without_a_project_is_named_where_its_first_event_was_read() {
+        let t0 = 1_600_000_000_000;
+        let mut events = Vec::new();
+        for (line, index) in [(9, 2), (3, 1), (12, 0)] {
+            let mut e = ev(None, "orphan", EventKind::Cli, t0 + line as i64, t0);
+            e.project.as_mut().unwrap().project_uuid = None;
+            e.position = Position {
+                source: 2,
+                line,
+                offset: line * 100,
+                index,
+            };
+            events.push(e);
+        }
+        let n = normalize(events);
+        let p = n
+            .problems
+            .iter()
+            .find(|p| p.reason == Reason::MissingProjectId)
+            .expect("the execution is reported");
+        assert_eq!(
+            (p.position.line, p.position.offset, p.position.index),
+            (9, 900, 2)
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! The dedup time and the exit code are kept as 32-bit numbers (the dedup time relative to the event
 //! time); the rare value that does not fit is kept in a side table.
 
-use super::arena::Arena;
+use super::arena::{Arena, LARGE_CHUNKS};
 use super::text::FastMap;
 use crate::event::Position;
 
@@ -70,8 +70,8 @@ pub(super) const NO_EVENT: u32 = u32::MAX;
 /// The stored events, addressed by the `u32` index [`EventStore::push`] returns.
 #[derive(Debug, Default)]
 pub(super) struct EventStore {
-    events: Arena<Stored>,
-    lines: Arena<LineAt>,
+    events: Arena<Stored, LARGE_CHUNKS>,
+    lines: Arena<LineAt, LARGE_CHUNKS>,
     far: FastMap<u32, Far>,
 }
 

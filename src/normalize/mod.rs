@@ -5,6 +5,7 @@
 pub mod arena;
 mod earlier_index;
 mod event_store;
+mod interned;
 pub mod plugins;
 pub mod text;
 
@@ -20,6 +21,7 @@ use crate::event::{Event, EventKind, Position};
 use crate::kpi::calendar::day_of;
 use earlier_index::{Earlier, EarlierIndex};
 use event_store::{EventStore, LiteEvent, NO_EVENT, NO_PLUGINS};
+use interned::Interned;
 pub use plugins::Plugin;
 pub use text::{FastIndex, FastMap, FastSet, Interner, Text, TextSet};
 
@@ -795,14 +797,6 @@ fn dedup_bits(dedup_ms: Option<i64>) -> i64 {
     dedup_ms.unwrap_or(i64::MIN)
 }
 
-/// Gives each distinct value one index, the value stored once: what events say repeats across the
-/// events of an execution and the executions of a project.
-type Table<T> = FastIndex<T>;
-
-fn intern<T: std::hash::Hash + Eq>(table: &mut Table<T>, value: T) -> u32 {
-    table.insert_full(value).0 as u32
-}
-
 /// An execution while the input is read: its id's key (see [`execution_key`]) and its first and
 /// latest event in the store, each event chained to the one before.
 struct ExecutionBuilder {
@@ -838,15 +832,15 @@ fn keep_max<T: Ord + Clone>(slot: &mut Option<T>, value: Option<&T>) {
 #[derive(Default)]
 struct Shared {
     texts: Interner,
-    variants: Table<EventVariant>,
-    plugin_lists: Table<Vec<u32>>,
+    variants: Interned<EventVariant>,
+    plugin_lists: Interned<Vec<u32>>,
     plugins: plugins::PluginTable,
 }
 
 impl Shared {
     /// The stored form of one execution event.
     fn lite(&mut self, e: &Event, time: i64, prev: u32) -> LiteEvent {
-        let variant = intern(&mut self.variants, EventVariant::of(e, &mut self.texts));
+        let variant = self.variants.intern(EventVariant::of(e, &mut self.texts));
         let plugins = if e.plugins.is_empty() {
             NO_PLUGINS
         } else {
@@ -855,7 +849,7 @@ impl Shared {
                 .iter()
                 .map(|p| self.plugins.intern(&p.0))
                 .collect();
-            intern(&mut self.plugin_lists, ids)
+            self.plugin_lists.intern(ids)
         };
         LiteEvent {
             time,
@@ -904,13 +898,14 @@ impl ExecutionBuilder {
             parts.started_ms = parts.started_ms.min(e.time);
             parts.finished_ms = parts.finished_ms.max(e.time);
             keep_max(&mut parts.exit_code, e.exit_code.as_ref());
-            let x = &shared.variants[e.variant as usize];
-            parts.variant.max_with_event(x, &shared.texts);
-            if let Some(ip) = shared.texts.text(x.texts[EventVariant::IP]) {
-                parts.ip_hashes.insert(ip.clone());
+            if let Some(x) = shared.variants.get(e.variant) {
+                parts.variant.max_with_event(x, &shared.texts);
+                if let Some(ip) = shared.texts.text(x.texts[EventVariant::IP]) {
+                    parts.ip_hashes.insert(ip.clone());
+                }
             }
             if e.plugins != NO_PLUGINS {
-                for &id in &shared.plugin_lists[e.plugins as usize] {
+                for &id in shared.plugin_lists.get(e.plugins).into_iter().flatten() {
                     parts.see_plugin(shared.plugins.get(id), e.is_block.then_some(e.time));
                 }
             }
@@ -953,7 +948,8 @@ pub struct Normalizer {
     /// Ids counted by earlier runs, with their event time: their copies are always dropped.
     earlier_ids: HashMap<SlotKey, i64>,
     events: EventStore,
-    builders: Vec<ExecutionBuilder>,
+    /// In chunks, freed as the executions are folded.
+    builders: arena::Arena<ExecutionBuilder, { arena::LARGE_CHUNKS }>,
     by_execution: HashMap<SlotKey, u32>,
     /// Texts of the execution ids that are not canonical UUIDs, by builder.
     odd_execution_ids: HashMap<u32, Text>,
@@ -1237,20 +1233,21 @@ impl Normalizer {
                 let builder = match self.by_execution.get(&exec_key) {
                     Some(&b) => b,
                     None => {
-                        let b = self.builders.len() as u32;
-                        if !canonical {
-                            self.odd_execution_ids.insert(b, Text::from(exec_id));
-                        }
-                        self.by_execution.insert(exec_key, b);
-                        self.builders.push(ExecutionBuilder {
+                        let b = self.builders.push(ExecutionBuilder {
                             key: exec_key,
                             first: index,
                             last: NO_EVENT,
                         });
+                        if !canonical {
+                            self.odd_execution_ids.insert(b, Text::from(exec_id));
+                        }
+                        self.by_execution.insert(exec_key, b);
                         b
                     }
                 };
-                let builder = &mut self.builders[builder as usize];
+                let Some(builder) = self.builders.get_mut(builder) else {
+                    return;
+                };
                 let lite = self.shared.lite(&e, time, builder.last);
                 builder.last = index;
                 self.events.push(lite, &e.position);
@@ -1490,11 +1487,14 @@ impl Normalizer {
             };
         let mut earlier = std::mem::take(&mut self.earlier_parts);
         let mut events = std::mem::take(&mut self.events);
-        let builders = std::mem::take(&mut self.builders);
+        let mut builders = std::mem::take(&mut self.builders);
         let odd_execution_ids = std::mem::take(&mut self.odd_execution_ids);
         let mut uuid_text = uuid::Uuid::encode_buffer();
-        for (n, b) in builders.iter().enumerate() {
-            let id = match odd_execution_ids.get(&(n as u32)) {
+        for n in 0..builders.len() as u32 {
+            let Some(b) = builders.get(n) else {
+                continue;
+            };
+            let id = match odd_execution_ids.get(&n) {
                 Some(t) => t.clone(),
                 None => Text::from(
                     &*uuid::Uuid::from_u128(event_key_of(b.key))
@@ -1508,6 +1508,7 @@ impl Normalizer {
             if let Some(next) = builders.get(n + 1) {
                 events.free_before(next.first);
             }
+            builders.free_before(n);
             let Some(new) = folded else {
                 continue;
             };
@@ -1546,8 +1547,8 @@ impl Normalizer {
         }
         drop(events);
         // the fold tables are done with
-        self.shared.variants = Table::default();
-        self.shared.plugin_lists = Table::default();
+        self.shared.variants = Interned::default();
+        self.shared.plugin_lists = Interned::default();
         for p in earlier.into_iter().flatten() {
             finish_part(p, &mut executions, &mut touched, false);
         }

@@ -488,14 +488,14 @@ const DAY_MS: i64 = 86_400_000;
 fn event_key(id: &str) -> (u128, bool) {
     match uuid::Uuid::try_parse(id) {
         Ok(u) => (u.as_u128(), is_canonical_uuid(id)),
-        Err(_) => {
-            use md5::{Digest, Md5};
-            (
-                u128::from_be_bytes(Md5::digest(id.as_bytes()).into()),
-                false,
-            )
-        }
+        Err(_) => (digest_key(id), false),
     }
+}
+
+/// The 128 bits of an id that is not taken as a UUID: the MD5 digest of its text.
+fn digest_key(id: &str) -> u128 {
+    use md5::{Digest, Md5};
+    u128::from_be_bytes(Md5::digest(id.as_bytes()).into())
 }
 
 /// Where a counted event lives, so that a winning copy read later can retire it.
@@ -815,9 +815,7 @@ fn execution_key(id: &str) -> (SlotKey, bool) {
     {
         return (slot_key(u.as_u128()), true);
     }
-    use md5::{Digest, Md5};
-    let digest = u128::from_be_bytes(Md5::digest(id.as_bytes()).into());
-    (slot_key(digest), false)
+    (slot_key(digest_key(id)), false)
 }
 
 fn keep_max<T: Ord + Clone>(slot: &mut Option<T>, value: Option<&T>) {

@@ -86,6 +86,27 @@ impl<T, const BITS: u32> Arena<T, BITS> {
         }
     }
 
+    /// Replace the items with `items`, written into the chunks already held (more chunks only if
+    /// `items` is the longer): a list sorted and thinned out elsewhere comes back without a second
+    /// allocation of its size, whose pages the allocator could not hand to the chunks freed for it.
+    pub fn overwrite(&mut self, items: &[T])
+    where
+        T: Copy,
+    {
+        let parts = items.chunks(Self::CHUNK);
+        let held = self.chunks.len().min(parts.len());
+        for (chunk, part) in self.chunks.iter_mut().zip(parts.clone()) {
+            chunk.clear();
+            chunk.extend_from_slice(part);
+        }
+        self.chunks.truncate(held);
+        self.freed = 0;
+        self.len = (held * Self::CHUNK).min(items.len());
+        for &item in items.get(self.len..).unwrap_or_default() {
+            self.push(item);
+        }
+    }
+
     /// The items in order (freed chunks are skipped).
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.chunks.iter().flatten()
@@ -112,5 +133,36 @@ mod tests {
         assert_eq!(a.get(CHUNK as u32), Some(&(CHUNK as u64)));
         assert_eq!(a.iter().count(), CHUNK + 5);
         assert_eq!(a.get((2 * CHUNK + 5) as u32), None);
+    }
+
+    #[test]
+    fn overwriting_reuses_chunks_and_keeps_indexes() {
+        const CHUNK: usize = 1 << SMALL_CHUNKS;
+        let mut a: Arena<u64> = Arena::default();
+        for i in 0..(3 * CHUNK + 2) as u64 {
+            a.push(i);
+        }
+        let first = a.chunks[0].as_ptr();
+        // fewer items: the first chunks are reused, the rest dropped
+        let fewer: Vec<u64> = (100..100 + CHUNK as u64 + 3).collect();
+        a.overwrite(&fewer);
+        assert_eq!(a.len(), fewer.len());
+        assert_eq!(a.chunks.len(), 2);
+        assert_eq!(a.chunks[0].as_ptr(), first);
+        assert_eq!(a.iter().copied().collect::<Vec<_>>(), fewer);
+        assert_eq!(a.push(7), fewer.len() as u32);
+        assert_eq!(a.get(fewer.len() as u32), Some(&7));
+        // more items than there were: pushed on
+        let more: Vec<u64> = (0..2 * CHUNK as u64 + 9).collect();
+        a.overwrite(&more);
+        assert_eq!(a.iter().copied().collect::<Vec<_>>(), more);
+        assert_eq!(a.get(CHUNK as u32 * 2 + 8), Some(&(CHUNK as u64 * 2 + 8)));
+        // exactly a chunk, then nothing
+        a.overwrite(&more[..CHUNK]);
+        assert_eq!(a.len(), CHUNK);
+        assert_eq!(a.push(1), CHUNK as u32);
+        a.overwrite(&[]);
+        assert!(a.is_empty());
+        assert_eq!(a.iter().count(), 0);
     }
 }

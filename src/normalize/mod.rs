@@ -1292,16 +1292,18 @@ impl Normalizer {
     /// Keep the latest-sent copy of every event id read more than once (the first read among equal
     /// sent times) and report the others; returns the kept copy of each id, bucket by bucket, each
     /// bucket sorted by id.
-    fn remove_duplicates(&mut self) -> Vec<Vec<Sighting>> {
-        let chunked = std::mem::take(&mut self.sightings);
-        let mut buckets = Vec::with_capacity(chunked.len());
-        for chunks in chunked {
-            // copied out at its size, one bucket at a time, to be sorted in place
-            let mut bucket = Vec::with_capacity(chunks.len());
-            bucket.extend(chunks.iter().copied());
-            drop(chunks);
-            self.keep_latest_copies(&mut bucket);
-            buckets.push(bucket);
+    fn remove_duplicates(&mut self) -> Vec<arena::Arena<Sighting>> {
+        let mut buckets = std::mem::take(&mut self.sightings);
+        // each bucket is sorted in one list as long as the longest and written back into its own
+        // chunks: a copy at each bucket's size took fresh pages while the pages of the chunks freed
+        // for it waited to be handed back
+        let longest = buckets.iter().map(arena::Arena::len).max().unwrap_or(0);
+        let mut scratch = Vec::with_capacity(longest);
+        for bucket in &mut buckets {
+            scratch.clear();
+            scratch.extend(bucket.iter().copied());
+            self.keep_latest_copies(&mut scratch);
+            bucket.overwrite(&scratch);
         }
         buckets
     }
@@ -1397,7 +1399,7 @@ impl Normalizer {
             .filter(|&(_, t)| t >= keep_ids_from)
             .map(|(k, t)| (event_key_of(k), t))
             .collect();
-        for s in sightings.iter().flatten() {
+        for s in sightings.iter().flat_map(arena::Arena::iter) {
             let time = self.times(Home::unpack(s.home)).1;
             if time >= keep_ids_from {
                 event_ids.push((event_key_of(s.key), time));

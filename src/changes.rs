@@ -19,7 +19,7 @@ use crate::kpi::ProjectScope;
 use crate::kpi::calendar::{
     day_of, fmt_day, is_complete, month_first_day, month_last_day, month_of, parse_day,
 };
-use crate::normalize::{Facts, FastSet, Text, Touched};
+use crate::normalize::{ExecutionId, Facts, FastSet, Touched};
 
 /// The row filter of one incremental run.
 #[derive(Debug, Default)]
@@ -28,7 +28,7 @@ pub struct Changes {
     pub from: String,
     /// The previous run's as_of, `YYYY-MM-DD`.
     pub previous_as_of: String,
-    pub executions: FastSet<Text>,
+    pub executions: FastSet<ExecutionId>,
     /// Cohort months (`YYYY-MM-01`) of touched projects.
     pub cohorts: FastSet<String>,
     /// Period rows before this day (`YYYY-MM-DD`) come from summarised history and are never

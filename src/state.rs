@@ -30,8 +30,8 @@ use crate::compact::Kept;
 use crate::decode::Format;
 use crate::normalize::plugins::{PluginInfo, info_from_normalised};
 use crate::normalize::{
-    Carry, ExecParts, Execution, FastIndex, FastMap, FastSet, Interner, Plugin, Text, TextSet,
-    Variant,
+    Carry, ExecParts, Execution, ExecutionId, FastIndex, FastMap, FastSet, Interner, Plugin, Text,
+    TextSet, Variant,
 };
 use crate::source::Fingerprint;
 
@@ -142,7 +142,7 @@ pub fn settle_ledger<'a>(
     recent: &[&'a Execution],
     earlier: Option<Settled>,
     settled_before: Option<i64>,
-    touched: &FastSet<Text>,
+    touched: &FastSet<ExecutionId>,
 ) -> (Option<SettledOut<'a>>, Vec<&'a Execution>) {
     if let Some(earlier) = earlier {
         let (settled, rest): (Vec<&Execution>, Vec<&Execution>) = recent
@@ -774,7 +774,7 @@ struct Head {
 
 /// The parts of one ledger row, whatever the layout of its version.
 struct RowParts {
-    execution_id: Text,
+    execution_id: ExecutionId,
     variant: Variant,
     started: i64,
     runtime: i64,
@@ -815,7 +815,7 @@ fn decode_carry(text: &str, version: u64) -> Result<(Carry, Projects), StateErro
             ) = r;
             variant.share_texts(&mut texts);
             RowParts {
-                execution_id: Text::from(id),
+                execution_id: ExecutionId::from(id),
                 variant,
                 started,
                 runtime,
@@ -1046,7 +1046,7 @@ impl<'de> serde::de::Visitor<'de> for RowsInto<'_> {
             };
             let part = part_of(
                 RowParts {
-                    execution_id: Text::from(id),
+                    execution_id: ExecutionId::from(id),
                     variant,
                     started,
                     runtime,
@@ -1639,7 +1639,7 @@ mod tests {
         // it holds while no new event touched its executions and as many finished before its bound
         let untouched = FastSet::default();
         let recent = [&open, &old];
-        let split = |earlier: Option<Settled>, touched: &FastSet<Text>| {
+        let split = |earlier: Option<Settled>, touched: &FastSet<ExecutionId>| {
             let (out, rest) = settle_ledger(&recent, earlier, Some(before + 5), touched);
             let rest: Vec<&str> = rest.iter().map(|x| &*x.execution_id).collect();
             match out {
@@ -1656,7 +1656,7 @@ mod tests {
             split(Some(settled.clone()), &untouched),
             ("carried", vec!["x1"])
         );
-        let touched: FastSet<Text> = [Text::from("x3")].into_iter().collect();
+        let touched: FastSet<ExecutionId> = [ExecutionId::from("x3")].into_iter().collect();
         assert_eq!(split(Some(settled.clone()), &touched).0, "written");
         let more = Settled {
             rows: 2,

@@ -625,7 +625,7 @@ fn segments_made_once_serve_both_streams_of_a_scoped_run() {
 fn an_incremental_run_looks_up_only_executions_from_the_earliest_touched() {
     let f = facts_of(project_runs("p", &[10, 20, 30]));
     let mut m = Model::new(&f, Some(d0() + 40));
-    let scope: crate::normalize::FastSet<crate::normalize::Text> =
+    let scope: crate::normalize::FastSet<crate::normalize::ExecutionId> =
         ["p-10", "p-30"].into_iter().map(Into::into).collect();
     let ids = |m: &Model| -> Vec<String> {
         m.scoped_executions()

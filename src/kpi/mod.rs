@@ -361,7 +361,7 @@ impl<'a> Model<'a> {
     /// which starts before `earliest_ms` (when known: the executions before it are not looked up).
     pub fn limit_executions(
         &mut self,
-        scope: &FastSet<crate::normalize::Text>,
+        scope: &FastSet<crate::normalize::ExecutionId>,
         earliest_ms: Option<i64>,
     ) {
         let first = earliest_ms.map_or(0, |ms| self.counted.partition_point(|x| x.started_ms < ms));

@@ -40,13 +40,13 @@ impl EarlierIndex {
     }
 
     /// Record where the execution with this id is.
-    pub(super) fn insert(&mut self, id: &Text, at: Earlier) {
+    pub(super) fn insert(&mut self, id: &str, at: Earlier) {
         match self.by_hash.entry(hash(id)) {
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(at);
             }
             std::collections::hash_map::Entry::Occupied(_) => {
-                self.collided.insert(id.clone(), at);
+                self.collided.insert(Text::from(id), at);
             }
         }
     }

@@ -5,6 +5,7 @@
 pub mod arena;
 mod earlier_index;
 mod event_store;
+mod execution_id;
 mod interned;
 pub mod plugins;
 pub mod text;
@@ -21,6 +22,7 @@ use crate::event::{Event, EventKind, Position};
 use crate::kpi::calendar::day_of;
 use earlier_index::{Earlier, EarlierIndex};
 use event_store::{EventStore, LiteEvent, NO_EVENT, NO_PLUGINS};
+pub use execution_id::ExecutionId;
 use interned::Interned;
 pub use plugins::Plugin;
 pub use text::{FastIndex, FastMap, FastSet, Interner, Text, TextSet};
@@ -58,7 +60,7 @@ pub struct CommandLine {
 /// One Meltano CLI invocation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Execution {
-    pub execution_id: Text,
+    pub execution_id: ExecutionId,
     pub profile: Arc<Profile>,
     /// What was run: a fleet runs few distinct commands, so executions share these too.
     pub command_line: Arc<CommandLine>,
@@ -270,7 +272,7 @@ impl Execution {
     /// A placeholder for a slot whose execution was taken out.
     fn vacant() -> Self {
         Execution {
-            execution_id: Text::from(""),
+            execution_id: ExecutionId::from(""),
             profile: Arc::default(),
             command_line: Arc::default(),
             started_ms: 0,
@@ -442,7 +444,7 @@ impl Carry {
 /// one: everything is new).
 #[derive(Debug, Clone, Default)]
 pub struct Touched {
-    pub executions: FastSet<Text>,
+    pub executions: FastSet<ExecutionId>,
     pub projects: FastSet<String>,
     /// Earliest start among the touched executions and time of any other touched event.
     pub earliest_ms: Option<i64>,
@@ -626,7 +628,7 @@ impl Variant {
 /// state keeps these; [`ExecParts::into_execution`] makes the [`Execution`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecParts {
-    pub execution_id: Text,
+    pub execution_id: ExecutionId,
     pub variant: Variant,
     pub started_ms: i64,
     pub finished_ms: i64,
@@ -867,7 +869,7 @@ impl Shared {
 
 impl ExecutionBuilder {
     /// The folded parts of the execution's live events; `None` when every event moved elsewhere.
-    fn fold(&self, id: &Text, events: &EventStore, shared: &Shared) -> Option<ExecParts> {
+    fn fold(&self, id: &ExecutionId, events: &EventStore, shared: &Shared) -> Option<ExecParts> {
         let mut parts: Option<ExecParts> = None;
         let mut at = self.last;
         let mut first_read = at;
@@ -1495,8 +1497,8 @@ impl Normalizer {
                 continue;
             };
             let id = match odd_execution_ids.get(&n) {
-                Some(t) => t.clone(),
-                None => Text::from(
+                Some(t) => ExecutionId::from(t.clone()),
+                None => ExecutionId::from(
                     &*uuid::Uuid::from_u128(event_key_of(b.key))
                         .hyphenated()
                         .encode_lower(&mut uuid_text),
@@ -2390,7 +2392,7 @@ mod tests {
                     .wrapping_add(1442695040888963407);
                 let mut x = Execution::vacant();
                 x.started_ms = (seed >> 40) as i64 % 97;
-                x.execution_id = Text::from(format!("{:08x}-{i}", seed >> 20).as_str());
+                x.execution_id = ExecutionId::from(format!("{:08x}-{i}", seed >> 20));
                 x
             })
             .collect();
@@ -2415,7 +2417,7 @@ mod tests {
             for k in 0..added {
                 let mut x = Execution::vacant();
                 x.started_ms = [-5, 0, 48, 96, 200][k % 5];
-                x.execution_id = Text::from(format!("added-{k:04}").as_str());
+                x.execution_id = ExecutionId::from(format!("added-{k:04}"));
                 extended.push(x);
             }
             check(extended, &format!("{added} added"));

@@ -148,7 +148,7 @@ impl<'a> Kept<'a> {
         let mut x = self.execution.clone();
         x.weight = self.weight;
         x.presence_months = self.presence_months().into();
-        x.ip_hashes = self.ip_hashes().clone();
+        x.ip_hashes = std::sync::Arc::new(self.ip_hashes().clone());
         x
     }
 }

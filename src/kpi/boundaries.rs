@@ -98,7 +98,7 @@ impl X {
         self
     }
     fn ip(mut self, ip: &str) -> X {
-        self.0.ip_hashes.insert(ip.into());
+        std::sync::Arc::make_mut(&mut self.0.ip_hashes).insert(ip.into());
         self
     }
     fn build(mut self) -> Execution {

@@ -72,7 +72,8 @@ pub struct Execution {
     pub plugins: Box<[Plugin]>,
     /// Set when the execution is a pipeline run.
     pub pipeline_id: Option<Text>,
-    pub ip_hashes: TextSet,
+    /// Shared: a project's executions mostly come from one address.
+    pub ip_hashes: Arc<TextSet>,
     /// How many executions this one stands for in lifetime counts: 1, or, in history summarised by
     /// the incremental state, the size of its group (0 for an execution kept only for its time).
     pub weight: u32,
@@ -112,6 +113,10 @@ pub struct ExecutionTables {
     /// of a project's with one profile, and comparing with the last one spares a probe of
     /// `profiles` (a cache miss in a table of a hundred thousand) for each.
     last_profile: Option<Arc<Profile>>,
+    /// Sets of one or two IP hashes, as `profiles`.
+    ip_hashes: HashMap<u64, Arc<TextSet>>,
+    /// The empty set, shared.
+    no_ip_hashes: Arc<TextSet>,
 }
 
 /// A pipeline id, with the shared copies it was made of (held, so that their addresses stay theirs).
@@ -167,6 +172,15 @@ impl ByAddress for Profile {
     }
 }
 
+impl ByAddress for TextSet {
+    /// Exact for sets of at most two, the only ones shared.
+    type Key = [usize; 2];
+    fn address_key(&self) -> Self::Key {
+        let mut at = self.iter();
+        [address(at.next()), address(at.next())]
+    }
+}
+
 impl ByAddress for CommandLine {
     type Key = [usize; 4];
     fn address_key(&self) -> Self::Key {
@@ -205,6 +219,9 @@ impl ExecutionTables {
         }
         for (key, command_line) in other.command_lines {
             self.command_lines.entry(key).or_insert(command_line);
+        }
+        for (key, set) in other.ip_hashes {
+            self.ip_hashes.entry(key).or_insert(set);
         }
         self.pipeline_ids.absorb(other.pipeline_ids);
         for (key, memo) in other.pipeline_memo {
@@ -262,6 +279,15 @@ impl ExecutionTables {
         shared
     }
 
+    /// The shared copy of a set of IP hashes (a set of more than two is not shared).
+    pub fn ip_hashes(&mut self, set: TextSet) -> Arc<TextSet> {
+        match set.len() {
+            0 => Arc::clone(&self.no_ip_hashes),
+            1 | 2 => share(&mut self.ip_hashes, set),
+            _ => Arc::new(set),
+        }
+    }
+
     /// The shared copy of `command_line`.
     pub fn command_line(&mut self, command_line: CommandLine) -> Arc<CommandLine> {
         share(&mut self.command_lines, command_line)
@@ -281,7 +307,7 @@ impl Execution {
             event_count: 0,
             plugins: Box::default(),
             pipeline_id: None,
-            ip_hashes: TextSet::new(),
+            ip_hashes: Arc::default(),
             weight: 0,
             presence_months: Box::default(),
         }
@@ -309,7 +335,7 @@ impl Execution {
             started_ms: self.started_ms,
             finished_ms: self.finished_ms,
             exit_code: self.exit_code,
-            ip_hashes: self.ip_hashes,
+            ip_hashes: Arc::unwrap_or_clone(self.ip_hashes),
             plugins,
             event_count: self.event_count,
             position: Position::default(),
@@ -702,8 +728,7 @@ impl ExecParts {
             && !plugins.is_empty();
         let pipeline_id = is_pipeline
             .then(|| tables.pipeline_id(&plugins, v.environment_hash.as_ref(), &project_id));
-        let mut ip_hashes = self.ip_hashes;
-        ip_hashes.shrink_to_fit();
+        let ip_hashes = tables.ip_hashes(self.ip_hashes);
         let v = self.variant;
         Ok(Execution {
             execution_id: self.execution_id,
@@ -1920,6 +1945,28 @@ mod tests {
         EventKind::Exit {
             exit_code: Some(code),
         }
+    }
+
+    #[test]
+    fn sets_of_ip_hashes_made_of_the_same_strings_are_one_copy() {
+        let mut tables = ExecutionTables::default();
+        let (a, b, c) = (Text::from("a"), Text::from("b"), Text::from("c"));
+        let set = |texts: &[&Text]| texts.iter().map(|&t| t.clone()).collect::<TextSet>();
+        let one = tables.ip_hashes(set(&[&a]));
+        assert!(Arc::ptr_eq(&one, &tables.ip_hashes(set(&[&a]))));
+        let two = tables.ip_hashes(set(&[&b, &a]));
+        assert!(Arc::ptr_eq(&two, &tables.ip_hashes(set(&[&a, &b]))));
+        assert!(!Arc::ptr_eq(&one, &two));
+        assert_eq!(two.iter().map(|t| &**t).collect::<Vec<_>>(), ["a", "b"]);
+        // an equal string held elsewhere is another set, equal by value
+        let other = tables.ip_hashes(set(&[&Text::from("a")]));
+        assert!(!Arc::ptr_eq(&one, &other));
+        assert_eq!(one, other);
+        let none = tables.ip_hashes(TextSet::new());
+        assert!(none.is_empty() && Arc::ptr_eq(&none, &tables.ip_hashes(TextSet::new())));
+        let three = tables.ip_hashes(set(&[&a, &b, &c]));
+        assert_eq!(three.len(), 3);
+        assert!(!Arc::ptr_eq(&three, &tables.ip_hashes(set(&[&a, &b, &c]))));
     }
 
     #[test]

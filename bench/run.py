@@ -13,7 +13,8 @@ a year of a large, sparse fleet of about 1.1 million events and 49,000 project i
 projects and events, and a month of 10,000 busy projects);
 BENCH_STATE_SIZE, the fleet whose state size is followed over a year (default "100000:365:0.01"; "" skips
 it); BENCH_MEMORY_SIZES, fleets of the same projects with more events each, whose full refreshes' peak memory
-is compared (default "40000:365:0.015,40000:365:0.03,40000:365:0.045"; "" skips them). BENCH_PROJECTS and BENCH_DAYS give a single size. BENCH_DUCKDB_MEMORY caps DuckDB's memory (default:
+is compared, with a fleet of more projects, and fitted to a fixed part, a part per project and a part per
+event (default "40000:365:0.015,40000:365:0.03,40000:365:0.045,80000:365:0.005"; "" skips them). BENCH_PROJECTS and BENCH_DAYS give a single size. BENCH_DUCKDB_MEMORY caps DuckDB's memory (default:
 half the machine's), with spilling to a temporary directory. BENCH_REPEAT (default 5): how many times each
 incremental and no-input run is timed; the median is reported. BENCH_LONG_REPEAT (default 3): how many times
 the full refresh and the parse floor are timed, in turn; their medians are reported."""
@@ -267,10 +268,33 @@ def read_facts(err):
     return events, int(rest[0].split()[0]), int(rest[1].split()[0])
 
 
+def fit_memory(rows):
+    """Least-squares fit of peak MiB = fixed + per project x project ids + per event x events (None when the
+    sizes cannot tell the two apart)."""
+    xs = [(1.0, ids, events) for ids, events, _ in rows]
+    ys = [rss for _, _, rss in rows]
+    a = [[sum(x[i] * x[j] for x in xs) for j in range(3)] + [sum(x[i] * y for x, y in zip(xs, ys))]
+         for i in range(3)]
+    for c in range(3):
+        pivot = max(range(c, 3), key=lambda r: abs(a[r][c]))
+        if abs(a[pivot][c]) < 1e-9 * max(1.0, abs(a[c][c])):
+            return None
+        a[c], a[pivot] = a[pivot], a[c]
+        for r in range(3):
+            if r != c:
+                f = a[r][c] / a[c][c]
+                a[r] = [v - f * w for v, w in zip(a[r], a[c])]
+    fixed, per_id, per_event = (a[i][3] / a[i][i] for i in range(3))
+    worst = max(abs(fixed + per_id * ids + per_event * events - rss) for ids, events, rss in rows)
+    return fixed, per_id, per_event, worst
+
+
 def memory_growth(sizes):
-    """Peak memory of a full refresh over fleets of the same projects sending more events each."""
+    """Peak memory of full refreshes over fleets of the same projects sending more events each, and of a fleet
+    of more projects, with what each project and each event adds."""
     lines = [
-        "Generated fleets of the same projects, each more active than the last; one full refresh of each.",
+        "Generated fleets: the same projects, each more active than the last, and one of more projects; one full "
+        "refresh of each.",
         "",
         "| projects | activity | events | executions | project ids | full refresh s | peak RSS MiB |",
         "|---:|---:|---:|---:|---:|---:|---:|",
@@ -282,15 +306,21 @@ def memory_growth(sizes):
             files = fleet_files(p, d, a)
             wall, rss, err, _, _ = tap_run(work, [os.path.dirname(files[0])])
             events, executions, ids = read_facts(err)
-            rows.append((events, rss))
+            rows.append((p, ids, events, rss))
             lines.append(f"| {p:,} | {a:g} | {events:,} | {executions:,} | {ids:,} | {wall:.1f} | {rss:.0f} |")
             print(lines[-1], flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if len(rows) > 1 and rows[-1][0] > rows[0][0]:
-        (e0, r0), (e1, r1) = rows[0], rows[-1]
-        lines += ["", f"From the first to the last: {e1 / e0:.2f}x the events, {r1 / r0:.2f}x the peak memory "
-                  f"({(r1 - r0) * 2**20 / (e1 - e0):.0f} bytes per added event)."]
+    same = [r for r in rows if r[0] == rows[0][0]] if rows else []
+    if len(same) > 1 and same[-1][2] > same[0][2]:
+        (_, _, e0, r0), (_, _, e1, r1) = same[0], same[-1]
+        lines += ["", f"Of the same projects, from the first to the last: {e1 / e0:.2f}x the events, {r1 / r0:.2f}x "
+                  f"the peak memory ({(r1 - r0) * 2**20 / (e1 - e0):.0f} bytes per added event)."]
+    fit = fit_memory([(ids, events, rss) for _, ids, events, rss in rows]) if len(rows) > 3 else None
+    if fit:
+        fixed, per_id, per_event, worst = fit
+        lines += ["", f"Least-squares fit over these fleets: peak = {fixed:.0f} MiB + {per_id * 2**20:.0f} bytes per "
+                  f"project id + {per_event * 2**20:.0f} bytes per event (largest miss {worst:.1f} MiB)."]
     return "\n".join(lines)
 
 
@@ -310,10 +340,11 @@ def main():
                f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
                f"{platform.system()} {platform.release()}.")
     sections = [f"## {p:,} projects, {d} days\n\n" + bench(p, d, a) for p, d, a in sizes]
-    dense = os.environ.get("BENCH_MEMORY_SIZES", "40000:365:0.015,40000:365:0.03,40000:365:0.045")
+    dense = os.environ.get("BENCH_MEMORY_SIZES",
+                           "40000:365:0.015,40000:365:0.03,40000:365:0.045,80000:365:0.005")
     if dense:
         sizes_dense = [parse_size(x) for x in dense.split(",")]
-        sections.append("## Peak memory as the same projects send more events\n\n" + memory_growth(sizes_dense))
+        sections.append("## Peak memory by projects and by events\n\n" + memory_growth(sizes_dense))
     if growth:
         p, d, a = parse_size(growth)
         sections.append(f"## State size as history grows, {p:,} projects\n\n" + state_growth(p, d, a))

@@ -20,7 +20,7 @@ for t in tests/e2e/test_*.py; do
   fi
 done
 echo "[test] benchmark at a small size (proves it runs; figures in bench/RESULTS.md come from bash bench/run.sh)"
-if ! BENCH_PROJECTS=60 BENCH_DAYS=60 BENCH_STATE_SIZE=60:60 BENCH_MEMORY_SIZES=60:60:1,60:60:2 BENCH_RESULTS="$(mktemp)" .venv/bin/python bench/run.py; then
+if ! BENCH_PROJECTS=60 BENCH_DAYS=60 BENCH_STATE_SIZE=60:60 BENCH_MEMORY_SIZES=60:60:1,60:60:2,60:60:3,120:60:1 BENCH_RESULTS="$(mktemp)" .venv/bin/python bench/run.py; then
   failed+=("bench/run.py")
 fi
 if [ ${#failed[@]} -gt 0 ]; then

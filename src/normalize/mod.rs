@@ -11,6 +11,7 @@ pub mod plugins;
 pub mod text;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 /// Hash maps keyed by ids from the input: a fast hash with a per-run random seed.
@@ -195,7 +196,6 @@ impl ByAddress for CommandLine {
 
 /// The shared copy of `value` in `held`.
 fn share<T: ByAddress>(held: &mut HashMap<u64, Arc<T>>, value: T) -> Arc<T> {
-    use std::hash::BuildHasher;
     let key = value.address_key();
     match held.entry(held.hasher().hash_one(&key)) {
         std::collections::hash_map::Entry::Occupied(slot) => {
@@ -975,7 +975,10 @@ pub struct Normalizer {
     events: EventStore,
     /// In chunks, freed as the executions are folded.
     builders: arena::Arena<ExecutionBuilder, { arena::LARGE_CHUNKS }>,
-    by_execution: HashMap<SlotKey, u32>,
+    /// The builders by their key's hash (the key itself is the builder's): four bytes an entry
+    /// rather than the key's sixteen again.
+    by_execution: hashbrown::HashTable<u32>,
+    by_execution_hasher: foldhash::fast::RandomState,
     /// Texts of the execution ids that are not canonical UUIDs, by builder.
     odd_execution_ids: HashMap<u32, Text>,
     state_changes: Vec<StateChange>,
@@ -1255,7 +1258,12 @@ impl Normalizer {
                 };
                 let index = self.events.len() as u32;
                 let (exec_key, canonical) = execution_key(exec_id);
-                let builder = match self.by_execution.get(&exec_key) {
+                let hash = self.by_execution_hasher.hash_one(exec_key);
+                let builders = &self.builders;
+                let found = self.by_execution.find(hash, |&b| {
+                    builders.get(b).is_some_and(|x| x.key == exec_key)
+                });
+                let builder = match found {
                     Some(&b) => b,
                     None => {
                         let b = self.builders.push(ExecutionBuilder {
@@ -1266,7 +1274,10 @@ impl Normalizer {
                         if !canonical {
                             self.odd_execution_ids.insert(b, Text::from(exec_id));
                         }
-                        self.by_execution.insert(exec_key, b);
+                        let (builders, hasher) = (&self.builders, &self.by_execution_hasher);
+                        self.by_execution.insert_unique(hash, b, |&m| {
+                            builders.get(m).map_or(0, |x| hasher.hash_one(x.key))
+                        });
                         b
                     }
                 };
@@ -1399,7 +1410,7 @@ impl Normalizer {
     pub fn finish(mut self) -> Normalized {
         let sightings = self.remove_duplicates();
         self.odd_ids = HashMap::default();
-        self.by_execution = HashMap::default();
+        self.by_execution = hashbrown::HashTable::new();
         let mut out = Normalized {
             problems: std::mem::take(&mut self.problems),
             stats: std::mem::take(&mut self.stats),

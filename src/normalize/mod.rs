@@ -978,6 +978,7 @@ pub struct Normalizer {
     /// The builders by their key's hash (the key itself is the builder's): four bytes an entry
     /// rather than the key's sixteen again.
     by_execution: hashbrown::HashTable<u32>,
+    /// Seeded afresh in every process, like the maps' hasher: ids come from the input.
     by_execution_hasher: foldhash::fast::RandomState,
     /// Texts of the execution ids that are not canonical UUIDs, by builder.
     odd_execution_ids: HashMap<u32, Text>,

@@ -347,7 +347,10 @@ pub fn encode(mut projects: Vec<DormantOut<'_>>) -> Result<String, StateError> {
     let tables = Tables::of(all)?;
     let mut entries = Vec::with_capacity(heads.len());
     let mut chunks: Vec<u32> = Vec::new();
-    let mut rows_text = String::new();
+    // room for the whole part, head included (about 70 bytes a row on generated fleets; pages never
+    // filled are never touched), so that it is neither copied as it grows nor copied again whole
+    // behind its head
+    let mut rows_text = String::with_capacity(64 * 1024 + tables.order.len() * TEXT_BYTES_PER_ROW);
     let mut raw: Vec<u8> = Vec::with_capacity(2 * CHUNK_BYTES);
     let mut at = 0;
     for ((id, months, multi), &n) in heads.into_iter().zip(&counts) {
@@ -381,11 +384,15 @@ pub fn encode(mut projects: Vec<DormantOut<'_>>) -> Result<String, StateError> {
         tables.order.len(),
         0,
     )?;
-    let mut text = b64().encode(head);
-    text.push(SEPARATOR);
-    text.push_str(&rows_text);
-    Ok(text)
+    let mut front = b64().encode(head);
+    front.push(SEPARATOR);
+    rows_text.insert_str(0, &front);
+    Ok(rows_text)
 }
+
+/// Room reserved per row for the part's text: its rows take about 55 bytes each and the head about 15
+/// more on generated fleets; reserved beyond what is written costs no memory until it is written.
+const TEXT_BYTES_PER_ROW: usize = 96;
 
 /// Compress the rows gathered for a chunk, append its base64 text to the part's rows and its packed
 /// size to the head's, and start the next chunk.

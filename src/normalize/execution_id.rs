@@ -27,10 +27,12 @@ impl ExecutionId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            // the bytes were copied from a `&str` at a character boundary, so they are UTF-8
-            Repr::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
+            // SAFETY: an inline id is only made by `From<&str>`, which copies a whole `&str` into
+            // the first `len` bytes, so they are UTF-8 (checked when the id was a `&str`, and not
+            // again on every hash, comparison and write)
+            Repr::Inline { len, bytes } => unsafe {
+                std::str::from_utf8_unchecked(&bytes[..usize::from(*len)])
+            },
             Repr::Shared(t) => t,
         }
     }
@@ -58,15 +60,6 @@ impl From<String> for ExecutionId {
     }
 }
 
-impl From<Text> for ExecutionId {
-    fn from(t: Text) -> Self {
-        match t.len() <= INLINE {
-            true => ExecutionId::from(&*t),
-            false => ExecutionId(Repr::Shared(t)),
-        }
-    }
-}
-
 impl Deref for ExecutionId {
     type Target = str;
     fn deref(&self) -> &str {
@@ -76,12 +69,6 @@ impl Deref for ExecutionId {
 
 impl Borrow<str> for ExecutionId {
     fn borrow(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl AsRef<str> for ExecutionId {
-    fn as_ref(&self) -> &str {
         self.as_str()
     }
 }
@@ -97,12 +84,6 @@ impl Eq for ExecutionId {}
 impl PartialEq<str> for ExecutionId {
     fn eq(&self, other: &str) -> bool {
         self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for ExecutionId {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
     }
 }
 
@@ -179,7 +160,6 @@ mod tests {
             assert_eq!(id.as_str(), t);
             assert_eq!(&**id, t);
             assert_eq!(id.to_string(), t);
-            assert_eq!(ExecutionId::from(Text::from(t)), *id);
         }
         assert!(matches!(ExecutionId::from(uuid).0, Repr::Inline { .. }));
         assert!(matches!(ExecutionId::from(long).0, Repr::Shared(_)));

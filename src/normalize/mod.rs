@@ -981,7 +981,7 @@ pub struct Normalizer {
     /// Seeded afresh in every process, like the maps' hasher: ids come from the input.
     by_execution_hasher: foldhash::fast::RandomState,
     /// Texts of the execution ids that are not canonical UUIDs, by builder.
-    odd_execution_ids: HashMap<u32, Text>,
+    odd_execution_ids: HashMap<u32, ExecutionId>,
     state_changes: Vec<StateChange>,
     structured: Vec<StructuredSeen>,
     problems: Vec<Problem>,
@@ -1273,7 +1273,7 @@ impl Normalizer {
                             last: NO_EVENT,
                         });
                         if !canonical {
-                            self.odd_execution_ids.insert(b, Text::from(exec_id));
+                            self.odd_execution_ids.insert(b, ExecutionId::from(exec_id));
                         }
                         let (builders, hasher) = (&self.builders, &self.by_execution_hasher);
                         self.by_execution.insert_unique(hash, b, |&m| {
@@ -1534,7 +1534,7 @@ impl Normalizer {
                 continue;
             };
             let id = match odd_execution_ids.get(&n) {
-                Some(t) => ExecutionId::from(t.clone()),
+                Some(t) => t.clone(),
                 None => ExecutionId::from(
                     &*uuid::Uuid::from_u128(event_key_of(b.key))
                         .hyphenated()

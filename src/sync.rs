@@ -1,7 +1,7 @@
 //! A sync, end to end: sources are read and decoded, events normalised, the KPI engine run, and every
 //! selected stream written as Singer messages, ending with STATE.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -473,19 +473,36 @@ impl EventSink<'_> {
 /// Where each input resumes, from the state's bookmarks: unchanged inputs (the same size and
 /// modification time, as make and rsync judge it) are skipped unopened, appended ones
 /// resume after their last complete line, replaced or rotated ones (their first bytes differ) and new
-/// ones are read whole.
+/// ones are read whole. An input no bookmark names that begins with the content a bookmark of a
+/// vanished input read (a directory moved or renamed, a source path spelled anew) takes that
+/// bookmark over, so its events are not read again as late copies.
 fn plan_inputs(
     inputs: &[Input],
     bookmarks: &[InputBookmark],
 ) -> Result<(Vec<Resume>, Vec<source::Fingerprint>), SyncError> {
     let mut resumes = Vec::with_capacity(inputs.len());
     let mut prints = Vec::with_capacity(inputs.len());
+    let mut vanished = Vanished::of(inputs, bookmarks);
     for input in inputs {
         let io = |e| SourceError::Io {
             path: input.name.clone(),
             source: e,
         };
-        let bookmark = bookmarks.iter().find(|b| b.name == input.name);
+        let mut bookmark = bookmarks.iter().find(|b| b.name == input.name);
+        let mut print = None;
+        if bookmark.is_none() && !input.not_modified && !vanished.is_empty() {
+            let now = source::fingerprint(&input.path).map_err(io)?;
+            let moved = vanished.take_continued(&now, &input.path).map_err(io)?;
+            print = Some(now);
+            if let Some(b) = moved {
+                tracing::info!(
+                    "{}: read before as {} (its first bytes are the same); resuming where that stopped",
+                    input.name,
+                    b.name
+                );
+                bookmark = Some(b);
+            }
+        }
         if input.not_modified
             && let Some(b) = bookmark
         {
@@ -509,7 +526,10 @@ fn plan_inputs(
             prints.push(b.fingerprint.clone());
             continue;
         }
-        let now = source::fingerprint(&input.path).map_err(io)?;
+        let now = match print {
+            Some(now) => now,
+            None => source::fingerprint(&input.path).map_err(io)?,
+        };
         let mut resume = Resume::default();
         if let Some(b) = bookmark {
             let was = &b.fingerprint;
@@ -529,6 +549,73 @@ fn plan_inputs(
         prints.push(now);
     }
     Ok((resumes, prints))
+}
+
+/// The bookmarks of inputs that are no longer listed, by the digest of the first bytes they read.
+struct Vanished<'b> {
+    by_head: BTreeMap<(u64, String), Vec<&'b InputBookmark>>,
+}
+
+impl<'b> Vanished<'b> {
+    fn of(inputs: &[Input], bookmarks: &'b [InputBookmark]) -> Vanished<'b> {
+        let listed: std::collections::HashSet<&str> =
+            inputs.iter().map(|i| i.name.as_str()).collect();
+        let mut by_head: BTreeMap<(u64, String), Vec<&InputBookmark>> = BTreeMap::new();
+        for b in bookmarks
+            .iter()
+            .filter(|b| !listed.contains(b.name.as_str()))
+        {
+            let key = (b.fingerprint.head_len, b.fingerprint.head_sha256.clone());
+            by_head.entry(key).or_default().push(b);
+        }
+        Vanished { by_head }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_head.is_empty()
+    }
+
+    /// The bookmark of a vanished input whose content the file at `path` (fingerprinted `now`)
+    /// begins with, taken out so that no other input takes it too. The head of a file read when it
+    /// was shorter than its digest's length is digested again at that length, once per length.
+    fn take_continued(
+        &mut self,
+        now: &source::Fingerprint,
+        path: &std::path::Path,
+    ) -> std::io::Result<Option<&'b InputBookmark>> {
+        let lengths: BTreeSet<u64> = self
+            .by_head
+            .keys()
+            .map(|(len, _)| *len)
+            .filter(|len| *len <= now.head_len)
+            .collect();
+        for len in lengths {
+            let digest = match len == now.head_len {
+                true => now.head_sha256.clone(),
+                false => source::head_digest(path, len)?,
+            };
+            let key = (len, digest);
+            let Some(candidates) = self.by_head.get_mut(&key) else {
+                continue;
+            };
+            // the longest content read that the file still holds
+            let Some(at) = candidates
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.fingerprint.size <= now.size)
+                .max_by_key(|(_, b)| b.fingerprint.size)
+                .map(|(at, _)| at)
+            else {
+                continue;
+            };
+            let taken = candidates.swap_remove(at);
+            if candidates.is_empty() {
+                self.by_head.remove(&key);
+            }
+            return Ok(Some(taken));
+        }
+        Ok(None)
+    }
 }
 
 /// The quarantine record of a problem.
@@ -1203,6 +1290,68 @@ fn rss() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn local(dir: &std::path::Path, name: &str) -> Input {
+        Input {
+            name: dir.join(name).display().to_string(),
+            path: dir.join(name),
+            format: crate::config::SourceFormat::Auto,
+            temporary: false,
+            validators: None,
+            not_modified: false,
+        }
+    }
+
+    fn bookmark(input: &Input, lines: u64) -> InputBookmark {
+        let fingerprint = source::fingerprint(&input.path).expect("fingerprint");
+        InputBookmark {
+            name: input.name.clone(),
+            offset: fingerprint.size,
+            fingerprint,
+            lines,
+            format: None,
+            http: None,
+        }
+    }
+
+    #[test]
+    fn an_input_under_a_new_name_takes_over_the_bookmark_of_the_content_it_begins_with() {
+        let dir = std::env::temp_dir().join(format!("tap-kpis-plan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        // a short file (digested whole when read), and one longer than the digested head
+        let long = "x".repeat(source::HEAD_BYTES as usize + 10);
+        std::fs::write(dir.join("short"), "a\nb\n").expect("write");
+        std::fs::write(dir.join("long"), &long).expect("write");
+        std::fs::write(dir.join("other"), "c\n").expect("write");
+        let read = [
+            local(&dir, "short"),
+            local(&dir, "long"),
+            local(&dir, "other"),
+        ];
+        let bookmarks: Vec<InputBookmark> = read.iter().map(|i| bookmark(i, 2)).collect();
+        // renamed: the short one grew, the long one is as it was and has a copy, the other was
+        // replaced
+        std::fs::rename(dir.join("short"), dir.join("short2")).expect("rename");
+        std::fs::write(dir.join("short2"), "a\nb\nc\n").expect("append");
+        std::fs::rename(dir.join("long"), dir.join("long2")).expect("rename");
+        std::fs::write(dir.join("long3"), &long).expect("copy");
+        std::fs::write(dir.join("other2"), "d\n").expect("write");
+        let now = [
+            local(&dir, "short2"),
+            local(&dir, "long2"),
+            local(&dir, "long3"),
+            local(&dir, "other2"),
+        ];
+        let (resumes, _) = plan_inputs(&now, &bookmarks).expect("planned");
+        // the grown one resumes after what was read, the unchanged one is skipped
+        assert_eq!((resumes[0].at.offset, resumes[0].skip), (4, false));
+        assert_eq!((resumes[1].at.lines, resumes[1].skip), (2, true));
+        // a bookmark is taken over once: the copy and the replaced file are read whole
+        assert_eq!(resumes[2], Resume::default());
+        assert_eq!(resumes[3], Resume::default());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_project_list_is_the_live_projects_and_the_packed_ones_as_known_before() {

@@ -355,3 +355,55 @@ fn events_older_than_the_horizon_are_set_aside_as_late() {
         "nothing late is applied"
     );
 }
+
+#[test]
+fn a_moved_source_directory_resumes_where_it_stopped() {
+    let root = common::temp_dir("incremental-moved");
+    let files = fleet(&root.join("fleet"), 10, 30, 13);
+    let (before, last) = files.split_at(files.len() - 1);
+    let (old, new) = (root.join("old"), root.join("new"));
+    std::fs::create_dir_all(&old).unwrap();
+    for (name, lines) in before {
+        std::fs::write(old.join(name), lines.join("\n") + "\n").unwrap();
+    }
+    let config_at = |dir: &std::path::Path| json!({"sources": [dir.display().to_string()]});
+    let (first, state) = run(&config_at(&old), None);
+    // the directory is renamed and a new day's file arrives in it
+    std::fs::rename(&old, &new).unwrap();
+    let (name, lines) = &last[0];
+    std::fs::write(new.join(name), lines.join("\n") + "\n").unwrap();
+    let (second, next, report) = run_counting(&config_at(&new), Some(&state));
+    assert_eq!(
+        report.unchanged_inputs,
+        before.len(),
+        "moved files not read"
+    );
+    assert_eq!(report.lines, lines.len() as u64, "only the new file read");
+    let set_aside: Vec<&Value> = second
+        .records("telemetry_errors")
+        .iter()
+        .filter(|r| r["reason"] == "late_event" || r["reason"] == "duplicate_event")
+        .collect();
+    assert!(set_aside.is_empty(), "events read again: {set_aside:?}");
+    let names: Vec<&str> = next["tap_kpis"]["inputs"]
+        .as_array()
+        .expect("bookmarks")
+        .iter()
+        .filter_map(|b| b["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), files.len());
+    let new_prefix = new.display().to_string();
+    assert!(
+        names.iter().all(|n| n.starts_with(&new_prefix)),
+        "{names:?}"
+    );
+    // the two runs upserted equal one run over the moved directory
+    let mut tables = Tables::new();
+    upsert(&mut tables, &first);
+    upsert(&mut tables, &second);
+    let (full_out, _) = run(&config_at(&new), None);
+    let mut full = Tables::new();
+    upsert(&mut full, &full_out);
+    assert_same(&kpi_tables(full), &kpi_tables(tables));
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -1,7 +1,7 @@
 //! A sync, end to end: sources are read and decoded, events normalised, the KPI engine run, and every
 //! selected stream written as Singer messages, ending with STATE.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -561,10 +561,11 @@ impl<'b> Vanished<'b> {
         let listed: std::collections::HashSet<&str> =
             inputs.iter().map(|i| i.name.as_str()).collect();
         let mut by_head: BTreeMap<(u64, String), Vec<&InputBookmark>> = BTreeMap::new();
-        for b in bookmarks
+        // a bookmark of nothing read has nothing to take over
+        let vanished = bookmarks
             .iter()
-            .filter(|b| !listed.contains(b.name.as_str()))
-        {
+            .filter(|b| b.offset > 0 && !listed.contains(b.name.as_str()));
+        for b in vanished {
             let key = (b.fingerprint.head_len, b.fingerprint.head_sha256.clone());
             by_head.entry(key).or_default().push(b);
         }
@@ -576,25 +577,28 @@ impl<'b> Vanished<'b> {
     }
 
     /// The bookmark of a vanished input whose content the file at `path` (fingerprinted `now`)
-    /// begins with, taken out so that no other input takes it too. The head of a file read when it
-    /// was shorter than its digest's length is digested again at that length, once per length.
+    /// begins with, taken out so that no other input takes it too. A bookmark of a file read when it
+    /// was shorter than the digested head is compared with this file's head cut to that length.
     fn take_continued(
         &mut self,
         now: &source::Fingerprint,
         path: &std::path::Path,
     ) -> std::io::Result<Option<&'b InputBookmark>> {
-        let lengths: BTreeSet<u64> = self
+        let mut lengths: Vec<u64> = self
             .by_head
             .keys()
             .map(|(len, _)| *len)
-            .filter(|len| *len <= now.head_len)
+            .filter(|len| *len < now.head_len)
             .collect();
-        for len in lengths {
-            let digest = match len == now.head_len {
-                true => now.head_sha256.clone(),
-                false => source::head_digest(path, len)?,
-            };
-            let key = (len, digest);
+        lengths.dedup();
+        let shorter = match lengths.is_empty() {
+            true => Vec::new(),
+            false => source::head_digests(path, &lengths)?,
+        };
+        // the file's own head first: the usual case (what was read is longer than the head)
+        let heads = std::iter::once((now.head_len, now.head_sha256.clone()))
+            .chain(lengths.into_iter().zip(shorter).rev());
+        for key in heads {
             let Some(candidates) = self.by_head.get_mut(&key) else {
                 continue;
             };
@@ -1324,11 +1328,9 @@ mod tests {
         std::fs::write(dir.join("short"), "a\nb\n").expect("write");
         std::fs::write(dir.join("long"), &long).expect("write");
         std::fs::write(dir.join("other"), "c\n").expect("write");
-        let read = [
-            local(&dir, "short"),
-            local(&dir, "long"),
-            local(&dir, "other"),
-        ];
+        let inputs =
+            |names: &[&str]| -> Vec<Input> { names.iter().map(|n| local(&dir, n)).collect() };
+        let read = inputs(&["short", "long", "other"]);
         let bookmarks: Vec<InputBookmark> = read.iter().map(|i| bookmark(i, 2)).collect();
         // renamed: the short one grew, the long one is as it was and has a copy, the other was
         // replaced
@@ -1337,12 +1339,7 @@ mod tests {
         std::fs::rename(dir.join("long"), dir.join("long2")).expect("rename");
         std::fs::write(dir.join("long3"), &long).expect("copy");
         std::fs::write(dir.join("other2"), "d\n").expect("write");
-        let now = [
-            local(&dir, "short2"),
-            local(&dir, "long2"),
-            local(&dir, "long3"),
-            local(&dir, "other2"),
-        ];
+        let now = inputs(&["short2", "long2", "long3", "other2"]);
         let (resumes, _) = plan_inputs(&now, &bookmarks).expect("planned");
         // the grown one resumes after what was read, the unchanged one is skipped
         assert_eq!((resumes[0].at.offset, resumes[0].skip), (4, false));

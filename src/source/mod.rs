@@ -349,6 +349,27 @@ pub fn head_digest(path: &std::path::Path, len: u64) -> io::Result<String> {
     Ok(hex::encode(Sha256::digest(&head)))
 }
 
+/// [`head_digest`] at each of `lengths` (ascending), the head read and hashed once: a file compared
+/// with the bookmarks of many short files is not read once per length.
+pub fn head_digests(path: &std::path::Path, lengths: &[u64]) -> io::Result<Vec<String>> {
+    use sha2::{Digest, Sha256};
+    let longest = lengths.iter().copied().max().unwrap_or(0);
+    let mut head = Vec::new();
+    File::open(path)?.take(longest).read_to_end(&mut head)?;
+    let mut hasher = Sha256::new();
+    let mut hashed = 0;
+    let mut digests = Vec::with_capacity(lengths.len());
+    for &len in lengths {
+        let end = usize::try_from(len).unwrap_or(usize::MAX).min(head.len());
+        if end > hashed {
+            hasher.update(&head[hashed..end]);
+            hashed = end;
+        }
+        digests.push(hex::encode(hasher.clone().finalize()));
+    }
+    Ok(digests)
+}
+
 /// A file's size and modification time (epoch ms), the quick check of whether it changed.
 pub fn size_and_mtime(path: &std::path::Path) -> io::Result<(u64, i64)> {
     let meta = std::fs::metadata(path)?;
@@ -387,6 +408,23 @@ pub fn read_all(input: &Input) -> Result<Vec<u8>, SourceError> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn digests_of_a_head_at_several_lengths_are_each_length_digested_alone() {
+        let dir = std::env::temp_dir().join(format!("tap-kpis-heads-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("f");
+        std::fs::write(&path, "0123456789abcdef").expect("write");
+        // lengths past the end are cut to the file, as head_digest does
+        let lengths = [0, 1, 7, 7, 16, 40];
+        let each: Vec<String> = lengths
+            .iter()
+            .map(|&n| head_digest(&path, n).expect("digest"))
+            .collect();
+        assert_eq!(head_digests(&path, &lengths).expect("digests"), each);
+        assert_ne!(each[1], each[2]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn gzip_by_content_and_sorted_directories() {

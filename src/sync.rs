@@ -554,6 +554,9 @@ fn plan_inputs(
 /// The bookmarks of inputs that are no longer listed, by the digest of the first bytes they read.
 struct Vanished<'b> {
     by_head: BTreeMap<(u64, String), Vec<&'b InputBookmark>>,
+    /// The lengths digested, ascending (one left here after its last bookmark was taken only costs
+    /// a lookup).
+    lengths: Vec<u64>,
 }
 
 impl<'b> Vanished<'b> {
@@ -569,7 +572,9 @@ impl<'b> Vanished<'b> {
             let key = (b.fingerprint.head_len, b.fingerprint.head_sha256.clone());
             by_head.entry(key).or_default().push(b);
         }
-        Vanished { by_head }
+        let mut lengths: Vec<u64> = by_head.keys().map(|(len, _)| *len).collect();
+        lengths.dedup();
+        Vanished { by_head, lengths }
     }
 
     fn is_empty(&self) -> bool {
@@ -584,20 +589,14 @@ impl<'b> Vanished<'b> {
         now: &source::Fingerprint,
         path: &std::path::Path,
     ) -> std::io::Result<Option<&'b InputBookmark>> {
-        let mut lengths: Vec<u64> = self
-            .by_head
-            .keys()
-            .map(|(len, _)| *len)
-            .filter(|len| *len < now.head_len)
-            .collect();
-        lengths.dedup();
+        let lengths = &self.lengths[..self.lengths.partition_point(|len| *len < now.head_len)];
         let shorter = match lengths.is_empty() {
             true => Vec::new(),
-            false => source::head_digests(path, &lengths)?,
+            false => source::head_digests(path, lengths)?,
         };
         // the file's own head first: the usual case (what was read is longer than the head)
         let heads = std::iter::once((now.head_len, now.head_sha256.clone()))
-            .chain(lengths.into_iter().zip(shorter).rev());
+            .chain(lengths.iter().copied().zip(shorter).rev());
         for key in heads {
             let Some(candidates) = self.by_head.get_mut(&key) else {
                 continue;

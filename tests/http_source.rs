@@ -295,6 +295,31 @@ fn http_sources_are_requested_conditionally_and_resume_where_they_stopped() {
     let state = three.states.last().unwrap().clone();
     assert_eq!(state["tap_kpis"]["inputs"][0]["http"]["etag"], "\"v2\"");
     common::upsert(&mut tables, &three);
+
+    // the same resource under a new URL (a signed link made anew): the download begins with what
+    // the old URL's bookmark read, so it takes that bookmark over and nothing is read again
+    let signed = format!("{}?signature=2", feed.url);
+    let out = common::tap_command(&dir, &json!({"sources": [signed.clone()]}), Some(&state))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let four = common::parse(&out.stdout);
+    let read_again: Vec<_> = four
+        .records("telemetry_errors")
+        .iter()
+        .filter(|r| r["reason"] == "late_event" || r["reason"] == "duplicate_event")
+        .collect();
+    assert!(read_again.is_empty(), "{read_again:?}");
+    assert!(four.records("cli_executions").is_empty());
+    assert_eq!(
+        four.states.last().unwrap()["tap_kpis"]["inputs"][0]["name"],
+        signed
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read before as"));
     let whole = common::temp_dir("http-conditional-whole").join("all.ndjson");
     std::fs::write(&whole, &all).unwrap();
     let mut full = common::Tables::new();

@@ -267,15 +267,14 @@ fn http_sources_are_requested_conditionally_and_resume_where_they_stopped() {
     let feed = serve_feed(first.into_bytes(), "\"v1\"");
     let dir = common::temp_dir("http-conditional");
     let config = json!({"sources": [feed.url.clone()]});
-    let run = |state: Option<&serde_json::Value>| {
-        let out = common::tap_command(&dir, &config, state).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        common::parse(&out.stdout)
+    // a successful run of `config`: its messages and its stderr
+    let run_with = |config: &serde_json::Value, state: Option<&serde_json::Value>| {
+        let out = common::tap_command(&dir, config, state).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (common::parse(&out.stdout), stderr)
     };
+    let run = |state: Option<&serde_json::Value>| run_with(&config, state).0;
     let mut tables = common::Tables::new();
     let one = run(None);
     common::upsert(&mut tables, &one);
@@ -299,15 +298,7 @@ fn http_sources_are_requested_conditionally_and_resume_where_they_stopped() {
     // the same resource under a new URL (a signed link made anew): the download begins with what
     // the old URL's bookmark read, so it takes that bookmark over and nothing is read again
     let signed = format!("{}?signature=2", feed.url);
-    let out = common::tap_command(&dir, &json!({"sources": [signed.clone()]}), Some(&state))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let four = common::parse(&out.stdout);
+    let (four, stderr) = run_with(&json!({"sources": [signed.clone()]}), Some(&state));
     let read_again: Vec<_> = four
         .records("telemetry_errors")
         .iter()
@@ -319,7 +310,7 @@ fn http_sources_are_requested_conditionally_and_resume_where_they_stopped() {
         four.states.last().unwrap()["tap_kpis"]["inputs"][0]["name"],
         signed
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("read before as"));
+    assert!(stderr.contains("read before as"));
     let whole = common::temp_dir("http-conditional-whole").join("all.ndjson");
     std::fs::write(&whole, &all).unwrap();
     let mut full = common::Tables::new();

@@ -343,10 +343,8 @@ pub const HEAD_BYTES: u64 = 64 * 1024;
 
 /// SHA-256 hex of the first `len` bytes of a file (fewer if the file is shorter).
 pub fn head_digest(path: &std::path::Path, len: u64) -> io::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut head = Vec::new();
-    File::open(path)?.take(len).read_to_end(&mut head)?;
-    Ok(hex::encode(Sha256::digest(&head)))
+    let digests = head_digests(path, &[len])?;
+    Ok(digests.into_iter().next().unwrap_or_default())
 }
 
 /// [`head_digest`] at each of `lengths` (ascending), the head read and hashed once: a file compared

@@ -51,20 +51,27 @@ if pid == 0:
     os.execvp(sys.argv[1], sys.argv[1:])
 _, status, usage = os.wait4(pid, 0)
 code = os.waitstatus_to_exitcode(status)
-sys.stderr.write("\nBENCH-USAGE " + json.dumps([time.monotonic() - start, usage.ru_maxrss, code]) + "\n")
+sys.stderr.write("\nBENCH-USAGE " + json.dumps([time.monotonic() - start, usage.ru_maxrss, code,
+                                                usage.ru_utime + usage.ru_stime, usage.ru_minflt]) + "\n")
 sys.exit(code)
 """
 
 
-def measure(cmd, stdout=subprocess.DEVNULL):
-    """Wall seconds, peak RSS (MiB) and stderr of one command."""
+def measure_usage(cmd, stdout=subprocess.DEVNULL):
+    """Wall seconds, peak RSS (MiB), stderr, CPU seconds and page faults of one command."""
     proc = subprocess.run([PY, "-c", RUNNER, *cmd], stdout=stdout, stderr=subprocess.PIPE)
     err = proc.stderr.decode(errors="replace")
     head, _, tail = err.rpartition("\nBENCH-USAGE ")
     if proc.returncode != 0 or not tail:
         raise SystemExit(f"{cmd[0]} failed: {err[-2000:]}")
-    wall, maxrss_kib, _ = json.loads(tail)
-    return wall, maxrss_kib / 1024, head
+    wall, maxrss_kib, _, cpu, faults = json.loads(tail)
+    return wall, maxrss_kib / 1024, head, cpu, faults
+
+
+def measure(cmd, stdout=subprocess.DEVNULL):
+    """Wall seconds, peak RSS (MiB) and stderr of one command."""
+    wall, rss, err, _, _ = measure_usage(cmd, stdout)
+    return wall, rss, err
 
 
 def events_read(err):
@@ -353,4 +360,5 @@ def main():
                 + "\n\n".join(sections) + "\n")
 
 
-main()
+if __name__ == "__main__":
+    main()

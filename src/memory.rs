@@ -53,41 +53,19 @@ pub fn collect() {
 /// Ask the kernel not to back this process with transparent huge pages.
 ///
 /// mimalloc asks for huge pages on its arenas. On a virtual machine whose host takes back the
-/// guest's free memory, each fresh 2 MiB page is backed anew when first touched, and how long that
-/// takes varies from run to run; a full refresh measured the same or faster without huge pages, and
-/// its peak is a few MiB lower (a huge page is resident whole). A long run keeps small pages.
+/// guest's free memory, each fresh 2 MiB page is backed anew when first touched: a run of a second
+/// spent up to half its time in those faults, and how much varied from run to run. Small pages come
+/// from memory the system used recently and cost about a tenth of a second per 200 MiB, steadily; a
+/// full refresh measured the same or faster without huge pages. Short incremental runs, whose page
+/// faults huge pages cut from about 30,000 to about 1,300, measured anywhere from 14% faster to 10%
+/// slower with them, by fleet and by the hour (`bench/compare.py`), so they keep small pages too.
 pub fn avoid_huge_pages() {
-    set_huge_pages_disabled(true);
-}
-
-/// Let the kernel back this process with transparent huge pages again (undoes
-/// [`avoid_huge_pages`] once a run turns out to be short).
-///
-/// A short incremental run touches about 150 MiB of fresh memory in a third of a second, mostly
-/// while it decodes the state: in small pages that is some 30,000 page faults, a quarter of its CPU
-/// time; in huge pages, about 900. On the 40,000-project fleet the 1% run's median wall time fell
-/// by about a tenth, while its slowest runs stayed as slow (a host slow to back a huge page costs
-/// a few of them more than it saves).
-pub fn allow_huge_pages() {
-    set_huge_pages_disabled(false);
-}
-
-fn set_huge_pages_disabled(disabled: bool) {
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and sets one flag of this process (inherited
-    // by its children), read by the kernel at each later page fault; a kernel without it returns an
-    // error, which changes nothing.
+    // by its children); a kernel without it returns an error, which changes nothing.
     unsafe {
-        libc::prctl(
-            libc::PR_SET_THP_DISABLE,
-            libc::c_ulong::from(disabled),
-            0,
-            0,
-            0,
-        );
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = disabled;
 }
 
 /// End the process once its output is flushed, without freeing what it built.
@@ -134,24 +112,5 @@ mod tests {
             unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) },
             before
         );
-    }
-
-    /// Whether the kernel may back this process with huge pages, as `/proc/self/status` says
-    /// (`None` where it does not say).
-    fn huge_pages_enabled() -> Option<bool> {
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let line = status.lines().find(|l| l.starts_with("THP_enabled:"))?;
-        Some(line.split_whitespace().nth(1)? == "1")
-    }
-
-    #[test]
-    fn huge_pages_are_avoided_then_allowed_again() {
-        if huge_pages_enabled().is_none() {
-            return;
-        }
-        avoid_huge_pages();
-        assert_eq!(huge_pages_enabled(), Some(false));
-        allow_huge_pages();
-        assert_eq!(huge_pages_enabled(), Some(true));
     }
 }

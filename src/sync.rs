@@ -691,10 +691,8 @@ pub fn run<W: Write>(
         .sum();
     let short_run = state.is_some() && new_bytes <= crate::memory::SHORT_RUN_INPUT_BYTES;
     if short_run {
-        // a short incremental run: reusing freed pages beats having the kernel zero new ones, and
-        // a few huge pages fault in faster than thousands of small ones
+        // a short incremental run: reusing freed pages beats having the kernel zero new ones
         crate::memory::keep_freed_memory();
-        crate::memory::allow_huge_pages();
     } else {
         // a long one keeps its peak low
         crate::memory::hand_back_freed_memory();

@@ -25,6 +25,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import ROOT, fill, fleet_files, last_percent, measure_usage, median  # noqa: E402
 
+
 def timed(cmd, out):
     """Wall s, CPU s, page faults and peak RSS (MiB) of `cmd`, its stdout written to `out`."""
     with open(out, "wb") as f:
@@ -61,10 +62,15 @@ def records_and_state(path):
     return sorted(records), state
 
 
+def out_path(work, name, what="out"):
+    """Where a build's output is kept (named after the build, without spaces)."""
+    return os.path.join(work, f"{name.replace(' ', '-')}.{what}")
+
+
 def same_output(builds, work):
     """Whether the two builds' last runs wrote the same records and the same final STATE."""
     (base_records, base_state), (this_records, this_state) = (
-        records_and_state(os.path.join(work, f"{name}.out")) for name, _ in builds)
+        records_and_state(out_path(work, name)) for name, _ in builds)
     return (f"records {'identical' if base_records == this_records else 'DIFFER'} ({len(this_records):,}), "
             f"final STATE {'identical' if base_state == this_state else 'DIFFERS'}")
 
@@ -101,7 +107,7 @@ def alternate(builds, make_cmd, rounds, work):
     runs = {name: [] for name, _ in builds}
     for i in range(rounds):
         for name, binary in (builds if i % 2 == 0 else builds[::-1]):
-            runs[name].append(timed(make_cmd(name, binary), os.path.join(work, f"{name}.out")))
+            runs[name].append(timed(make_cmd(name, binary), out_path(work, name)))
     return runs
 
 
@@ -142,19 +148,19 @@ def main():
         # each build resumes from a state it wrote itself
         state_sizes = []
         for name, binary in builds:
-            out = os.path.join(work, f"{name}.state-run")
+            out = out_path(work, name, "state-run")
             timed([binary, "--config", config], out)
             with open(out) as f:
                 states = [line for line in f if line.startswith('{"type":"STATE"')]
             state = json.dumps(json.loads(states[-1])["value"])
             state_sizes.append(f"{len(state) / 1e6:.1f} MB ({name})")
-            with open(os.path.join(work, f"{name}.state.json"), "w") as f:
+            with open(out_path(work, name, "state.json"), "w") as f:
                 f.write(state)
         fill(src, files)
         print(f"fleet {args.size}: {len(files) - split} of {len(files)} files new, states of "
               f"{' and '.join(state_sizes)}, {args.runs} alternating incremental runs of each build")
         inc = alternate(builds, lambda name, binary: [
-            binary, "--config", config, "--state", os.path.join(work, f"{name}.state.json")], args.runs, work)
+            binary, "--config", config, "--state", out_path(work, name, "state.json")], args.runs, work)
         print_table("Incremental run (the last ~1% of the bytes)", [summary(n, inc[n]) for n, _ in builds])
         print(same_output(builds, work))
         if args.full:

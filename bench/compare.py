@@ -13,7 +13,7 @@ and the ratio of this build to the base by median and by mean; then whether the 
 
 Options: --size PROJECTS:DAYS:ACTIVITY (default 40000:365:0.015), --runs N incremental runs of each
 (default 20), --full N full refreshes of each (default 0), --bin PATH for this build (default: built
-with `cargo build --release`)."""
+with `cargo build --release`), --expect-same to exit with 1 when the outputs differ."""
 import argparse
 import json
 import os
@@ -23,7 +23,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import ROOT, fill, fleet_files, last_percent, measure_usage, median  # noqa: E402
+from run import ROOT, fill, fleet_files, last_percent, measure_usage, median, parse_size  # noqa: E402
 
 
 def timed(cmd, out):
@@ -68,11 +68,13 @@ def out_path(work, name, what="out"):
 
 
 def same_output(builds, work):
-    """Whether the two builds' last runs wrote the same records and the same final STATE."""
+    """Whether the two builds' last runs wrote the same records and the same final STATE, and a line
+    saying so."""
     (base_records, base_state), (this_records, this_state) = (
         records_and_state(out_path(work, name)) for name, _ in builds)
-    return (f"records {'identical' if base_records == this_records else 'DIFFER'} ({len(this_records):,}), "
-            f"final STATE {'identical' if base_state == this_state else 'DIFFERS'}")
+    same = base_records == this_records and base_state == this_state
+    return same, (f"records {'identical' if base_records == this_records else 'DIFFER'} "
+                  f"({len(this_records):,}), final STATE {'identical' if base_state == this_state else 'DIFFERS'}")
 
 
 def summary(name, runs):
@@ -120,6 +122,8 @@ def main():
     parser.add_argument("--size", default="40000:365:0.015")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--full", type=int, default=0)
+    parser.add_argument("--expect-same", action="store_true",
+                        help="exit with 1 if the two builds' records or final STATE differ")
     args = parser.parse_args()
 
     if args.bin:
@@ -134,8 +138,7 @@ def main():
         base_bin, base_name = os.path.abspath(args.base_bin), "base"
     builds = [(base_name, base_bin), ("this build", this_bin)]
 
-    projects, days, activity = args.size.split(":")
-    files = fleet_files(int(projects), int(days), float(activity))
+    files = fleet_files(*parse_size(args.size))
     work = tempfile.mkdtemp(prefix="tap-kpis-compare-", dir=os.path.join(ROOT, "bench"))
     try:
         src = os.path.join(work, "src")
@@ -162,13 +165,18 @@ def main():
         inc = alternate(builds, lambda name, binary: [
             binary, "--config", config, "--state", out_path(work, name, "state.json")], args.runs, work)
         print_table("Incremental run (the last ~1% of the bytes)", [summary(n, inc[n]) for n, _ in builds])
-        print(same_output(builds, work))
+        same, line = same_output(builds, work)
+        print(line)
         if args.full:
             full = alternate(builds, lambda name, binary: [binary, "--config", config], args.full, work)
             print_table("Full refresh", [summary(n, full[n]) for n, _ in builds])
-            print(same_output(builds, work))
+            same_full, line = same_output(builds, work)
+            print(line)
+            same = same and same_full
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.expect_same and not same:
+        raise SystemExit("the two builds' output differs")
 
 
 if __name__ == "__main__":

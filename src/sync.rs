@@ -1192,8 +1192,20 @@ pub fn run<W: Write>(
     tracing::debug!("state written at {:.2}s", started.elapsed().as_secs_f64());
     drop(model);
     crate::memory::free_aside((facts, touched, changes, state));
+    // problems are in input order: the first of each reason is where a user starts looking
+    let mut first_of: BTreeMap<&str, &Problem> = BTreeMap::new();
+    for p in &problems {
+        first_of.entry(p.reason.as_str()).or_insert(p);
+    }
     for (reason, n) in &report.problems_by_reason {
-        tracing::warn!("skipped or flagged input: {reason}: {n}");
+        match first_of.get(reason) {
+            Some(first) => tracing::warn!(
+                "skipped or flagged input: {reason}: {n} (first: {}: {})",
+                located(first, &inputs),
+                first.message
+            ),
+            None => tracing::warn!("skipped or flagged input: {reason}: {n}"),
+        }
     }
     if report.normalize.duplicates > 0 {
         tracing::info!("duplicate events removed: {}", report.normalize.duplicates);
@@ -1201,15 +1213,11 @@ pub fn run<W: Write>(
     if config.strict {
         let defects: Vec<&Problem> = problems.iter().filter(|p| p.reason.is_defect()).collect();
         if let Some(first) = defects.first() {
-            let src = inputs
-                .get(first.position.source as usize)
-                .map(|i| i.name.as_str())
-                .unwrap_or("?");
             return Err(SyncError::Strict {
                 count: defects.len(),
                 first: format!(
-                    "{src}:{}: {}: {}",
-                    first.position.line,
+                    "{}: {}: {}",
+                    located(first, &inputs),
                     first.reason.as_str(),
                     first.message
                 ),
@@ -1220,6 +1228,20 @@ pub fn run<W: Write>(
         return Err(SyncError::Alarms(report.recent_alarms));
     }
     Ok(report)
+}
+
+/// Where a problem is, as `file:line`, and for an event of a batch its place in the line (`event N`,
+/// from 0, as `telemetry_errors.event_index` counts); a problem of a whole file names the file.
+fn located(problem: &Problem, inputs: &[Input]) -> String {
+    let src = inputs
+        .get(problem.position.source as usize)
+        .map_or("?", |i| i.name.as_str());
+    match (problem.position.line, problem.is_event) {
+        // a problem of the file as a whole (it ends early): no line to name
+        (0, _) => src.to_string(),
+        (line, true) => format!("{src}:{line}, event {}", problem.position.index),
+        (line, false) => format!("{src}:{line}"),
+    }
 }
 
 /// Split the summarised history of a state being written into what stays with the live projects and

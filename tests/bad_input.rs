@@ -518,4 +518,12 @@ fn strict_mode_fails_naming_the_first_bad_line_after_writing_everything() {
         .output()
         .unwrap();
     assert!(ok.status.success());
+    // the count of each reason names where its first case is
+    let err = String::from_utf8(ok.stderr).unwrap();
+    let line = err
+        .lines()
+        .find(|l| l.contains("skipped or flagged input: invalid_json: 1"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("(first: "), "{line}");
+    assert!(line.contains("captures.ndjson:15: "), "{line}");
 }

@@ -1182,30 +1182,22 @@ pub fn run<W: Write>(
             state_bytes as f64 / 1_048_576.0
         );
     }
+    // per reason, how many and the first (problems are in input order: where a user starts looking)
+    let mut by_reason: BTreeMap<&'static str, (u64, &Problem)> = BTreeMap::new();
     for p in &problems {
-        *report
-            .problems_by_reason
-            .entry(p.reason.as_str())
-            .or_default() += 1;
+        by_reason.entry(p.reason.as_str()).or_insert((0, p)).0 += 1;
     }
+    report.problems_by_reason = by_reason.iter().map(|(r, (n, _))| (*r, *n)).collect();
     writer.finish("succeeded")?;
     tracing::debug!("state written at {:.2}s", started.elapsed().as_secs_f64());
     drop(model);
     crate::memory::free_aside((facts, touched, changes, state));
-    // problems are in input order: the first of each reason is where a user starts looking
-    let mut first_of: BTreeMap<&str, &Problem> = BTreeMap::new();
-    for p in &problems {
-        first_of.entry(p.reason.as_str()).or_insert(p);
-    }
-    for (reason, n) in &report.problems_by_reason {
-        match first_of.get(reason) {
-            Some(first) => tracing::warn!(
-                "skipped or flagged input: {reason}: {n} (first: {}: {})",
-                located(first, &inputs),
-                first.message
-            ),
-            None => tracing::warn!("skipped or flagged input: {reason}: {n}"),
-        }
+    for (reason, (n, first)) in &by_reason {
+        tracing::warn!(
+            "skipped or flagged input: {reason}: {n} (first: {}: {})",
+            located(first, &inputs),
+            first.message
+        );
     }
     if report.normalize.duplicates > 0 {
         tracing::info!("duplicate events removed: {}", report.normalize.duplicates);

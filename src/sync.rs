@@ -623,10 +623,7 @@ impl<'b> Vanished<'b> {
 
 /// The quarantine record of a problem.
 pub fn problem_record(p: &Problem, inputs: &[Input]) -> Value {
-    let source = inputs
-        .get(p.position.source as usize)
-        .map(|i| i.name.clone())
-        .unwrap_or_default();
+    let source = source_name(p, inputs).unwrap_or_default();
     let id_text = format!(
         "{}|{}|{}|{}|{}|{}",
         source,
@@ -1222,12 +1219,17 @@ pub fn run<W: Write>(
     Ok(report)
 }
 
+/// The name of the input a problem was found in.
+fn source_name<'i>(problem: &Problem, inputs: &'i [Input]) -> Option<&'i str> {
+    inputs
+        .get(problem.position.source as usize)
+        .map(|i| i.name.as_str())
+}
+
 /// Where a problem is, as `file:line`, and for an event of a batch its place in the line (`event N`,
 /// from 0, as `telemetry_errors.event_index` counts); a problem of a whole file names the file.
 fn located(problem: &Problem, inputs: &[Input]) -> String {
-    let src = inputs
-        .get(problem.position.source as usize)
-        .map_or("?", |i| i.name.as_str());
+    let src = source_name(problem, inputs).unwrap_or("?");
     match (problem.position.line, problem.is_event) {
         // a problem of the file as a whole (it ends early): no line to name
         (0, _) => src.to_string(),
